@@ -1,0 +1,20 @@
+"""rnnlab: vanilla (Elman) recurrent networks and exact backpropagation through time, on NumPy."""
+
+from .network import Cache, Gradients, Output, backward, forward, loss_and_grad, value_and_grad
+from .params import init_params, shapes
+from .spec import RNNSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cache",
+    "Gradients",
+    "Output",
+    "RNNSpec",
+    "backward",
+    "forward",
+    "init_params",
+    "loss_and_grad",
+    "shapes",
+    "value_and_grad",
+]

@@ -1,0 +1,79 @@
+"""Shared helpers for the tests: random problems for every set-up, in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnnlab import RNNSpec, init_params
+from rnnlab import network as net
+
+
+def make_targets(spec: RNNSpec, rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    """Random targets of the shape and kind ``spec`` expects for a batch (B, T)."""
+    lead = (B, T) if spec.setup != "many_to_one" else (B,)
+    O = spec.output_size
+    if spec.loss == "softmax_ce":
+        return rng.integers(0, O, size=lead)
+    if spec.loss == "sigmoid_bce":
+        return rng.uniform(0.0, 1.0, size=lead + (O,))
+    return rng.standard_normal(lead + (O,))
+
+
+def make_inputs(spec: RNNSpec, rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    if spec.input_kind == "index":
+        return rng.integers(0, spec.input_size, size=(B, T))
+    if spec.setup == "one_to_many":
+        return rng.standard_normal((B, spec.input_size))
+    return rng.standard_normal((B, T, spec.input_size))
+
+
+def random_mask(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    """A (B, T) mask with a mix of full rows, trailing padding and a hole in the middle."""
+    m = np.ones((B, T), dtype=bool)
+    for b in range(B):
+        kind = b % 3
+        if kind == 1:
+            m[b, rng.integers(1, T):] = False          # trailing padding
+        elif kind == 2 and T >= 3:
+            m[b, 1] = False                            # a hole
+    return m
+
+
+def relu_pattern(params: dict, spec: RNNSpec, cache: net.Cache, logits: np.ndarray) -> bytes:
+    """Which side of 0 every hidden pre-activation (at real steps) and every logit lies on.
+
+    Finite differences of a ReLU network are exact only if no perturbation moves a
+    pre-activation across the kink; the gradient checks compare this pattern before and after.
+    """
+    from rnnlab import cell
+
+    signs = [(logits > 0).ravel()] if spec.loss == "relu_mse" else []
+    nd = spec.num_directions
+    for layer in range(spec.num_layers):
+        inp = cache.inputs[layer]
+        for d, p in enumerate(spec.layer_keys(layer)):
+            hb = cache.hbufs[layer * nd + d]
+            A = net._project(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"])
+            Z = A + cell.previous(hb, d == 1) @ params[f"{p}.W_hh"]
+            if cache.mask is not None:
+                Z = Z[cache.mask]
+            signs.append((Z > 0).ravel())
+    return np.packbits(np.concatenate(signs)).tobytes()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def problem(spec: RNNSpec, seed: int, B: int, T: int, masked: bool, with_h0: bool = True):
+    """(params, X, Y, mask, h0) in float64 for ``spec``."""
+    rng = np.random.default_rng(seed)
+    params = init_params(spec, rng, dtype=np.float64)
+    X = make_inputs(spec, rng, B, T)
+    Y = make_targets(spec, rng, B, T)
+    mask = random_mask(rng, B, T) if masked else None
+    h0 = (0.5 * rng.standard_normal((spec.num_layers * spec.num_directions, B, spec.hidden_size))
+          if with_h0 else None)
+    return params, X, Y, mask, h0

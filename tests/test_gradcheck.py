@@ -1,0 +1,99 @@
+"""Central finite differences on every entry of every parameter, of dX and of dh0.
+
+Every combination of hidden activation x output/loss x set-up x layers (1-3) x direction x masking,
+in float64; max relative error < 1e-6 (docs/derivation.md, eq. 22).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from rnnlab import RNNSpec
+from rnnlab import network as net
+from rnnlab.diagnostics import finite_difference, relative_error
+
+from conftest import problem, relu_pattern
+
+ACTS = ["tanh", "sigmoid", "relu", "identity"]
+LOSSES = ["softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"]
+SETUPS = [
+    dict(setup="many_to_one"),
+    dict(setup="many_to_one", label_steps="all"),
+    dict(setup="many_to_many"),
+    dict(setup="one_to_many", feed="every"),
+    dict(setup="one_to_many", feed="first"),
+]
+B, T, D, H, O = 3, 4, 2, 3, 3
+TOL = 1e-6
+FLOOR = 1e-5  # below this |gradient| the check is absolute at 1e-11, the FD round-off level
+
+
+def check(spec: RNNSpec, masked: bool) -> None:
+    """Compare backward with finite differences; for ReLU, on a seed where no kink is crossed."""
+    smooth = spec.nonlinearity != "relu" and spec.loss != "relu_mse"
+    for seed in range(20):
+        if _check_seed(spec, masked, seed, smooth):
+            return
+    pytest.fail("every seed tried moved a ReLU pre-activation across 0 during the check")
+
+
+def _check_seed(spec: RNNSpec, masked: bool, seed: int, smooth: bool) -> bool:
+    eps = 1e-3
+    params, X, Y, mask, h0 = problem(spec, seed, B, T, masked)
+    if spec.input_kind != "index":
+        X = np.asarray(X, dtype=np.float64)
+    steps = T if spec.setup == "one_to_many" else None
+    out, cache = net.forward(params, X, spec, h0=h0, mask=mask, steps=steps)
+    base = None if smooth else relu_pattern(params, spec, cache, out.logits)
+    crossed = False
+
+    def loss() -> float:
+        nonlocal crossed
+        o, c = net.forward(params, X, spec, h0=h0, mask=mask, steps=steps)
+        if base is not None and relu_pattern(params, spec, c, o.logits) != base:
+            crossed = True
+        return net.loss_and_grad(spec, o, Y, mask=mask).value
+
+    res = net.loss_and_grad(spec, out, Y, mask=mask)
+    g = net.backward(params, res.dz, cache)
+    assert set(g.params) == set(params)
+    fd = {k: finite_difference(loss, p, eps) for k, p in params.items()}
+    fd_X = finite_difference(loss, X, eps) if spec.input_kind != "index" else None
+    fd_h0 = finite_difference(loss, h0, eps)
+    if crossed:
+        return False
+    for k, p in params.items():
+        assert g.params[k].shape == p.shape and g.params[k].dtype == p.dtype
+        err = relative_error(g.params[k], fd[k], FLOOR)
+        assert err < TOL, (k, err)
+    if fd_X is not None:
+        assert g.X is not None and g.X.shape == X.shape
+        assert relative_error(g.X, fd_X, FLOOR) < TOL
+    else:
+        assert g.X is None
+    assert relative_error(g.h0, fd_h0, FLOOR) < TOL
+    # only real steps matter: a padded step's input has no effect at all
+    if masked and spec.setup != "one_to_many" and spec.input_kind != "index":
+        assert np.all(g.X[~mask] == 0.0)
+    return True
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("setup", range(len(SETUPS)), ids=lambda i: "-".join(SETUPS[i].values()))
+def test_every_combination(act: str, loss: str, setup: int) -> None:
+    for layers, bidir, masked in itertools.product((1, 2, 3), (False, True), (False, True)):
+        spec = RNNSpec(D, H, O, num_layers=layers, bidirectional=bidir, nonlinearity=act,
+                       loss=loss, reduction="mean" if layers != 2 else "sum", **SETUPS[setup])
+        check(spec, masked)
+
+
+@pytest.mark.parametrize("setup", ["many_to_one", "many_to_many"])
+@pytest.mark.parametrize("bidir", [False, True])
+def test_index_inputs(setup: str, bidir: bool) -> None:
+    spec = RNNSpec(5, H, O, num_layers=2, bidirectional=bidir, setup=setup, input_kind="index")
+    check(spec, masked=True)
+    check(spec, masked=False)
