@@ -18,3 +18,10 @@ __all__ = [
     "shapes",
     "value_and_grad",
 ]
+
+from .estimators import NotFittedError, RNNClassifier, RNNRegressor  # noqa: E402
+from .model import RNN  # noqa: E402
+from .train import DivergenceError, History, TrainConfig, fit  # noqa: E402
+
+__all__ += ["DivergenceError", "History", "NotFittedError", "RNN", "RNNClassifier",
+            "RNNRegressor", "TrainConfig", "fit"]
