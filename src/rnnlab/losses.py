@@ -95,6 +95,27 @@ def _denominator(name: str, z: Array, reduction: str) -> float:
     return float(n_rows if name == "softmax_ce" else n_rows * n_out)
 
 
+def _softmax_ce_labels(z: Array, y: NDArray[Any], denom: float, dz: Array, tmp: Array) -> float:
+    """Softmax cross-entropy against labels, eqs. (8)-(10) and (15), into buffers.
+
+    Writes ``dL/dz`` into ``dz`` and returns the reduced loss; ``tmp`` (shaped like ``z``) is
+    scratch.  The operations are those of :func:`log_softmax` and :func:`loss_and_grad`, so the
+    numbers are the same; only the temporaries are reused.
+    """
+    m = z.max(axis=-1, keepdims=True)
+    logp = np.subtract(z, m, out=tmp)
+    np.exp(logp, out=dz)
+    lse = dz.sum(axis=-1, keepdims=True)
+    logp -= np.log(lse, out=lse)                                # log y_hat, eq. (8)
+    np.exp(logp, out=dz)                                        # y_hat
+    rows = np.arange(z.shape[0])
+    value = -float(logp[rows, y].sum())                         # eq. (9)
+    dz[rows, y] -= 1.0                                          # eq. (10): y_hat - onehot(y)
+    if denom != 1.0:
+        dz /= denom
+    return value / denom
+
+
 def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossResult:
     """Loss value and ``dL/dz`` of an output/loss pair (eqs. 9-15).
 
@@ -112,15 +133,13 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossR
     assert z.ndim == 2, z.shape
     denom = _denominator(name, z, reduction)
     if name == "softmax_ce":
+        if y.ndim == 1:
+            dz = np.empty_like(z)
+            return LossResult(_softmax_ce_labels(z, y, denom, dz, np.empty_like(z)), dz)
         logp = log_softmax(z)                                   # (N, O), eq. (8)
         dz = np.exp(logp)                                       # y_hat
-        if y.ndim == 1:
-            rows = np.arange(z.shape[0])
-            value = -float(logp[rows, y].sum())                 # eq. (9)
-            dz[rows, y] -= 1.0                                  # eq. (10): y_hat - onehot(y)
-        else:
-            value = -float((y * logp).sum())
-            dz -= y
+        value = -float((y * logp).sum())
+        dz -= y
     elif name == "sigmoid_bce":
         value = float((np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))).sum())  # (11)
         dz = sigmoid(z)

@@ -14,14 +14,20 @@ recurrence (input projections, head, weight gradients, ``dX``) is one GEMM over 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ctypes
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import activations, cell, losses
-from .params import Params, check_params
+from .params import Params, check_params, shapes
 from .spec import RNNSpec
 
 Array = NDArray[np.floating]
@@ -99,9 +105,13 @@ def _check_batch_steps(B: int, T: int) -> None:
 
 
 def _prepare_input(
-    X: ArrayLike, spec: RNNSpec, dtype: np.dtype, steps: int | None
+    X: ArrayLike, spec: RNNSpec, dtype: np.dtype, steps: int | None,
+    out: Callable[[tuple[int, ...]], NDArray[Any] | None] | None = None,
 ) -> tuple[NDArray[Any], int, int]:
-    """Validate ``X`` and return it time first: ``(T, B, D)`` floats or ``(T, B)`` ids."""
+    """Validate ``X`` and return it time first: ``(T, B, D)`` floats or ``(T, B)`` ids.
+
+    ``out(shape)``, if given, returns a buffer to write the time-first copy into (or None).
+    """
     D = spec.input_size
     if spec.input_kind == "index":
         ids = np.asarray(X)
@@ -117,7 +127,11 @@ def _prepare_input(
             raise ValueError(
                 f"X ids must lie in [0, {D}) (input_size); got range [{ids.min()}, {ids.max()}]"
             )
-        return np.ascontiguousarray(ids.T, dtype=np.intp), B, T
+        buf = None if out is None else out((T, B))
+        if buf is None:
+            return np.ascontiguousarray(ids.T, dtype=np.intp), B, T
+        np.copyto(buf, ids.T, casting="unsafe")
+        return buf, B, T
     if spec.setup == "one_to_many":
         x = np.asarray(X)
         if x.ndim != 2 or x.shape[1] != D:
@@ -143,7 +157,11 @@ def _prepare_input(
     B, T = x.shape[:2]
     _check_batch_steps(B, T)
     x = _as_float_array("X", x, dtype)
-    return np.ascontiguousarray(x.transpose(1, 0, 2)), B, T
+    buf = None if out is None else out((T, B, D))
+    if buf is None:
+        return np.ascontiguousarray(x.transpose(1, 0, 2)), B, T
+    np.copyto(buf, x.transpose(1, 0, 2))
+    return buf, B, T
 
 
 def make_mask(
@@ -198,13 +216,110 @@ def _check_h0(h0: ArrayLike | None, spec: RNNSpec, B: int, dtype: np.dtype) -> A
 
 def _project(inp: NDArray[Any], W_xh: Array, b_h: Array) -> Array:
     """Input projection of every step in one product, eq. (5): ``(T, B, D) -> (T, B, H)``."""
+    T, B = inp.shape[:2]
+    A = np.empty((T, B, W_xh.shape[1]), dtype=W_xh.dtype)
+    return _project_into(inp, W_xh, b_h, A)
+
+
+def _project_into(inp: NDArray[Any], W_xh: Array, b_h: Array, out: Array) -> Array:
+    """:func:`_project` written into ``out`` ``(T, B, H)``, a contiguous block (a state buffer's
+    step slots, see :func:`rnnlab.cell.forward`)."""
+    T, B, H = out.shape
     if inp.ndim == 2:                                  # ids (T, B): a row lookup, eq. (21)
-        A = W_xh[inp]
+        # the bias is added to the (V, H) table, not to the (T, B, H) result: the same sums
+        np.take(W_xh + b_h, inp, axis=0, out=out, mode="clip")   # ids validated
+        return out
+    np.matmul(inp.reshape(T * B, -1), W_xh, out=out.reshape(T * B, H))
+    out += b_h
+    return out
+
+
+class _Buffers:
+    """Every array one training step needs, for one (spec, B, T, dtype); see :class:`Workspace`."""
+
+    def __init__(self, spec: RNNSpec, B: int, T: int, dtype: np.dtype, input_grad: bool) -> None:
+        H, nd, L, O = spec.hidden_size, spec.num_directions, spec.num_layers, spec.output_size
+        D = spec.input_size
+        index = spec.input_kind == "index"
+        self.key = (B, T, np.dtype(dtype))
+        self.x: NDArray[Any] = (np.empty((T, B), np.intp) if index
+                                else np.empty((T, B, D), dtype))
+        self.h0 = np.zeros((L * nd, B, H), dtype)
+        self.hbufs = [np.empty((T + 1, B, H), dtype) for _ in range(L * nd)]
+        self.cat = [np.empty((T, B, nd * H), dtype) if nd == 2 else None for _ in range(L)]
+        self.top = np.empty((B, nd * H), dtype)
+        lead = (T, B) if spec.per_step_output else (B,)
+        self.logits = np.empty(lead + (O,), dtype)
+        self.dz = np.empty(lead + (O,), dtype)
+        self.loss_tmp = np.empty(lead + (O,), dtype)
+        self.dtop = np.empty(lead + (nd * H,), dtype)
+        self.dZ = np.empty((T, B, H), dtype)        # shared by every layer and direction
+        self.dh0 = np.empty((L * nd, B, H), dtype)
+        self.d_inp: list[Array | None] = []
+        for layer in range(L):
+            d_in = D if layer == 0 else nd * H
+            need = layer > 0 or (input_grad and not index)
+            self.d_inp.append(np.empty((T, B, d_in), dtype) if need else None)
+        # the reverse direction's dX, for any layer's input width
+        self.dx = np.empty(T * B * max(D, nd * H), dtype) if nd == 2 else None
+        self.grads: Params = {k: np.empty(v, dtype) for k, v in shapes(spec).items()}
+
+    def input(self, shape: tuple[int, ...]) -> NDArray[Any] | None:
+        return self.x if self.x.shape == shape else None
+
+
+def _forward_core(
+    params: Mapping[str, Array], x_tb: NDArray[Any], m_tb: Mask | None, h0_all: Array,
+    spec: RNNSpec, bufs: _Buffers | None, loop: _LoopContext | None = None,
+) -> tuple[Array, list[Array], Cache]:
+    """Eqs. (5)-(8) on validated, time-first inputs.
+
+    Returns the logits time first (``(T, B, O)`` or ``(B, O)``), the final state of every layer and
+    direction, and the cache.  With ``bufs`` every array is one of its buffers.
+    """
+    T, B = x_tb.shape[:2]
+    H, nd = spec.hidden_size, spec.num_directions
+    dtype = h0_all.dtype
+    act = activations.get(spec.nonlinearity)
+    inputs: list[NDArray[Any]] = [x_tb]
+    hbufs: list[Array] = []
+    finals: list[Array] = []
+    inp: NDArray[Any] = x_tb
+    for layer in range(spec.num_layers):
+        outs = []
+        for d, p in enumerate(spec.layer_keys(layer)):
+            idx = layer * nd + d
+            rev = d == 1
+            hb = np.empty((T + 1, B, H), dtype) if bufs is None else bufs.hbufs[idx]
+            A = _project_into(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"],
+                              cell.outputs(hb, rev))                      # (T, B, H), in place
+            with loop or nullcontext():
+                cell.forward(A, params[f"{p}.W_hh"], act, h0_all[idx], reverse=rev, mask=m_tb,
+                             out=hb)
+            hbufs.append(hb)
+            outs.append(cell.outputs(hb, rev))
+            finals.append(cell.final(hb, rev))
+        if len(outs) == 1:
+            inp = outs[0]
+        elif layer + 1 < spec.num_layers or spec.per_step_output:
+            inp = np.concatenate(outs, axis=2, out=None if bufs is None else bufs.cat[layer])
+        if layer + 1 < spec.num_layers:
+            inputs.append(inp)
+
+    W_hy, b_y = params["W_hy"], params["b_y"]
+    top: Array
+    if spec.per_step_output:
+        top = inp                                                           # (T, B, H_top)
+        z = np.matmul(top.reshape(T * B, -1), W_hy,
+                      out=None if bufs is None else bufs.logits.reshape(T * B, -1))
+        z = z.reshape(T, B, -1)
     else:
-        T, B, D = inp.shape
-        A = (inp.reshape(T * B, D) @ W_xh).reshape(T, B, -1)
-    A += b_h
-    return A
+        last = finals[-nd:]
+        top = (np.empty((B, nd * H), dtype) if bufs is None else bufs.top)
+        np.concatenate(last, axis=1, out=top)                               # (B, H_top)
+        z = np.matmul(top, W_hy, out=None if bufs is None else bufs.logits)
+    z += b_y                                                                # eq. (8)
+    return z, finals, Cache(spec, tuple(inputs), tuple(hbufs), top, m_tb, B, T)
 
 
 def forward(
@@ -248,41 +363,10 @@ def forward(
     m_bt = make_mask(B, T, mask=mask, lengths=lengths)
     m_tb = None if m_bt is None else np.ascontiguousarray(m_bt.T)
     h0_all = _check_h0(h0, spec, B, dtype)
-    act = activations.get(spec.nonlinearity)
-
-    inputs: list[NDArray[Any]] = [x_tb]
-    hbufs: list[Array] = []
-    finals: list[Array] = []
-    inp: NDArray[Any] = x_tb
-    for layer in range(spec.num_layers):
-        outs = []
-        for d, p in enumerate(spec.layer_keys(layer)):
-            A = _project(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"])         # (T, B, H)
-            rev = d == 1
-            hb = cell.forward(A, params[f"{p}.W_hh"], act,
-                              h0_all[layer * spec.num_directions + d], reverse=rev, mask=m_tb)
-            hbufs.append(hb)
-            outs.append(cell.outputs(hb, rev))
-            finals.append(cell.final(hb, rev))
-        inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)   # (T, B, H or 2H)
-        if layer + 1 < spec.num_layers:
-            inputs.append(inp)
-
-    W_hy, b_y = params["W_hy"], params["b_y"]
-    top: Array
-    if spec.per_step_output:
-        top = inp                                                           # (T, B, H_top)
-        z_tb = (top.reshape(T * B, -1) @ W_hy).reshape(T, B, -1)
-        z_tb += b_y                                                         # eq. (8)
-        logits = np.ascontiguousarray(z_tb.transpose(1, 0, 2))              # (B, T, O)
-    else:
-        last = finals[-spec.num_directions:]
-        top = last[0].copy() if len(last) == 1 else np.concatenate(last, axis=1)  # (B, H_top)
-        logits = top @ W_hy
-        logits += b_y                                                       # (B, O), eq. (8)
+    z, finals, cache = _forward_core(params, x_tb, m_tb, h0_all, spec, None)
+    logits = np.ascontiguousarray(z.transpose(1, 0, 2)) if z.ndim == 3 else z   # batch first
     y = losses.output(spec.loss, logits.reshape(-1, spec.output_size)).reshape(logits.shape)
     out = Output(y=y, logits=logits, h_n=np.stack(finals))
-    cache = Cache(spec, tuple(inputs), tuple(hbufs), top, m_tb, B, T)
     return out, cache
 
 
@@ -358,6 +442,114 @@ def loss_and_grad(
 # ----------------------------------------------------------------------------- backward
 
 
+def _scatter_rows(ids: NDArray[np.intp], dZ2: Array, out: Array) -> Array:
+    """``out[v] = sum of dZ2[i] over i with ids[i] == v``, eq. (21), in the order of ``i``.
+
+    ``np.add.at`` adds row by row in that order; summing each id's rows, gathered in that order
+    by a stable sort, adds the same numbers in the same order (a reduction over the leading axis
+    is sequential), so the result is the same, bit for bit, and an order of magnitude faster
+    while ids repeat (a vocabulary smaller than the batch).
+    """
+    out.fill(0.0)
+    n = ids.shape[0]
+    order = np.argsort(ids, kind="stable")
+    sid = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+    if starts.size * 8 > n:                       # few repeats: the sort does not pay
+        np.add.at(out, ids, dZ2)
+        return out
+    rows = dZ2[order]
+    ends = np.append(starts[1:], n)
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        np.sum(rows[lo:hi], axis=0, out=out[sid[lo]])
+    return out
+
+
+def _backward_core(
+    params: Mapping[str, Array], dz: Array, cache: Cache, dhn: Array | None,
+    bufs: _Buffers | None, input_grad: bool, loop: _LoopContext | None = None,
+) -> tuple[Params, Array | None, Array]:
+    """Eqs. (16)-(20) from ``dz = dL/dlogits``, time first: ``(T * B, O)`` rows or ``(B, O)``.
+
+    Returns the parameter gradients (in the layout order, not yet the parameters' key order), the
+    gradient of the first layer's time-first input (``None`` for ids or when not ``input_grad``)
+    and ``dL/dh0``.  With ``bufs`` every array is one of its buffers.
+    """
+    spec = cache.spec
+    T, B = cache.steps, cache.batch_size
+    H, nd = spec.hidden_size, spec.num_directions
+    dtype = cache.hbufs[0].dtype
+    act = activations.get(spec.nonlinearity)
+    W_hy = params["W_hy"]
+    grads: Params = {}
+
+    def gout(key: str) -> Array | None:
+        return None if bufs is None else bufs.grads[key]
+
+    # head, eq. (19) applied to the output layer
+    dtop_seq: Array | None = None
+    dtop_last: Array | None = None
+    if spec.per_step_output:
+        grads["W_hy"] = np.matmul(cache.top.reshape(T * B, -1).T, dz, out=gout("W_hy"))
+        grads["b_y"] = np.sum(dz, axis=0, out=gout("b_y"))
+        dtop_seq = np.matmul(dz, W_hy.T, out=None if bufs is None else
+                             bufs.dtop.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, H_top)
+    else:
+        grads["W_hy"] = np.matmul(cache.top.T, dz, out=gout("W_hy"))
+        grads["b_y"] = np.sum(dz, axis=0, out=gout("b_y"))
+        dtop_last = np.matmul(dz, W_hy.T, out=None if bufs is None else bufs.dtop)  # (B, H_top)
+
+    dh0 = np.empty((spec.num_layers * nd, B, H), dtype=dtype) if bufs is None else bufs.dh0
+    d_inp: Array | None = None
+    for layer in range(spec.num_layers - 1, -1, -1):
+        inp = cache.inputs[layer]
+        need_dx = inp.ndim == 3 and (layer > 0 or input_grad)
+        d_below: Array | None = None
+        for d, p in enumerate(spec.layer_keys(layer)):
+            idx = layer * nd + d
+            rev = d == 1
+            sl = slice(d * H, (d + 1) * H)
+            if layer == spec.num_layers - 1:
+                dH = None if dtop_seq is None else dtop_seq[:, :, sl]
+                dlast = None if dtop_last is None else dtop_last[:, sl]
+            else:
+                assert d_inp is not None
+                dH, dlast = d_inp[:, :, sl], None
+            if dhn is not None:
+                dlast = dhn[idx] if dlast is None else dlast + dhn[idx]
+            hb = cache.hbufs[idx]
+            W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
+            with loop or nullcontext():
+                dZ, dh0[idx] = cell.backward(dH, hb, W_hh, act, reverse=rev, dh_last=dlast,
+                                             mask=cache.mask,
+                                             out=None if bufs is None else bufs.dZ)
+            dZ2 = dZ.reshape(T * B, H)
+            grads[f"{p}.W_hh"] = np.matmul(cell.previous(hb, rev).reshape(T * B, H).T, dZ2,
+                                           out=gout(f"{p}.W_hh"))                # eq. (19)
+            grads[f"{p}.b_h"] = np.sum(dZ2, axis=0, out=gout(f"{p}.b_h"))     # eq. (19)
+            if inp.ndim == 2:                                                   # ids, eq. (21)
+                gW = gout(f"{p}.W_xh")
+                grads[f"{p}.W_xh"] = _scatter_rows(inp.reshape(-1), dZ2,
+                                                   np.empty_like(W_xh) if gW is None else gW)
+                continue
+            grads[f"{p}.W_xh"] = np.matmul(inp.reshape(T * B, -1).T, dZ2,
+                                           out=gout(f"{p}.W_xh"))                # eq. (19)
+            if not need_dx:
+                continue
+            if d_below is None:                                                 # eq. (20)
+                buf = None if bufs is None else bufs.d_inp[layer]
+                d_below = np.matmul(dZ2, W_xh.T, out=None if buf is None else
+                                    buf.reshape(T * B, -1)).reshape(T, B, -1)
+            else:
+                flat = None if bufs is None else bufs.dx
+                D_in = W_xh.shape[0]
+                dx = np.matmul(dZ2, W_xh.T, out=None if flat is None else
+                               flat[:T * B * D_in].reshape(T * B, D_in))
+                d_below += dx.reshape(T, B, -1)
+        d_inp = d_below
+    return grads, d_inp, dh0
+
+
 def backward(
     params: Mapping[str, Array],
     dlogits: ArrayLike,
@@ -385,72 +577,27 @@ def backward(
     """
     spec = cache.spec
     T, B = cache.steps, cache.batch_size
-    H, O, nd = spec.hidden_size, spec.output_size, spec.num_directions
+    O = spec.output_size
     dtype = cache.hbufs[0].dtype
     shape = (B, T, O) if spec.per_step_output else (B, O)
     dz = _as_float_array("dlogits", dlogits, dtype)
     if dz.shape != shape:
         raise ValueError(f"dlogits must have shape {shape} (the logits' shape); got {dz.shape}")
     dhn = None if dh_n is None else _check_h0(dh_n, spec, B, dtype)
-    act = activations.get(spec.nonlinearity)
-    W_hy = params["W_hy"]
-    grads: Params = {}
-
-    # head, eq. (19) applied to the output layer
-    dtop_seq: Array | None = None
-    dtop_last: Array | None = None
     if spec.per_step_output:
-        dz_tb = np.ascontiguousarray(dz.transpose(1, 0, 2)).reshape(T * B, O)   # (T*B, O)
-        grads["W_hy"] = cache.top.reshape(T * B, -1).T @ dz_tb
-        grads["b_y"] = dz_tb.sum(axis=0)
-        dtop_seq = (dz_tb @ W_hy.T).reshape(T, B, -1)                           # (T, B, H_top)
-    else:
-        grads["W_hy"] = cache.top.T @ dz
-        grads["b_y"] = dz.sum(axis=0)
-        dtop_last = dz @ W_hy.T                                                 # (B, H_top)
-
-    dh0 = np.empty((spec.num_layers * nd, B, H), dtype=dtype)
-    d_inp: Array | None = None
-    for layer in range(spec.num_layers - 1, -1, -1):
-        inp = cache.inputs[layer]
-        d_below: Array | None = None
-        for d, p in enumerate(spec.layer_keys(layer)):
-            idx = layer * nd + d
-            rev = d == 1
-            sl = slice(d * H, (d + 1) * H)
-            if layer == spec.num_layers - 1:
-                dH = None if dtop_seq is None else dtop_seq[:, :, sl]
-                dlast = None if dtop_last is None else dtop_last[:, sl]
-            else:
-                assert d_inp is not None
-                dH, dlast = d_inp[:, :, sl], None
-            if dhn is not None:
-                dlast = dhn[idx] if dlast is None else dlast + dhn[idx]
-            hb = cache.hbufs[idx]
-            W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
-            dZ, dh0[idx] = cell.backward(dH, hb, W_hh, act, reverse=rev, dh_last=dlast,
-                                         mask=cache.mask)
-            dZ2 = dZ.reshape(T * B, H)
-            grads[f"{p}.W_hh"] = cell.previous(hb, rev).reshape(T * B, H).T @ dZ2   # eq. (19)
-            grads[f"{p}.b_h"] = dZ2.sum(axis=0)                                     # eq. (19)
-            if inp.ndim == 2:                                                       # ids, eq. (21)
-                gW = np.zeros_like(W_xh)
-                np.add.at(gW, inp.reshape(-1), dZ2)
-                grads[f"{p}.W_xh"] = gW
-                continue
-            grads[f"{p}.W_xh"] = inp.reshape(T * B, -1).T @ dZ2                     # eq. (19)
-            dx = (dZ2 @ W_xh.T).reshape(T, B, -1)                                   # eq. (20)
-            d_below = dx if d_below is None else d_below + dx
-        d_inp = d_below
-
+        dz = np.ascontiguousarray(dz.transpose(1, 0, 2)).reshape(T * B, O)     # (T*B, O)
+    grads, d_inp, dh0 = _backward_core(params, dz, cache, dhn, None, True)
     grads = {k: grads[k] for k in params}          # the parameters' key order
-    dX: Array | None = None
-    if d_inp is not None:
-        if spec.setup == "one_to_many":
-            dX = d_inp.sum(axis=0) if spec.feed == "every" else d_inp[0].copy()   # (B, D)
-        else:
-            dX = np.ascontiguousarray(d_inp.transpose(1, 0, 2))                 # (B, T, D)
-    return Gradients(grads, dX, dh0)
+    return Gradients(grads, _input_grad(spec, d_inp), dh0)
+
+
+def _input_grad(spec: RNNSpec, d_inp: Array | None) -> Array | None:
+    """``dL/dX`` in the layout of ``X`` from the time-first gradient of the first layer."""
+    if d_inp is None:
+        return None
+    if spec.setup == "one_to_many":
+        return d_inp.sum(axis=0) if spec.feed == "every" else d_inp[0].copy()     # (B, D)
+    return np.ascontiguousarray(d_inp.transpose(1, 0, 2))                         # (B, T, D)
 
 
 def value_and_grad(
@@ -468,3 +615,389 @@ def value_and_grad(
     out, cache = forward(params, X, spec, h0=h0, mask=mask, lengths=lengths, steps=steps)
     res = loss_and_grad(spec, out, Y, mask=mask, lengths=lengths)
     return res.value, backward(params, res.dz, cache), out
+
+
+# ----------------------------------------------------------------------------- workspace
+
+
+class _BlasThreads:
+    """Reads and sets the thread count of NumPy's BLAS through threadpoolctl, when installed.
+
+    Without threadpoolctl (an optional dependency) nothing is changed.
+    """
+
+    def __init__(self) -> None:
+        self._libs: list[Any] | None = None
+
+    def libs(self) -> list[Any]:
+        if self._libs is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                self._libs = []
+            else:
+                found = ThreadpoolController().select(user_api="blas").lib_controllers
+                # NumPy's own BLAS (a wheel bundles it in numpy.libs), not another library's
+                ours = [lc for lc in found if "numpy" in str(getattr(lc, "filepath", ""))]
+                self._libs = ours or list(found)
+        return self._libs
+
+    def get(self) -> int | None:
+        libs = self.libs()
+        return int(libs[0].get_num_threads()) if libs else None
+
+    def limit(self, n: int) -> _ThreadLimit:
+        """A reusable context: run the block with ``n`` BLAS threads, then restore the count."""
+        return _ThreadLimit(self.libs(), n)
+
+
+class _ThreadLimit:
+    """See :meth:`_BlasThreads.limit`; not re-entrant (not needed)."""
+
+    def __init__(self, libs: list[Any], n: int) -> None:
+        self.libs, self.n = libs, n
+        self.before: list[int] = []
+
+    def __enter__(self) -> None:
+        self.before = [int(lc.get_num_threads()) for lc in self.libs]
+        for lc, b in zip(self.libs, self.before, strict=True):
+            if b != self.n:
+                lc.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        for lc, b in zip(self.libs, self.before, strict=True):
+            if b != self.n:
+                lc.set_num_threads(b)
+
+
+_BLAS = _BlasThreads()
+
+
+class _FlushDenormals:
+    """Flush subnormal floats to zero in the calling thread while the block runs.
+
+    Sets the FTZ and DAZ bits of the SSE control register (MXCSR) through glibc's
+    ``fegetenv``/``fesetenv`` and restores the saved environment on exit, as XLA does for its CPU
+    kernels.  A vanishing gradient passes through the subnormal range (below ~1.2e-38 in float32),
+    where each operation takes a slow microcode path; flushed, it becomes exactly zero and the
+    backward loop stops there (:func:`rnnlab.cell.backward`).  Only numbers below the normal range
+    change (to zero).  A no-op where it is not x86-64 Linux with glibc, or where the self-test
+    fails.  One object per thread: it keeps the saved environment.
+    """
+
+    _MXCSR_OFFSET = 28            # fenv_t on x86-64: the x87 environment (28 bytes), then MXCSR
+    _FTZ_DAZ = 0x8040
+    _libm: Any = None
+    _usable: bool | None = None
+
+    def __init__(self) -> None:
+        self._saved = ctypes.create_string_buffer(64)    # sizeof(fenv_t) is 32
+        self._flush = ctypes.create_string_buffer(64)
+        self.ok = bool(self._probe())
+
+    @classmethod
+    def _probe(cls) -> bool:
+        if cls._usable is None:
+            cls._usable = False
+            if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+                return False
+            try:
+                libm = ctypes.CDLL("libm.so.6")
+                libm.fegetenv, libm.fesetenv      # noqa: B018 (both must exist)
+            except (OSError, AttributeError):
+                return False
+            buf = ctypes.create_string_buffer(64)
+            if libm.fegetenv(buf) != 0:
+                return False
+            o = cls._MXCSR_OFFSET
+            mx = int.from_bytes(buf.raw[o:o + 4], "little")
+            if mx >> 16 or (mx & 0x1F80) != 0x1F80:  # not an MXCSR with every exception masked
+                return False
+            cls._libm, cls._usable = libm, True
+            probe = cls()
+            with probe:
+                flushed = np.float32(1e-39) * np.float32(1.0) == 0.0
+            cls._usable = bool(flushed) and np.float32(1e-39) * np.float32(1.0) != 0.0
+        return cls._usable
+
+    def __enter__(self) -> None:
+        if not self.ok:
+            return
+        libm = self._libm
+        libm.fegetenv(self._saved)
+        raw = bytearray(self._saved.raw)
+        o = self._MXCSR_OFFSET
+        mx = int.from_bytes(raw[o:o + 4], "little") | self._FTZ_DAZ
+        raw[o:o + 4] = mx.to_bytes(4, "little")
+        ctypes.memmove(self._flush, bytes(raw), len(raw))
+        libm.fesetenv(self._flush)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ok:
+            self._libm.fesetenv(self._saved)
+
+
+class ThreadOption(NamedTuple):
+    """BLAS threads of a :class:`Workspace` call: ``loop`` for the recurrent loops, ``rest`` for
+    everything else."""
+
+    loop: int
+    rest: int
+
+
+class _LoopContext:
+    """What the recurrent loops of a :class:`Workspace` run under: a BLAS thread count and
+    flushed subnormals.  Reusable, not re-entrant."""
+
+    def __init__(self, threads: _ThreadLimit | None, flush: _FlushDenormals | None) -> None:
+        self.threads, self.flush = threads, flush
+
+    def __enter__(self) -> None:
+        if self.threads is not None:
+            self.threads.__enter__()
+        if self.flush is not None:
+            self.flush.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.flush is not None:
+            self.flush.__exit__(*exc)
+        if self.threads is not None:
+            self.threads.__exit__(*exc)
+
+
+class _ThreadTuner:
+    """Chooses how a :class:`Workspace` uses its BLAS thread budget, by timing its own calls.
+
+    The options (:class:`ThreadOption`) are the thread counts for the recurrent loops (one small
+    ``(B, H) x (H, H)`` product and a few element-wise passes per step) and for everything else
+    (the large products over all steps): ``(1, 1)``, ``(1, budget)`` and ``(budget, budget)``.
+    Which is fastest depends on the shapes and on what else the machine runs: on an idle machine
+    two threads win for large ``H``; on a busy one a second thread that must wait for a core
+    costs more than it gives, at every one of the ``2T`` small products.  After one untimed call
+    each option runs twice; then the fastest by the median of its last ``keep`` calls runs, and
+    every ``explore_every`` calls one other option runs once, so that a change of load is
+    noticed.
+    """
+
+    def __init__(self, budget: int, explore_every: int = 50, keep: int = 5) -> None:
+        self.budget = budget
+        opts = [ThreadOption(1, 1)]
+        if budget > 1:
+            opts += [ThreadOption(1, budget), ThreadOption(budget, budget)]
+        self.options = opts
+        self.times: dict[ThreadOption, list[float]] = {o: [] for o in self.options}
+        self.keep, self.explore_every = keep, explore_every
+        self.calls = 0
+        self._rotate = 0
+
+    def best(self) -> ThreadOption:
+        return min(self.options, key=lambda o: statistics.median(self.times[o]) if self.times[o]
+                   else float("inf"))
+
+    def pick(self) -> ThreadOption | None:
+        """The option to run now; ``None`` for the first call (untimed: it allocates)."""
+        self.calls += 1
+        if self.calls == 1:
+            return None
+        for o in self.options:
+            if len(self.times[o]) < 2:
+                return o
+        best = self.best()
+        if len(self.options) > 1 and self.calls % self.explore_every == 0:
+            others = [o for o in self.options if o != best]
+            self._rotate += 1
+            return others[self._rotate % len(others)]
+        return best
+
+    def record(self, option: ThreadOption, seconds: float) -> None:
+        t = self.times[option]
+        t.append(seconds)
+        if len(t) > self.keep:
+            del t[0]
+
+
+class Workspace:
+    """Buffers reused across training steps: the fast path (docs/performance.md).
+
+    ::
+
+        ws = Workspace(spec)
+        for X, Y in batches:
+            loss, grads = ws.value_and_grad(params, X, Y)
+            opt.update_(params, grads, state)
+
+    :meth:`value_and_grad` computes what :func:`value_and_grad` computes, by the same operations
+    on the same numbers (the gradients are the same bit for bit unless subnormal numbers occur,
+    see below; the loss value up to the order of its sum), with:
+
+    * every array preallocated for the batch shape and reused by the next call;
+    * no predictions ``y`` (the loss needs only the logits) and no ``dL/dX`` unless
+      ``input_grad=True``;
+    * the recurrent loops run with subnormal numbers flushed to zero (``flush_denormals``): a
+      vanishing gradient becomes exactly zero instead of crawling through the subnormal range,
+      and the backward loop stops there.  Only numbers below ~1.2e-38 (float32) or ~2.2e-308
+      (float64) are affected, as with XLA's CPU kernels;
+    * the BLAS thread counts chosen by timing (``threads="auto"``, see :class:`_ThreadTuner`).
+
+    Inputs, targets, masks and parameters are validated on every call, as the public functions
+    do.  The returned gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and
+    :attr:`input_grad` are views of the workspace's buffers: valid until the next call, which
+    overwrites them; copy what must outlive it.  A new batch shape or dtype reallocates the
+    buffers.  A workspace is not thread-safe: use one per thread.
+
+    Parameters
+    ----------
+    spec : RNNSpec
+    input_grad : bool
+        Also compute ``dL/dX`` (:attr:`input_grad`); a training step does not need it.
+    threads : "auto", int or None
+        BLAS threads.  ``"auto"`` (default): within the current BLAS thread count (the budget,
+        e.g. set by ``threadpoolctl.threadpool_limits``), the counts for the recurrent loops and
+        for the rest that the tuner finds fastest.  An int: that many threads for the loops, the
+        budget for the rest.  ``None``: leave the BLAS alone.  The count is set for the duration
+        of the call and restored after it; this needs the optional package ``threadpoolctl``
+        (without it, ``"auto"`` and ints act as ``None``).
+    flush_denormals : bool
+        Flush subnormals to zero in the recurrent loops (x86-64 Linux; elsewhere a no-op).
+    """
+
+    def __init__(self, spec: RNNSpec, *, input_grad: bool = False,
+                 threads: int | str | None = "auto", flush_denormals: bool = True) -> None:
+        if not isinstance(spec, RNNSpec):
+            raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
+        if not isinstance(input_grad, bool):
+            raise TypeError(f"input_grad must be a bool; got {type(input_grad).__name__}")
+        if not (threads is None or threads == "auto" or (
+                isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+            raise ValueError(f"threads must be 'auto', an int >= 1 or None; got {threads!r}")
+        if not isinstance(flush_denormals, bool):
+            raise TypeError(
+                f"flush_denormals must be a bool; got {type(flush_denormals).__name__}")
+        self.spec = spec
+        self.want_input_grad = input_grad
+        self.threads = threads
+        self._flush = _FlushDenormals() if flush_denormals else None
+        self._bufs: _Buffers | None = None
+        self._tuner: _ThreadTuner | None = None
+        self.cache: Cache | None = None
+        self.h0_grad: Array | None = None
+        self.input_grad: Array | None = None
+        self._logits: Array | None = None
+
+    def _buffers(self, B: int, T: int, dtype: np.dtype) -> _Buffers:
+        if self._bufs is None or self._bufs.key != (B, T, np.dtype(dtype)):
+            self._bufs = None                      # free the old buffers before allocating
+            self._bufs = _Buffers(self.spec, B, T, dtype, self.want_input_grad)
+            self._tuner = None                     # new shapes: time the options again
+        return self._bufs
+
+    def _thread_option(self) -> ThreadOption | None:
+        """The thread option for this call, or None to leave the BLAS alone."""
+        if self.threads is None or not _BLAS.libs():
+            return None
+        budget = _BLAS.get() or 1
+        if isinstance(self.threads, int):
+            return ThreadOption(self.threads, budget)
+        if self._tuner is None or self._tuner.budget != budget:
+            self._tuner = _ThreadTuner(budget)
+        return self._tuner.pick()
+
+    @property
+    def thread_choice(self) -> ThreadOption | None:
+        """The option the tuner currently prefers (None before it has timed any)."""
+        if self._tuner is None or not any(self._tuner.times.values()):
+            return None
+        return self._tuner.best()
+
+    @property
+    def logits(self) -> Array | None:
+        """The last call's logits in the public layout, ``(B, O)`` or ``(B, T, O)`` (a view)."""
+        z = self._logits
+        if z is None:
+            return None
+        return z if z.ndim == 2 else z.transpose(1, 0, 2)
+
+    def value_and_grad(
+        self,
+        params: Mapping[str, Array],
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        h0: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+        lengths: ArrayLike | None = None,
+        steps: int | None = None,
+    ) -> tuple[float, Params]:
+        """``(loss, gradients)`` of one batch, arguments as for :func:`value_and_grad`.
+
+        The gradients are a dict in the parameters' key order whose arrays belong to the
+        workspace (overwritten by the next call).
+        """
+        spec = self.spec
+        dtype = check_params(params, spec)
+
+        def buffer_for(shape: tuple[int, ...]) -> NDArray[Any] | None:
+            return self._buffers(shape[1], shape[0], dtype).input(shape)      # (T, B[, D])
+
+        one_to_many = spec.setup == "one_to_many"
+        x_tb, B, T = _prepare_input(X, spec, dtype, steps, None if one_to_many else buffer_for)
+        bufs = self._buffers(B, T, dtype)
+        m_bt = make_mask(B, T, mask=mask, lengths=lengths)
+        m_tb = None if m_bt is None else np.ascontiguousarray(m_bt.T)
+        h0_all = bufs.h0 if h0 is None else _check_h0(h0, spec, B, dtype)
+        if h0 is None:
+            h0_all.fill(0.0)
+        if spec.per_step_output:      # validate the targets before the work
+            _check_targets(Y, spec, (B,) if spec.setup == "many_to_one" else (B, T), dtype)
+
+        option = self._thread_option()
+        tuner = self._tuner if self.threads == "auto" else None
+        rest = nullcontext() if option is None else _BLAS.limit(option.rest)
+        loop = _LoopContext(None if option is None else _BLAS.limit(option.loop), self._flush)
+        t0 = time.perf_counter()
+        with rest:
+            z, _, cache = _forward_core(params, x_tb, m_tb, h0_all, spec, bufs, loop)
+            value, dz = _loss_time_first(spec, z, Y, m_tb, bufs)
+            grads, d_inp, dh0 = _backward_core(params, dz, cache, None, bufs,
+                                               self.want_input_grad, loop)
+        if tuner is not None and option is not None:
+            tuner.record(option, time.perf_counter() - t0)
+        self.cache, self._logits, self.h0_grad = cache, z, dh0
+        self.input_grad = _input_grad(spec, d_inp) if self.want_input_grad else None
+        return value, {k: grads[k] for k in params}
+
+
+def _loss_time_first(
+    spec: RNNSpec, z: Array, Y: ArrayLike, m_tb: Mask | None, bufs: _Buffers
+) -> tuple[float, Array]:
+    """:func:`loss_and_grad` on time-first logits ``(T, B, O)`` (or ``(B, O)``), into buffers.
+
+    Returns the value and ``dL/dz`` as ``(T * B, O)`` rows (or ``(B, O)``).
+    """
+    O = spec.output_size
+    if z.ndim == 3:
+        T, B = z.shape[:2]
+        seq_target = spec.setup == "many_to_one"
+        y = _check_targets(Y, spec, (B,) if seq_target else (B, T), z.dtype)
+        y_tb = (np.broadcast_to(y[None], (T,) + y.shape) if seq_target
+                else np.swapaxes(y, 0, 1))                         # (T, B) or (T, B, O)
+        rows, dz = z.reshape(T * B, O), bufs.dz.reshape(T * B, O)
+        if m_tb is None:
+            y_rows = y_tb.reshape((T * B,) + y_tb.shape[2:])
+        else:
+            sel = m_tb.reshape(-1)
+            res = losses.loss_and_grad(spec.loss, rows[sel], y_tb.reshape(
+                (T * B,) + y_tb.shape[2:])[sel], spec.reduction)
+            dz.fill(0.0)
+            dz[sel] = res.dz
+            return res.value, dz
+    else:
+        y = _check_targets(Y, spec, (z.shape[0],), z.dtype)
+        rows, dz, y_rows = z, bufs.dz, y
+    if spec.loss == "softmax_ce" and y_rows.ndim == 1:
+        denom = losses._denominator(spec.loss, rows, spec.reduction)
+        tmp = bufs.loss_tmp.reshape(rows.shape)
+        return losses._softmax_ce_labels(rows, y_rows, denom, dz, tmp), dz
+    res = losses.loss_and_grad(spec.loss, rows, y_rows, spec.reduction)
+    np.copyto(dz, res.dz)
+    return res.value, dz

@@ -1,0 +1,634 @@
+"""One float32 training step of rnnlab against PyTorch and JAX, on the CPU (issue 6).
+
+    python -m benchmarks.step                       # every config, every peer (~4 minutes)
+    python -m benchmarks.step --quick               # fewer steps, no memory column (~1 minute)
+    python -m benchmarks.step --configs a,b --peers torch --threads 1
+
+A training step is forward, softmax cross-entropy, backpropagation through time and an SGD update
+of every parameter, in float32, one Elman layer (tanh) and a linear head:
+
+* ``rnnlab``      the fast path, :class:`rnnlab.network.Workspace` + ``opt.update_``;
+* ``rnnlab-api``  the three public calls, ``forward`` + ``loss_and_grad`` + ``backward``, then
+                  ``opt.update_``, with no workspace (what the library did before issue 6);
+* ``torch``       ``torch.nn.RNN`` + ``nn.Linear``, eager, ``F.cross_entropy``, ``torch.optim.SGD``;
+* ``jax``         one ``jax.jit`` of ``value_and_grad`` over a ``lax.scan`` recurrence and the
+                  SGD update, parameters donated.
+
+Every implementation starts from the same float32 parameters and trains on the same fixed batch.
+Steps are timed one by one and the implementations alternate within each round (their order
+rotating), so slow drifts of a shared machine hit all of them alike; the table gives medians.
+All run under the same thread budget: NumPy's BLAS is capped with threadpoolctl, PyTorch with
+``torch.set_num_threads``, XLA with its intra-op flag.
+
+FLOPs (GEMMs only, the issue's formula): forward ``F = 2BT(DH + H^2) + 2BHC x (T or 1)``, a
+training step counted as ``3F``; GFLOP/s = ``3F / median step time``.  The GEMM ceiling is NumPy's
+float32 ``matmul`` at 2048^3 under the same thread cap, measured in the same run.
+
+Peak memory is measured in a fresh child process per (config, implementation): resident set
+after the set-up (imports, data, parameters, model, JAX's ahead-of-time compile), then the peak
+resident set over one warm-up and three steps (Linux ``/proc/self/clear_refs`` resets the peak);
+the column is the difference, so it counts everything a step allocates and keeps (workspaces,
+caches, autograd graphs) and nothing that was there before the first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+LR = 0.01
+IMPLS = ("rnnlab", "rnnlab-api", "torch", "jax")
+TBPTT_K = 25                  # k1 = k2: the windows tile T, so each step is backpropagated once
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    title: str
+    B: int
+    T: int
+    D: int          # input features, or the vocabulary for index inputs
+    H: int
+    C: int
+    every_step: bool  # loss at every step (many-to-many) instead of the last one
+    index: bool       # integer ids as input
+
+    def flops(self) -> float:
+        """Forward GEMM FLOPs ``F = 2BT(DH + H^2) + 2BHC x (T or 1)``."""
+        B, T, D, H, C = self.B, self.T, self.D, self.H, self.C
+        return 2.0 * B * T * (D * H + H * H) + 2.0 * B * H * C * (T if self.every_step else 1)
+
+
+CONFIGS: dict[str, Config] = {
+    "a": Config("a", "row MNIST", 128, 28, 28, 128, 10, False, False),
+    "b": Config("b", "pixel MNIST", 128, 784, 1, 128, 10, False, False),
+    "c": Config("c", "char LM", 32, 100, 65, 256, 65, True, True),
+    "d": Config("d", "large", 256, 50, 64, 512, 10, False, False),
+    # for the RTRL row (RTRL's sensitivities are (B, |theta|, H): row MNIST at H = 128 would
+    # need 2.6 GB and ~2.4 TFLOP per step)
+    "r": Config("r", "RTRL-sized row MNIST", 16, 28, 28, 32, 10, False, False),
+}
+MAIN_CONFIGS = ("a", "b", "c", "d")
+# the other gradient algorithms: (config, implementation)
+ALGO_ROWS = (("c", "tbptt"), ("r", "rnnlab"), ("r", "rtrl"))
+
+
+def rtrl_rows(cfg: Config) -> int:
+    """Sensitivity rows R = DH + H^2 + H + H (weights, bias, h0) of one layer (rtrl.layout)."""
+    return cfg.D * cfg.H + cfg.H * cfg.H + 2 * cfg.H
+
+
+def step_flops(cfg: Config, impl: str) -> tuple[float, str]:
+    """FLOPs of one training step of ``impl`` and the formula used."""
+    if impl == "rtrl":   # docs/derivation.md eq. (34): one (B R, H) x (H, H) GEMM per step
+        R = rtrl_rows(cfg)
+        return (cfg.flops() + 2.0 * cfg.B * cfg.T * R * cfg.H * cfg.H,
+                f"F + 2BT R H^2, R = DH + H^2 + 2H = {R}")
+    return 3 * cfg.flops(), "3F"
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def _problem(cfg: Config, seed: int = 0) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(spec, X, Y, params): X batch first, float32 parameters from rnnlab's initialiser."""
+    import numpy as np
+
+    from rnnlab import RNNSpec, init_params
+
+    rng = np.random.default_rng(seed)
+    spec = RNNSpec(cfg.D, cfg.H, cfg.C, setup="many_to_many" if cfg.every_step else "many_to_one",
+                   input_kind="index" if cfg.index else "dense")
+    params = init_params(spec, rng, dtype=np.float32)
+    X: Any
+    if cfg.index:
+        X = rng.integers(0, cfg.D, size=(cfg.B, cfg.T))
+        Y = rng.integers(0, cfg.C, size=(cfg.B, cfg.T))
+    else:
+        X = rng.random((cfg.B, cfg.T, cfg.D), dtype=np.float32)
+        Y = rng.integers(0, cfg.C, size=cfg.B)
+    return spec, X, Y, params
+
+
+Step = Callable[[], float]
+
+
+def make_rnnlab(cfg: Config, threads: int) -> Step:
+    from rnnlab import network as net
+    from rnnlab import optim
+
+    spec, X, Y, params = _problem(cfg)
+    opt = optim.make("sgd", lr=LR)
+    state = opt.init(params)
+    ws = net.Workspace(spec)
+
+    def step() -> float:
+        loss, grads = ws.value_and_grad(params, X, Y)
+        opt.update_(params, grads, state)
+        return loss
+
+    def note() -> str:
+        c = ws.thread_choice
+        return "" if c is None else f"{c.loop} BLAS thread(s) in the loops, {c.rest} elsewhere"
+
+    step.note = note   # type: ignore[attr-defined]
+    return step
+
+
+def make_rnnlab_api(cfg: Config, threads: int) -> Step:
+    from rnnlab import network as net
+    from rnnlab import optim
+
+    spec, X, Y, params = _problem(cfg)
+    opt = optim.make("sgd", lr=LR)
+    state = opt.init(params)
+
+    def step() -> float:
+        out, cache = net.forward(params, X, spec)
+        res = net.loss_and_grad(spec, out, Y)
+        g = net.backward(params, res.dz, cache)
+        opt.update_(params, g.params, state)
+        return res.value
+
+    return step
+
+
+def make_torch(cfg: Config, threads: int) -> Step:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    spec, X, Y, params = _problem(cfg)
+    rnn = nn.RNN(cfg.D, cfg.H, nonlinearity="tanh")           # time first, float32
+    fc = nn.Linear(cfg.H, cfg.C)
+    rnn.load_state_dict({   # our b_h is PyTorch's bias_ih + bias_hh
+        "weight_ih_l0": torch.from_numpy(params["l0.W_xh"].T.copy()),
+        "weight_hh_l0": torch.from_numpy(params["l0.W_hh"].T.copy()),
+        "bias_ih_l0": torch.from_numpy(params["l0.b_h"]),
+        "bias_hh_l0": torch.zeros(cfg.H)})
+    fc.load_state_dict({"weight": torch.from_numpy(params["W_hy"].T.copy()),
+                        "bias": torch.from_numpy(params["b_y"])})
+    if cfg.index:   # nn.RNN reads vectors: one-hot rows, made once outside the step
+        x = torch.from_numpy(np.eye(cfg.D, dtype=np.float32)[X.T])                # (T, B, V)
+        y = torch.from_numpy(np.ascontiguousarray(Y.T)).reshape(-1)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(X.transpose(1, 0, 2)))           # (T, B, D)
+        y = torch.from_numpy(Y)
+    opt = torch.optim.SGD(list(rnn.parameters()) + list(fc.parameters()), lr=LR)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        seq, h_n = rnn(x)
+        if cfg.every_step:
+            loss = F.cross_entropy(fc(seq).reshape(-1, cfg.C), y)
+        else:
+            loss = F.cross_entropy(fc(h_n[-1]), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def make_jax(cfg: Config, threads: int) -> Step:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    spec, X, Y, params = _problem(cfg)
+    p0 = {"W_xh": params["l0.W_xh"], "W_hh": params["l0.W_hh"], "b_h": params["l0.b_h"],
+          "W_hy": params["W_hy"], "b_y": params["b_y"]}
+    p = {k: jnp.asarray(v) for k, v in p0.items()}
+    if cfg.index:
+        x = jnp.asarray(np.ascontiguousarray(X.T).astype(np.int32))               # (T, B)
+        y = jnp.asarray(np.ascontiguousarray(Y.T).astype(np.int32))               # (T, B)
+    else:
+        x = jnp.asarray(np.ascontiguousarray(X.transpose(1, 0, 2)))               # (T, B, D)
+        y = jnp.asarray(Y.astype(np.int32))
+
+    def loss_fn(p: dict[str, Any], x: Any, y: Any) -> Any:
+        A = (p["W_xh"][x] if cfg.index else x @ p["W_xh"]) + p["b_h"]              # (T, B, H)
+
+        def body(h: Any, a: Any) -> tuple[Any, Any]:
+            h = jnp.tanh(a + h @ p["W_hh"])
+            return h, (h if cfg.every_step else None)
+
+        h_last, hs = lax.scan(body, jnp.zeros((cfg.B, cfg.H), jnp.float32), A)
+        logits = (hs if cfg.every_step else h_last) @ p["W_hy"] + p["b_y"]
+        logits = logits.reshape(-1, cfg.C)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, y.reshape(-1, 1), axis=-1)[:, 0]
+        return jnp.mean(lse - picked)
+
+    def train(p: dict[str, Any], x: Any, y: Any) -> tuple[dict[str, Any], Any]:
+        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
+        return jax.tree.map(lambda a, b: a - LR * b, p, g), loss
+
+    compiled = jax.jit(train, donate_argnums=0).lower(p, x, y).compile()
+    box = [p]
+
+    def step() -> float:
+        box[0], loss = compiled(box[0], x, y)
+        jax.block_until_ready(box[0])
+        return float(loss)
+
+    return step
+
+
+def make_tbptt(cfg: Config, threads: int) -> Step:
+    from rnnlab import optim, tbptt
+
+    spec, X, Y, params = _problem(cfg)
+    opt = optim.make("sgd", lr=LR)
+    state = opt.init(params)
+
+    def step() -> float:
+        loss, g, _ = tbptt.value_and_grad(params, X, Y, spec, k1=TBPTT_K, k2=TBPTT_K)
+        opt.update_(params, g.params, state)
+        return loss
+
+    return step
+
+
+def make_rtrl(cfg: Config, threads: int) -> Step:
+    from rnnlab import optim, rtrl
+
+    spec, X, Y, params = _problem(cfg)
+    opt = optim.make("sgd", lr=LR)
+    state = opt.init(params)
+
+    def step() -> float:
+        loss, g, _ = rtrl.value_and_grad(params, X, Y, spec)
+        opt.update_(params, g.params, state)
+        return loss
+
+    return step
+
+
+MAKERS: dict[str, Callable[[Config, int], Step]] = {
+    "rnnlab": make_rnnlab, "rnnlab-api": make_rnnlab_api, "torch": make_torch, "jax": make_jax,
+    "tbptt": make_tbptt, "rtrl": make_rtrl,
+}
+
+
+# ----------------------------------------------------------------------------- machinery
+
+
+def _set_jax_threads(threads: int) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "intra_op_parallelism_threads" not in flags:
+        multi = "true" if threads > 1 else "false"
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={multi}"
+                                   f" intra_op_parallelism_threads={threads}").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _available(impl: str) -> str | None:
+    """None when ``impl`` can run here, else why not."""
+    import importlib.util
+
+    mod = {"torch": "torch", "jax": "jax", "tbptt": "rnnlab.tbptt",
+           "rtrl": "rnnlab.rtrl"}.get(impl)
+    if mod is not None and importlib.util.find_spec(mod) is None:
+        if mod.startswith("rnnlab."):
+            return f"{mod} does not exist in this rnnlab"
+        return f"{mod} is not installed (pip install -e '.[bench]')"
+    return None
+
+
+def gemm_ceiling(reps: int = 5, n: int = 2048) -> list[float]:
+    """GFLOP/s of NumPy's float32 matmul at n^3, one sample per repetition."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty_like(a)
+    np.matmul(a, b, out=c)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        out.append(2.0 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return out
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_child(impl: str, cfg: Config, threads: int) -> None:
+    """Child process: print the peak resident memory (MiB) one training step adds."""
+    import ctypes
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads, user_api="blas"):
+        step = MAKERS[impl](cfg, threads)
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        base = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                      # reset VmHWM to the current RSS
+        for _ in range(4):
+            step()
+        peak = _status_kib("VmHWM")
+    print(json.dumps({"peak_mib": (peak - base) / 1024.0}))
+
+
+def measure_memory(impl: str, cfg: Config, threads: int) -> float | None:
+    cmd = [sys.executable, "-m", "benchmarks.step", "--memory-child", impl,
+           "--configs", cfg.name, "--threads", str(threads)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+        return float(json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"])
+    except (subprocess.SubprocessError, ValueError, KeyError, IndexError, OSError) as e:
+        print(f"  (memory of {impl} on {cfg.name} not measured: {e})", file=sys.stderr)
+        return None
+
+
+@dataclass
+class Row:
+    config: str
+    impl: str
+    median_s: float
+    seq_per_s: float
+    gflops: float
+    frac_ceiling: float
+    peak_mib: float | None
+    n: int
+    formula: str
+    note: str = ""
+
+
+def time_config(cfg: Config, impls: list[str], threads: int, steps: int, warmup: int,
+                block: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per implementation, the times of ``steps`` single steps, and a note on each.
+
+    The implementations take turns in blocks of ``block`` timed steps, each block preceded by one
+    untimed step (threads of the previous implementation may still be spinning, caches hold its
+    data); the order rotates every round.
+    """
+    runners = {name: MAKERS[name](cfg, threads) for name in impls}
+    for step in runners.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    rounds = -(-steps // block)
+    for r in range(rounds):
+        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        for name in order:
+            step = runners[name]
+            step()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
+    notes = {name: str(getattr(step, "note", lambda: "")()) for name, step in runners.items()}
+    return times, notes
+
+
+def _cpu_busy() -> tuple[float, float] | None:
+    """(seconds of busy CPU time on the whole machine, seconds used by this process)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)   # minus idle, iowait
+    t = os.times()
+    return busy / hz, t.user + t.system
+
+
+def others_load(start: tuple[float, float] | None, seconds: float) -> str:
+    """How many cores other processes kept busy on average since ``start``."""
+    end = _cpu_busy()
+    if start is None or end is None or seconds <= 0:
+        return "unknown"
+    return f"{max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / seconds:.2f} cores"
+
+
+def blas_info() -> str:
+    from threadpoolctl import threadpool_info
+
+    parts = []
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            parts.append(f"{lib.get('internal_api')} {lib.get('version')} "
+                         f"kernel {lib.get('architecture')}")
+    return "; ".join(parts) or "unknown BLAS"
+
+
+def _reexec_without_openblas_coretype() -> None:
+    """OPENBLAS_CORETYPE/L2_SIZE (set on some machines for old OpenBLAS builds) slow down a
+    current NumPy: drop both for this command alone (see the environment notes)."""
+    if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env["RNNLAB_BENCH_DROPPED_OPENBLAS_ENV"] = "1"
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.step", *sys.argv[1:]], env)
+
+
+def _rows(cfg: Config, impls: list[str], times: dict[str, list[float]],
+          notes: dict[str, str]) -> list[Row]:
+    out = []
+    for name in impls:
+        med = statistics.median(times[name])
+        flops, formula = step_flops(cfg, name)
+        out.append(Row(cfg.name, name, med, cfg.B / med, flops / med / 1e9, 0.0, None,
+                       len(times[name]), formula, notes.get(name, "")))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=",".join(MAIN_CONFIGS),
+                    help="comma-separated subset of a,b,c,d (and r, RTRL's small config)")
+    ap.add_argument("--peers", default="torch,jax",
+                    help="comma-separated peers besides rnnlab (torch, jax, rnnlab-api); "
+                         "'none' for none")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="thread budget for every implementation (default: all cores)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per implementation (default 20; --quick 6)")
+    ap.add_argument("--warmup", type=int, default=8,
+                    help="untimed steps first (default 8: rnnlab's thread tuner settles in 7)")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and no memory column")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    ap.add_argument("--no-algos", action="store_true",
+                    help="skip the truncated BPTT and RTRL rows")
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="do not drop OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the run")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if not args.keep_openblas_env:
+        _reexec_without_openblas_coretype()
+    threads = args.threads or os.cpu_count() or 1
+    _set_jax_threads(threads)
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in names if c not in CONFIGS]
+    if bad:
+        ap.error(f"unknown config(s) {bad}; expected a subset of {list(CONFIGS)}")
+    cfgs = [CONFIGS[c] for c in names]
+
+    if args.memory_child:
+        _memory_child(args.memory_child, cfgs[0], threads)
+        return 0
+
+    peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p]
+    unknown = [p for p in peers if p not in IMPLS or p == "rnnlab"]
+    if unknown:
+        ap.error(f"unknown peer(s) {unknown}; expected some of torch, jax, rnnlab-api")
+    impls = ["rnnlab"]
+    for p in peers:
+        why = _available(p)
+        if why:
+            print(f"skipping {p}: {why}", file=sys.stderr)
+        else:
+            impls.append(p)
+    algos: list[tuple[str, str]] = []
+    if not args.no_algos:
+        for c, impl in ALGO_ROWS:
+            why = _available(impl)
+            if why:
+                print(f"skipping the {impl} row: {why}", file=sys.stderr)
+            elif c in names or c == "r":
+                algos.append((c, impl))
+    steps = args.steps or (6 if args.quick else 20)
+    block = 3 if args.quick else 4
+    memory = not (args.quick or args.no_memory)
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rows: list[Row] = []
+    algo_rows: list[Row] = []
+    ceilings: list[float] = []
+    with threadpool_limits(threads, user_api="blas"):
+        print(f"rnnlab benchmark: {threads} thread(s) for every implementation, {blas_info()}, "
+              f"{os.cpu_count()} cores; steps={steps} warmup={args.warmup}", flush=True)
+        if os.environ.get("RNNLAB_BENCH_DROPPED_OPENBLAS_ENV"):
+            print("(OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE dropped for this run)")
+        loads = []
+        for cfg in cfgs:
+            ceilings += gemm_ceiling()
+            t0, busy0 = time.perf_counter(), _cpu_busy()
+            times, notes = time_config(cfg, impls, threads, steps, args.warmup, block)
+            rows += _rows(cfg, impls, times, notes)
+            loads.append(f"{cfg.name}: {others_load(busy0, time.perf_counter() - t0)}")
+            print(f"  config {cfg.name} timed", file=sys.stderr, flush=True)
+        by_cfg: dict[str, list[str]] = {}
+        for c, impl in algos:
+            by_cfg.setdefault(c, []).append(impl)
+        for c, algo_impls in by_cfg.items():
+            cfg = CONFIGS[c]
+            times, notes = time_config(cfg, algo_impls, threads, max(6, steps // 2),
+                                       min(args.warmup, 3), block)
+            algo_rows += _rows(cfg, algo_impls, times, notes)
+            print(f"  {', '.join(algo_impls)} on config {c} timed", file=sys.stderr, flush=True)
+        ceilings += gemm_ceiling()
+    ceiling = float(np.median(ceilings))
+    for row in rows + algo_rows:
+        row.frac_ceiling = row.gflops / ceiling
+    if memory:
+        for row in rows + algo_rows:
+            row.peak_mib = measure_memory(row.impl, CONFIGS[row.config], threads)
+    print_table(rows, [c for c in cfgs], impls, ceiling, threads, min(ceilings), max(ceilings))
+    print("CPU kept busy by other processes while each config was timed (the machine is shared): "
+          + ", ".join(loads))
+    if algo_rows:
+        print_algos(algo_rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": threads, "ceiling_gflops": ceiling, "ceiling_samples": ceilings,
+                       "blas": blas_info(), "rows": [r.__dict__ for r in rows + algo_rows]},
+                      f, indent=1)
+    return 0
+
+
+def _fmt_table(head: list[str], lines: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+    print("-|-".join("-" * w for w in widths))
+    for ln in lines:
+        print(" | ".join(str(x).ljust(w) for x, w in zip(ln, widths, strict=True)).rstrip())
+
+
+def _mib(r: Row) -> str:
+    return "-" if r.peak_mib is None else f"{r.peak_mib:.1f}"
+
+
+def print_table(rows: list[Row], cfgs: list[Config], impls: list[str], ceiling: float,
+                threads: int, lo: float, hi: float) -> None:
+    peers = [i for i in impls if i != "rnnlab"]
+    head = ["cfg", "impl", "seq/s", *[f"x {p}" for p in peers], "ms/step", "GFLOP/s",
+            "% ceil", "peak MiB"]
+    lines = []
+    notes = []
+    for cfg in cfgs:
+        by = {r.impl: r for r in rows if r.config == cfg.name}
+        for name in impls:
+            r = by[name]
+            ratios = [f"{r.seq_per_s / by[p].seq_per_s:.2f}" if p != name else "-" for p in peers]
+            lines.append([cfg.name, name, f"{r.seq_per_s:,.0f}", *ratios,
+                          f"{r.median_s * 1e3:.2f}", f"{r.gflops:.1f}",
+                          f"{100 * r.frac_ceiling:.0f}", _mib(r)])
+            if r.note:
+                notes.append(f"  {cfg.name} {name}: {r.note}")
+    print()
+    _fmt_table(head, lines)
+    print()
+    print(f"float32 GEMM ceiling (NumPy matmul 2048^3, {threads} thread(s)): {ceiling:.1f} GFLOP/s "
+          f"(median of the run's samples; range {lo:.0f}-{hi:.0f})")
+    print("seq/s = B / median step time; x peer = this row's seq/s over the peer's; "
+          "GFLOP/s = 3F / median step, F = 2BT(DH + H^2) + 2BHC x (T or 1)")
+    for cfg in cfgs:
+        print(f"  {cfg.name} {cfg.title}: B={cfg.B} T={cfg.T} D={cfg.D} H={cfg.H} C={cfg.C}, "
+              f"{'loss at every step' if cfg.every_step else 'loss at the last step'}"
+              f"{', index input' if cfg.index else ''}; 3F = {3 * cfg.flops() / 1e9:.3f} GFLOP")
+    if notes:
+        print("rnnlab's thread choice (the Workspace's tuner):")
+        print("\n".join(notes))
+
+
+def print_algos(rows: list[Row]) -> None:
+    print()
+    print("Other gradient algorithms (rnnlab only), same thread budget and SGD step:")
+    head = ["cfg", "algorithm", "seq/s", "ms/step", "GFLOP/s", "% ceil", "peak MiB",
+            "FLOP formula"]
+    names = {"tbptt": f"truncated BPTT k1=k2={TBPTT_K}", "rtrl": "RTRL",
+             "rnnlab": "BPTT (Workspace)"}
+    lines = [[r.config, names.get(r.impl, r.impl), f"{r.seq_per_s:,.0f}",
+              f"{r.median_s * 1e3:.2f}", f"{r.gflops:.1f}", f"{100 * r.frac_ceiling:.0f}",
+              _mib(r), r.formula] for r in rows]
+    _fmt_table(head, lines)
+    for c in dict.fromkeys(r.config for r in rows):
+        cfg = CONFIGS[c]
+        print(f"  {c} {cfg.title}: B={cfg.B} T={cfg.T} D={cfg.D} H={cfg.H} C={cfg.C}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
