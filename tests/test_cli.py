@@ -1,0 +1,226 @@
+"""The command line: every command's --help, train/evaluate/sample/gradcheck/sweep/plot/experiment,
+and user mistakes as one line on stderr with exit code 2 and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("click")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from rnnlab.cli import main  # noqa: E402
+from rnnlab.data.text import toy_text  # noqa: E402
+
+COMMANDS = [[], ["train"], ["evaluate"], ["sample"], ["gradcheck"], ["sweep"], ["plot"],
+            ["plot", "curves"], ["plot", "timesteps"], ["plot", "gradients"],
+            ["plot", "activations"], ["experiment"], ["experiment", "timesteps"], ["datasets"]]
+TINY = ["-T", "4", "--hidden", "8", "--epochs", "2", "--batch-size", "128", "--lr", "0.01",
+        "--progress", "off"]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_user_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "rnnlab")
+def test_help_everywhere(capsys, cmd):
+    rc, out, err = run(capsys, *cmd, "--help")
+    assert rc == 0 and out.startswith("Usage: rnnlab") and not err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("cli")
+    assert main(["train", "--runs-dir", str(runs), "--name", "digits", *TINY]) == 0
+    return runs / "digits"
+
+
+def test_train_writes_the_run_directory(trained):
+    assert {p.name for p in trained.iterdir()} >= {"config.toml", "metrics.jsonl", "checkpoints",
+                                                   "summary.json", "diagnostics.npz"}
+    cfg = tomllib.loads((trained / "config.toml").read_text())
+    assert cfg["data"]["steps"] == 4 and cfg["model"]["hidden_size"] == 8
+    assert json.loads((trained / "summary.json").read_text())["status"] == "completed"
+
+
+def test_flags_override_set_which_overrides_the_file(tmp_path, capsys):
+    conf = tmp_path / "c.toml"
+    conf.write_text('name = "f"\n[model]\nhidden_size = 16\n[data]\nsteps = 8\n'
+                    '[train]\nepochs = 1\nlr = 0.5\nprogress = "off"\n')
+    rc, out, err = run(capsys, "train", "-c", str(conf), "--runs-dir", str(tmp_path),
+                       "--set", "model.hidden_size=4", "--set", "lr=0.02", "--lr", "0.03",
+                       "--option", "scale=standard", "--no-diagnostics")
+    assert rc == 0, err
+    cfg = tomllib.loads((tmp_path / "f" / "config.toml").read_text())
+    assert cfg["model"]["hidden_size"] == 4 and cfg["train"]["lr"] == 0.03
+    assert cfg["data"]["steps"] == 8 and cfg["data"]["options"] == {"scale": "standard"}
+    assert cfg["diagnostics"] is False
+    assert "test: test_loss" in out and "completed after 1 epoch(s)" in out
+
+
+def test_evaluate(trained, capsys):
+    rc, out, _ = run(capsys, "evaluate", str(trained))
+    assert rc == 0 and "digits (last) on digits test (359 sequences): loss" in out
+    rc, out, _ = run(capsys, "evaluate", str(trained), "--checkpoint", "best", "--split", "val",
+                     "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["split"] == "val" and 0 <= res["accuracy"] <= 1
+
+
+def test_sample_generates_text(tmp_path, capsys):
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text(toy_text(200, np.random.default_rng(0)))
+    rc, _, err = run(capsys, "train", "--runs-dir", str(tmp_path), "--name", "txt", "--dataset",
+                     "text", "--option", f"path={corpus}", "-T", "20", "--hidden", "16",
+                     "--epochs", "2", "--lr", "0.01", "--progress", "off")
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "sample", str(tmp_path / "txt"), "--prime", "The ", "--length",
+                     "50", "--temperature", "0.5")
+    assert rc == 0 and out.startswith("The ") and len(out.rstrip("\n")) == 54
+    rc, out2, _ = run(capsys, "sample", str(tmp_path / "txt"), "--prime", "The ", "--length",
+                      "50", "--temperature", "0.5")
+    assert out2 == out                                       # same seed, same text
+    rc, _, err = run(capsys, "sample", str(tmp_path / "txt"), "--prime", "€")
+    assert_user_error(rc, err, "characters the model never saw")
+
+
+def test_gradcheck_prints_a_table_and_fails_above_tolerance(capsys):
+    rc, out, _ = run(capsys, "gradcheck", "--layers", "2", "--bidirectional", "--masked")
+    assert rc == 0
+    assert "l1r.W_hh" in out and "finite differences" in out and "OK" in out
+    rc, out, _ = run(capsys, "gradcheck", "--tol", "0", "--no-torch")
+    assert rc == 1 and "FAILED" in out and "PyTorch" not in out.splitlines()[0]
+    rc, out, _ = run(capsys, "gradcheck", "--nonlinearity", "sigmoid", "--setup", "one_to_many")
+    assert rc == 0 and "PyTorch not compared: torch.nn.RNN has no 'sigmoid'" in out
+
+
+def test_sweep_file_with_variants_and_resume(tmp_path, capsys):
+    conf = tmp_path / "s.toml"
+    conf.write_text('[data]\ndataset = "xor"\nsteps = 9\n[train]\nepochs = 1\n'
+                    '[sweep]\nname = "demo"\ngrid = { seed = [0, 1] }\n'
+                    '[[sweep.variants]]\nlabel = "tanh"\n'
+                    '[[sweep.variants]]\nlabel = "relu"\n"model.nonlinearity" = "relu"\n')
+    out_dir = tmp_path / "demo"
+    rc, out, err = run(capsys, "sweep", str(conf), "--grid", "hidden=2,3", "-o", str(out_dir))
+    assert rc == 0, err
+    assert "8 of 8 cells done (0 from earlier runs), 0 failed" in out
+    recs = [json.loads(x) for x in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 8 and {r["cell"]["label"] for r in recs} == {"tanh", "relu"}
+    relu = [r for r in recs if r["cell"]["label"] == "relu"]
+    assert all(r["summary"]["spec"]["nonlinearity"] == "relu" for r in relu)
+    rc, out, _ = run(capsys, "sweep", str(conf), "--grid", "hidden=2,3", "-o", str(out_dir))
+    assert rc == 0 and "8 of 8 cells already done" in out
+    rc, out, _ = run(capsys, "sweep", str(conf), "--grid", "hidden=2,3", "--dry-run")
+    assert rc == 0 and out.strip().endswith("8 cells -> runs/demo")
+    rc, _, err = run(capsys, "sweep", str(conf), "--grid", "hiden=2,3")
+    assert_user_error(rc, err, "unknown config key 'hiden'")
+    rc, _, err = run(capsys, "sweep")
+    assert_user_error(rc, err, "the sweep has no grid")
+    rc, _, err = run(capsys, "sweep", str(conf), "--grid", "lr=0,1", "-o", str(tmp_path / "x"))
+    assert_user_error(rc, err, "sweep cell", "lr must be a finite number > 0")
+
+
+def test_plot_commands(trained, tmp_path, capsys):
+    for args in (["curves", str(trained)], ["timesteps", str(trained.parent)],
+                 ["gradients", str(trained)], ["activations", str(trained)]):
+        out = tmp_path / args[0]
+        rc, text, err = run(capsys, "plot", *args, "-o", str(out))
+        assert rc == 0, err
+        assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in out.with_suffix(".svg").read_text()[:400]
+    rc, _, err = run(capsys, "plot", "curves", str(tmp_path / "missing"))
+    assert_user_error(rc, err, "does not exist")
+    rc, _, err = run(capsys, "plot", "activations", str(tmp_path))
+    assert_user_error(rc, err, "is not a run directory")
+
+
+def test_experiment_timesteps_small(tmp_path, capsys):
+    rc, out, err = run(capsys, "experiment", "timesteps", "--steps", "2,8", "--seeds", "0",
+                       "--methods", "tanh,irnn", "--epochs", "1", "--hidden-size", "8", "-j",
+                       "1", "-o", str(tmp_path / "t"))
+    assert rc == 0, err
+    assert "tanh, label at the last step" in out and "IRNN" in out
+    assert (tmp_path / "t" / "accuracy_vs_T.png").exists()
+    rc, _, err = run(capsys, "experiment", "timesteps", "--steps", "2,x")
+    assert_user_error(rc, err, "--steps must be comma-separated integers")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["train", "--epochs", "abc"], ["Invalid value for '--epochs'", "rnnlab train --help"]),
+    (["train", "--dataset", "cifar"], ["unknown dataset 'cifar'"]),
+    (["train", "--set", "model.hiden_size=3"], ["unknown config key 'model.hiden_size'"]),
+    (["train", "--config", "/nonexistent/c.toml"], ["does not exist"]),
+    (["train", "--lr", "-1"], ["lr must be a finite number > 0"]),
+    (["train", "--nonlinearity", "tan"], ["unknown activation 'tan'"]),
+    (["train", "--bogus"], ["No such option '--bogus'"]),
+    (["train", "--set", "lr"], ["expected KEY=VALUE"]),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], ["/nonexistent"]),
+    (["evaluate", "/nonexistent"], ["is not a run directory"]),
+    (["gradcheck", "--layers", "0"], ["Invalid value for '--layers'"]),
+    (["plot", "gradients"], ["Missing argument"]),
+    (["frobnicate"], ["No such command 'frobnicate'"]),
+])
+def test_user_mistakes_are_one_line(capsys, tmp_path, args, needles):
+    if args[0] == "train":
+        args = [*args, "--runs-dir", str(tmp_path)]
+    rc, _, err = run(capsys, *args)
+    assert_user_error(rc, err, *needles)
+
+
+def test_unknown_key_in_config_file(tmp_path, capsys):
+    conf = tmp_path / "c.toml"
+    conf.write_text("[train]\nepoch = 3\n")
+    rc, _, err = run(capsys, "train", "-c", str(conf))
+    assert_user_error(rc, err, "c.toml: unknown key(s) ['epoch'] in [train]; valid keys are")
+
+
+def test_resume_of_a_finished_run_does_not_train_again(trained, capsys):
+    before = (trained / "metrics.jsonl").stat().st_mtime_ns
+    args = ["train", "--runs-dir", str(trained.parent), "--name", "digits", *TINY[:-2]]
+    rc, out, _ = run(capsys, *args, "--resume", "--progress", "auto")
+    assert rc == 0 and "completed after 2 epoch(s)" in out
+    assert (trained / "metrics.jsonl").stat().st_mtime_ns == before
+    rc, _, err = run(capsys, *args, "--resume", "--overwrite")
+    assert_user_error(rc, err, "--resume and --overwrite exclude each other")
+
+
+def test_existing_run_directory(trained, capsys):
+    rc, _, err = run(capsys, "train", "--runs-dir", str(trained.parent), "--name", "digits",
+                     *TINY)
+    assert_user_error(rc, err, "already exists; pass --resume")
+
+
+def test_real_processes(tmp_path):
+    """``python -m rnnlab`` and the ``rnnlab`` script: help, and a mistake without traceback."""
+    env = {**os.environ, "RNNLAB_DEBUG": ""}
+    py = [sys.executable, "-m", "rnnlab"]
+    res = subprocess.run(py + ["--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and "experiment" in res.stdout and "main job" in res.stdout
+    res = subprocess.run(py + ["--seeds", "zero"], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "python -m rnnlab: error: --seeds must be comma-separated " \
+                                 "integers; got 'zero'"
+    res = subprocess.run(py + ["train", "--hidden", "x"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
