@@ -8,6 +8,17 @@ import pytest
 from rnnlab import RNNSpec, init_params
 from rnnlab import network as net
 
+# the grid every gradient test covers: hidden activations x output/losses x set-ups
+ACTS = ["tanh", "sigmoid", "relu", "identity"]
+LOSSES = ["softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"]
+SETUPS = [
+    dict(setup="many_to_one"),
+    dict(setup="many_to_one", label_steps="all"),
+    dict(setup="many_to_many"),
+    dict(setup="one_to_many", feed="every"),
+    dict(setup="one_to_many", feed="first"),
+]
+
 
 def make_targets(spec: RNNSpec, rng: np.random.Generator, B: int, T: int) -> np.ndarray:
     """Random targets of the shape and kind ``spec`` expects for a batch (B, T)."""

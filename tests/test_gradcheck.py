@@ -15,17 +15,8 @@ from rnnlab import RNNSpec
 from rnnlab import network as net
 from rnnlab.diagnostics import finite_difference, relative_error
 
-from conftest import problem, relu_pattern
+from conftest import ACTS, LOSSES, SETUPS, problem, relu_pattern
 
-ACTS = ["tanh", "sigmoid", "relu", "identity"]
-LOSSES = ["softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"]
-SETUPS = [
-    dict(setup="many_to_one"),
-    dict(setup="many_to_one", label_steps="all"),
-    dict(setup="many_to_many"),
-    dict(setup="one_to_many", feed="every"),
-    dict(setup="one_to_many", feed="first"),
-]
 B, T, D, H, O = 3, 4, 2, 3, 3
 TOL = 1e-6
 FLOOR = 1e-5  # below this |gradient| the check is absolute at 1e-11, the FD round-off level

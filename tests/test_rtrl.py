@@ -16,17 +16,8 @@ from rnnlab import network as net
 from rnnlab.diagnostics import relative_error
 from rnnlab.params import shapes
 
-from conftest import problem
+from conftest import ACTS, LOSSES, SETUPS, problem
 
-ACTS = ["tanh", "sigmoid", "relu", "identity"]
-LOSSES = ["softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"]
-SETUPS = [
-    dict(setup="many_to_one"),
-    dict(setup="many_to_one", label_steps="all"),
-    dict(setup="many_to_many"),
-    dict(setup="one_to_many", feed="every"),
-    dict(setup="one_to_many", feed="first"),
-]
 B, T, D, H, O = 3, 5, 2, 3, 3
 TOL = 1e-10
 

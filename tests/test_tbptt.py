@@ -12,17 +12,8 @@ from rnnlab import RNNSpec, activations, losses, tbptt
 from rnnlab import network as net
 from rnnlab.diagnostics import finite_difference, relative_error
 
-from conftest import problem
+from conftest import ACTS, LOSSES, SETUPS, problem
 
-ACTS = ["tanh", "sigmoid", "relu", "identity"]
-LOSSES = ["softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"]
-SETUPS = [
-    dict(setup="many_to_one"),
-    dict(setup="many_to_one", label_steps="all"),
-    dict(setup="many_to_many"),
-    dict(setup="one_to_many", feed="every"),
-    dict(setup="one_to_many", feed="first"),
-]
 SETUP_IDS = ["-".join(s.values()) for s in SETUPS]
 B, T, D, H, O = 3, 7, 2, 3, 3
 
