@@ -28,7 +28,7 @@ SETUPS = [
     dict(setup="many_to_one", input_kind="index"),
 ]
 ALL_OPTIONS = [net.ThreadOption(1, 1), net.ThreadOption(1, 2), net.ThreadOption(2, 2),
-               net.ThreadOption(2, 1)]
+               net.ThreadOption(2, 1), net.ThreadOption(1, 1, 2), net.ThreadOption(1, 1, 3)]
 
 
 def _spec(setup: dict, **kw) -> RNNSpec:
@@ -103,7 +103,8 @@ def test_tuner_tries_every_option_then_keeps_the_fastest_and_explores() -> None:
     assert 2 <= len(explored) <= 4                             # about every 10th call
     assert net._ThreadTuner(budget=1).options == [net.ThreadOption(1, 1)]
     assert net._ThreadTuner(budget=2).options == [net.ThreadOption(1, 1), net.ThreadOption(1, 2),
-                                                  net.ThreadOption(2, 2)]
+                                                  net.ThreadOption(2, 2),
+                                                  net.ThreadOption(1, 1, 2)]
 
 
 def test_workspace_auto_threads_restores_the_blas_thread_count() -> None:
@@ -323,3 +324,107 @@ def test_buffered_softmax_ce_is_the_formula(reduction: str, dtype: type) -> None
     res = losses.loss_and_grad("softmax_ce", z, y, reduction)
     np.testing.assert_array_equal(res.dz, dz / denom if denom != 1.0 else dz)
     assert res.value == value / denom
+
+
+@pytest.mark.parametrize("split", [2, 3])
+@pytest.mark.parametrize("setup", range(len(SETUPS)), ids=lambda i: "-".join(SETUPS[i].values()))
+def test_split_over_threads_gives_the_same_gradients(setup: int, split: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every loop and product cut into pieces (thresholds lowered so that small problems are
+    cut too).  The recurrence of each batch row is unchanged; a product's pieces may take other
+    BLAS kernels than the whole (tiny pieces do), so the sums agree to rounding, not bit for bit
+    (docs/performance.md)."""
+    from rnnlab import parallel
+
+    monkeypatch.setattr(parallel, "_MIN_LOOP_ROWS", 1)
+    monkeypatch.setattr(parallel, "_MIN_PIECE_FLOP", 1.0)
+    monkeypatch.setattr(parallel, "_ROW_ALIGN", 1)
+    calls: list[int] = []
+    real_map = parallel.Runner._map
+
+    def counting_map(self, fn, pieces, contexts):             # type: ignore[no-untyped-def]
+        calls.append(len(pieces))
+        return real_map(self, fn, pieces, contexts)
+
+    monkeypatch.setattr(parallel.Runner, "_map", counting_map)
+    for bidir, masked, dtype in itertools.product((False, True), (False, True),
+                                                  (np.float64, np.float32)):
+        spec = _spec(SETUPS[setup], num_layers=2, bidirectional=bidir)
+        params, X, Y, mask, h0 = problem(spec, 3 + bidir, 7, 5, masked)
+        params = {k: v.astype(dtype) for k, v in params.items()}
+        steps = 5 if spec.setup == "one_to_many" else None
+        _, g, _ = net.value_and_grad(params, X, Y, spec, h0=h0, mask=mask, steps=steps)
+        ws = net.Workspace(spec, threads=None, input_grad=True)
+        ws._thread_option = lambda: net.ThreadOption(1, 1, split)  # type: ignore[method-assign]
+        calls.clear()
+        _, wg = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
+        assert calls and all(n == split for n in calls)        # it was cut, into `split` pieces
+        tol = dict(rtol=1e-12, atol=1e-15) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-7)
+        assert list(wg) == list(g.params)
+        for k, v in g.params.items():
+            np.testing.assert_allclose(wg[k], v, **tol, err_msg=k)
+        np.testing.assert_allclose(ws.h0_grad, g.h0, **tol)
+        if g.X is not None:
+            np.testing.assert_allclose(ws.input_grad, g.X, **tol)
+
+
+def test_split_recurrence_changes_no_bit_of_the_states() -> None:
+    """The rows of a batch never interact: the loops cut by rows give the same states and dZ
+    (bit for bit with NumPy's OpenBLAS at these shapes)."""
+    from rnnlab.parallel import Runner
+
+    rng = np.random.default_rng(5)
+    T, B, H = 6, 40, 32
+    act = activations.get("tanh")
+    W = rng.standard_normal((H, H)) / np.sqrt(H)
+    A = rng.standard_normal((T, B, H))
+    h0 = rng.standard_normal((B, H))
+    whole = cell.forward(A, W, act, h0)
+    pieces = np.empty_like(whole)
+    Runner(None, split=2).recurrence(B, lambda lo, hi: cell.forward(
+        A[:, lo:hi], W, act, h0[lo:hi], out=pieces[:, lo:hi]))
+    np.testing.assert_array_equal(pieces, whole)
+    dH = rng.standard_normal((T, B, H))
+    dZ, dh0 = cell.backward(dH, whole, W, act)
+    dZp, dh0p = np.empty_like(dZ), np.empty_like(dh0)
+
+    def back(lo: int, hi: int) -> None:
+        _, dh0p[lo:hi] = cell.backward(dH[:, lo:hi], whole[:, lo:hi], W, act,
+                                       out=dZp[:, lo:hi])
+
+    Runner(None, split=2).recurrence(B, back)
+    np.testing.assert_array_equal(dZp, dZ)
+    np.testing.assert_array_equal(dh0p, dh0)
+
+
+def test_spans_cover_the_range_in_aligned_pieces() -> None:
+    from rnnlab.parallel import spans
+
+    for n, parts, align in itertools.product(range(0, 70), (1, 2, 3, 5), (1, 4, 16)):
+        pieces = spans(n, parts, align)
+        assert len(pieces) <= parts
+        assert [i for lo, hi in pieces for i in range(lo, hi)] == list(range(n))
+        assert all(lo % align == 0 for lo, _ in pieces)
+        assert all(hi > lo for lo, hi in pieces)
+
+
+def test_an_error_in_a_worker_reaches_the_caller_after_every_piece_ended() -> None:
+    import threading
+    import time
+
+    from rnnlab.parallel import Runner
+
+    run = Runner(None, split=3)
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def piece(lo: int, hi: int) -> None:
+        if lo == 0:
+            raise ValueError("piece 0 failed")
+        time.sleep(0.05)
+        with lock:
+            done.append(lo)
+
+    with pytest.raises(ValueError, match="piece 0 failed"):
+        run.recurrence(48, piece)
+    assert sorted(done) == [16, 32]                            # the others finished first

@@ -14,10 +14,6 @@ recurrence (input projections, head, weight gradients, ``dX``) is one GEMM over 
 
 from __future__ import annotations
 
-import ctypes
-import platform
-import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -27,8 +23,20 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import activations, cell, losses
+from .parallel import (
+    _BLAS,
+    SERIAL,
+    Runner,
+    ThreadOption,
+    _FlushDenormals,
+    _LoopContext,
+    _ThreadTuner,
+)
 from .params import Params, check_params, shapes
 from .spec import RNNSpec
+
+__all__ = ["Cache", "Gradients", "Output", "ThreadOption", "Workspace", "backward", "forward",
+           "loss_and_grad", "make_mask", "value_and_grad"]
 
 Array = NDArray[np.floating]
 Mask = NDArray[np.bool_]
@@ -221,17 +229,45 @@ def _project(inp: NDArray[Any], W_xh: Array, b_h: Array) -> Array:
     return _project_into(inp, W_xh, b_h, A)
 
 
-def _project_into(inp: NDArray[Any], W_xh: Array, b_h: Array, out: Array) -> Array:
+def _project_into(inp: NDArray[Any], W_xh: Array, b_h: Array, out: Array,
+                  run: Runner = SERIAL, x1: Array | None = None) -> Array:
     """:func:`_project` written into ``out`` ``(T, B, H)``, a contiguous block (a state buffer's
-    step slots, see :func:`rnnlab.cell.forward`)."""
+    step slots, see :func:`rnnlab.cell.forward`).
+
+    ``x1`` ``(T, B, D + 1)``, when given, is ``[inp | 1]`` (``inp`` is its view ``[:, :, :D]``):
+    then the bias is added inside the product, ``[x_t | 1] [W_xh; b_h]``, saving a pass.
+    """
     T, B, H = out.shape
     if inp.ndim == 2:                                  # ids (T, B): a row lookup, eq. (21)
         # the bias is added to the (V, H) table, not to the (T, B, H) result: the same sums
         np.take(W_xh + b_h, inp, axis=0, out=out, mode="clip")   # ids validated
         return out
-    np.matmul(inp.reshape(T * B, -1), W_xh, out=out.reshape(T * B, H))
-    out += b_h
+    o2 = out.reshape(T * B, H)
+    if x1 is not None:
+        assert x1.shape == inp.shape[:2] + (inp.shape[2] + 1,) and cell._same_block(
+            x1[:, :, :-1], inp), "x1 must be [inp | 1]"
+        return run.matmul(x1.reshape(T * B, -1), np.concatenate([W_xh, b_h[None]]),
+                          o2).reshape(T, B, H)
+    x2 = inp.reshape(T * B, -1)
+
+    def piece(lo: int, hi: int) -> None:
+        np.matmul(x2[lo:hi], W_xh, out=o2[lo:hi])     # (rows, D) x (D, H)
+        o2[lo:hi] += b_h
+
+    run.rows(T * B, 2.0 * x2.shape[1] * H, piece)
     return out
+
+
+def _with_ones(dtype: np.dtype, keep: list[Array]) -> Callable[[tuple[int, ...]], Array | None]:
+    """A buffer for :func:`_prepare_input`: dense ``(T, B, D)`` inputs are written into the first
+    ``D`` columns of a new ``(T, B, D + 1)`` array of ones, appended to ``keep``."""
+    def buffer(shape: tuple[int, ...]) -> Array | None:
+        if len(shape) != 3:
+            return None
+        x1 = np.ones(shape[:2] + (shape[2] + 1,), dtype)
+        keep.append(x1)
+        return x1[:, :, :-1]
+    return buffer
 
 
 class _Buffers:
@@ -242,10 +278,17 @@ class _Buffers:
         D = spec.input_size
         index = spec.input_kind == "index"
         self.key = (B, T, np.dtype(dtype))
-        self.x: NDArray[Any] = (np.empty((T, B), np.intp) if index
-                                else np.empty((T, B, D), dtype))
         self.h0 = np.zeros((L * nd, B, H), dtype)
         self.hbufs = [np.empty((T + 1, B, H), dtype) for _ in range(L * nd)]
+        # dense inputs time first with a column of ones: [x_t | 1] [W_xh; b_h] (_project_into)
+        self.x1: Array | None = None
+        self.x: NDArray[Any]
+        if index:
+            self.x = np.empty((T, B), np.intp)
+        else:
+            self.x1 = np.ones((T, B, D + 1), dtype)
+            self.x = self.x1[:, :, :D]
+        self.ones = np.ones(T * B, dtype)
         self.cat = [np.empty((T, B, nd * H), dtype) if nd == 2 else None for _ in range(L)]
         self.top = np.empty((B, nd * H), dtype)
         lead = (T, B) if spec.per_step_output else (B,)
@@ -270,12 +313,14 @@ class _Buffers:
 
 def _forward_core(
     params: Mapping[str, Array], x_tb: NDArray[Any], m_tb: Mask | None, h0_all: Array,
-    spec: RNNSpec, bufs: _Buffers | None, loop: _LoopContext | None = None,
+    spec: RNNSpec, bufs: _Buffers | None, run: Runner = SERIAL, x1: Array | None = None,
 ) -> tuple[Array, list[Array], Cache]:
-    """Eqs. (5)-(8) on validated, time-first inputs.
+    """Eqs. (5)-(8) on validated, time-first inputs (``x1``: ``[x_tb | 1]``, see
+    :func:`_project_into`).
 
     Returns the logits time first (``(T, B, O)`` or ``(B, O)``), the final state of every layer and
-    direction, and the cache.  With ``bufs`` every array is one of its buffers.
+    direction, and the cache.  With ``bufs`` every array is one of its buffers; ``run`` runs the
+    loops and the large products (split over threads in a :class:`Workspace`).
     """
     T, B = x_tb.shape[:2]
     H, nd = spec.hidden_size, spec.num_directions
@@ -292,10 +337,10 @@ def _forward_core(
             rev = d == 1
             hb = np.empty((T + 1, B, H), dtype) if bufs is None else bufs.hbufs[idx]
             A = _project_into(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"],
-                              cell.outputs(hb, rev))                      # (T, B, H), in place
-            with loop or nullcontext():
-                cell.forward(A, params[f"{p}.W_hh"], act, h0_all[idx], reverse=rev, mask=m_tb,
-                             out=hb)
+                              cell.outputs(hb, rev), run,
+                              x1 if layer == 0 else None)                 # (T, B, H), in place
+            run.recurrence(B, _forward_rows(A, params[f"{p}.W_hh"], act, h0_all[idx], rev,
+                                            m_tb, hb))
             hbufs.append(hb)
             outs.append(cell.outputs(hb, rev))
             finals.append(cell.final(hb, rev))
@@ -310,9 +355,9 @@ def _forward_core(
     top: Array
     if spec.per_step_output:
         top = inp                                                           # (T, B, H_top)
-        z = np.matmul(top.reshape(T * B, -1), W_hy,
-                      out=None if bufs is None else bufs.logits.reshape(T * B, -1))
-        z = z.reshape(T, B, -1)
+        z = run.matmul(top.reshape(T * B, -1), W_hy,
+                       np.empty((T * B, W_hy.shape[1]), dtype) if bufs is None
+                       else bufs.logits.reshape(T * B, -1)).reshape(T, B, -1)
     else:
         last = finals[-nd:]
         top = (np.empty((B, nd * H), dtype) if bufs is None else bufs.top)
@@ -320,6 +365,15 @@ def _forward_core(
         z = np.matmul(top, W_hy, out=None if bufs is None else bufs.logits)
     z += b_y                                                                # eq. (8)
     return z, finals, Cache(spec, tuple(inputs), tuple(hbufs), top, m_tb, B, T)
+
+
+def _forward_rows(A: Array, W_hh: Array, act: activations.Activation, h0: Array, rev: bool,
+                  m_tb: Mask | None, hb: Array) -> Callable[[int, int], object]:
+    """The recurrence of one layer and direction on batch rows ``lo:hi`` (they never interact)."""
+    def rows(lo: int, hi: int) -> None:
+        cell.forward(A[:, lo:hi], W_hh, act, h0[lo:hi], reverse=rev,
+                     mask=None if m_tb is None else m_tb[:, lo:hi], out=hb[:, lo:hi])
+    return rows
 
 
 def forward(
@@ -359,11 +413,13 @@ def forward(
     if not isinstance(spec, RNNSpec):
         raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
     dtype = check_params(params, spec)
-    x_tb, B, T = _prepare_input(X, spec, dtype, steps)
+    ones: list[Array] = []
+    x_tb, B, T = _prepare_input(X, spec, dtype, steps, _with_ones(dtype, ones))
     m_bt = make_mask(B, T, mask=mask, lengths=lengths)
     m_tb = None if m_bt is None else np.ascontiguousarray(m_bt.T)
     h0_all = _check_h0(h0, spec, B, dtype)
-    z, finals, cache = _forward_core(params, x_tb, m_tb, h0_all, spec, None)
+    z, finals, cache = _forward_core(params, x_tb, m_tb, h0_all, spec, None,
+                                     x1=ones[0] if ones else None)
     logits = np.ascontiguousarray(z.transpose(1, 0, 2)) if z.ndim == 3 else z   # batch first
     y = losses.output(spec.loss, logits.reshape(-1, spec.output_size)).reshape(logits.shape)
     out = Output(y=y, logits=logits, h_n=np.stack(finals))
@@ -467,13 +523,14 @@ def _scatter_rows(ids: NDArray[np.intp], dZ2: Array, out: Array) -> Array:
 
 def _backward_core(
     params: Mapping[str, Array], dz: Array, cache: Cache, dhn: Array | None,
-    bufs: _Buffers | None, input_grad: bool, loop: _LoopContext | None = None,
+    bufs: _Buffers | None, input_grad: bool, run: Runner = SERIAL,
 ) -> tuple[Params, Array | None, Array]:
     """Eqs. (16)-(20) from ``dz = dL/dlogits``, time first: ``(T * B, O)`` rows or ``(B, O)``.
 
     Returns the parameter gradients (in the layout order, not yet the parameters' key order), the
     gradient of the first layer's time-first input (``None`` for ids or when not ``input_grad``)
-    and ``dL/dh0``.  With ``bufs`` every array is one of its buffers.
+    and ``dL/dh0``.  With ``bufs`` every array is one of its buffers; ``run`` as in
+    :func:`_forward_core`.
     """
     spec = cache.spec
     T, B = cache.steps, cache.batch_size
@@ -483,17 +540,17 @@ def _backward_core(
     W_hy = params["W_hy"]
     grads: Params = {}
 
-    def gout(key: str) -> Array | None:
-        return None if bufs is None else bufs.grads[key]
+    def gout(key: str) -> Array:
+        return np.empty(params[key].shape, dtype) if bufs is None else bufs.grads[key]
 
     # head, eq. (19) applied to the output layer
     dtop_seq: Array | None = None
     dtop_last: Array | None = None
     if spec.per_step_output:
-        grads["W_hy"] = np.matmul(cache.top.reshape(T * B, -1).T, dz, out=gout("W_hy"))
-        grads["b_y"] = np.sum(dz, axis=0, out=gout("b_y"))
-        dtop_seq = np.matmul(dz, W_hy.T, out=None if bufs is None else
-                             bufs.dtop.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, H_top)
+        grads["W_hy"] = run.matmul(cache.top.reshape(T * B, -1).T, dz, gout("W_hy"))
+        grads["b_y"] = run.column_sum(dz, gout("b_y"))
+        dtop_seq = run.matmul(dz, W_hy.T, np.empty((T * B, W_hy.shape[0]), dtype) if bufs is None
+                              else bufs.dtop.reshape(T * B, -1)).reshape(T, B, -1)  # (T, B, H_top)
     else:
         grads["W_hy"] = np.matmul(cache.top.T, dz, out=gout("W_hy"))
         grads["b_y"] = np.sum(dz, axis=0, out=gout("b_y"))
@@ -519,35 +576,49 @@ def _backward_core(
                 dlast = dhn[idx] if dlast is None else dlast + dhn[idx]
             hb = cache.hbufs[idx]
             W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
-            with loop or nullcontext():
-                dZ, dh0[idx] = cell.backward(dH, hb, W_hh, act, reverse=rev, dh_last=dlast,
-                                             mask=cache.mask,
-                                             out=None if bufs is None else bufs.dZ)
+            dZ = np.empty((T, B, H), dtype) if bufs is None else bufs.dZ
+            run.recurrence(B, _backward_rows(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
+                                             dh0[idx]))
             dZ2 = dZ.reshape(T * B, H)
-            grads[f"{p}.W_hh"] = np.matmul(cell.previous(hb, rev).reshape(T * B, H).T, dZ2,
-                                           out=gout(f"{p}.W_hh"))                # eq. (19)
-            grads[f"{p}.b_h"] = np.sum(dZ2, axis=0, out=gout(f"{p}.b_h"))     # eq. (19)
+            grads[f"{p}.W_hh"] = run.matmul(cell.previous(hb, rev).reshape(T * B, H).T, dZ2,
+                                            gout(f"{p}.W_hh"))                  # eq. (19)
+            # db_h = 1^T dZ over all steps, eq. (19): a matrix-vector product (BLAS) is 2-5x
+            # faster than NumPy's column sum here
+            ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
+            grads[f"{p}.b_h"] = np.matmul(ones, dZ2, out=gout(f"{p}.b_h"))
             if inp.ndim == 2:                                                   # ids, eq. (21)
-                gW = gout(f"{p}.W_xh")
-                grads[f"{p}.W_xh"] = _scatter_rows(inp.reshape(-1), dZ2,
-                                                   np.empty_like(W_xh) if gW is None else gW)
+                grads[f"{p}.W_xh"] = _scatter_rows(inp.reshape(-1), dZ2, gout(f"{p}.W_xh"))
                 continue
-            grads[f"{p}.W_xh"] = np.matmul(inp.reshape(T * B, -1).T, dZ2,
-                                           out=gout(f"{p}.W_xh"))                # eq. (19)
+            grads[f"{p}.W_xh"] = run.matmul(inp.reshape(T * B, -1).T, dZ2,
+                                            gout(f"{p}.W_xh"))                  # eq. (19)
             if not need_dx:
                 continue
+            D_in = W_xh.shape[0]
             if d_below is None:                                                 # eq. (20)
-                buf = None if bufs is None else bufs.d_inp[layer]
-                d_below = np.matmul(dZ2, W_xh.T, out=None if buf is None else
-                                    buf.reshape(T * B, -1)).reshape(T, B, -1)
+                kept = None if bufs is None else bufs.d_inp[layer]
+                buf = (np.empty((T * B, D_in), dtype) if kept is None
+                       else kept.reshape(T * B, -1))
+                d_below = run.matmul(dZ2, W_xh.T, buf).reshape(T, B, -1)
             else:
-                flat = None if bufs is None else bufs.dx
-                D_in = W_xh.shape[0]
-                dx = np.matmul(dZ2, W_xh.T, out=None if flat is None else
-                               flat[:T * B * D_in].reshape(T * B, D_in))
+                flat = np.empty(T * B * D_in, dtype) if bufs is None or bufs.dx is None else bufs.dx
+                dx = run.matmul(dZ2, W_xh.T, flat[:T * B * D_in].reshape(T * B, D_in))
                 d_below += dx.reshape(T, B, -1)
         d_inp = d_below
     return grads, d_inp, dh0
+
+
+def _backward_rows(dH: Array | None, hb: Array, W_hh: Array, act: activations.Activation,
+                   rev: bool, dlast: Array | None, mask: Mask | None, dZ: Array,
+                   dh0: Array) -> Callable[[int, int], object]:
+    """The backward recurrence of one layer and direction on batch rows ``lo:hi``, writing
+    ``dZ[:, lo:hi]`` and ``dh0[lo:hi]``."""
+    def rows(lo: int, hi: int) -> None:
+        _, dh0[lo:hi] = cell.backward(None if dH is None else dH[:, lo:hi], hb[:, lo:hi], W_hh,
+                                      act, reverse=rev,
+                                      dh_last=None if dlast is None else dlast[lo:hi],
+                                      mask=None if mask is None else mask[:, lo:hi],
+                                      out=dZ[:, lo:hi])
+    return rows
 
 
 def backward(
@@ -620,202 +691,6 @@ def value_and_grad(
 # ----------------------------------------------------------------------------- workspace
 
 
-class _BlasThreads:
-    """Reads and sets the thread count of NumPy's BLAS through threadpoolctl, when installed.
-
-    Without threadpoolctl (an optional dependency) nothing is changed.
-    """
-
-    def __init__(self) -> None:
-        self._libs: list[Any] | None = None
-
-    def libs(self) -> list[Any]:
-        if self._libs is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                self._libs = []
-            else:
-                found = ThreadpoolController().select(user_api="blas").lib_controllers
-                # NumPy's own BLAS (a wheel bundles it in numpy.libs), not another library's
-                ours = [lc for lc in found if "numpy" in str(getattr(lc, "filepath", ""))]
-                self._libs = ours or list(found)
-        return self._libs
-
-    def get(self) -> int | None:
-        libs = self.libs()
-        return int(libs[0].get_num_threads()) if libs else None
-
-    def limit(self, n: int) -> _ThreadLimit:
-        """A reusable context: run the block with ``n`` BLAS threads, then restore the count."""
-        return _ThreadLimit(self.libs(), n)
-
-
-class _ThreadLimit:
-    """See :meth:`_BlasThreads.limit`; not re-entrant (not needed)."""
-
-    def __init__(self, libs: list[Any], n: int) -> None:
-        self.libs, self.n = libs, n
-        self.before: list[int] = []
-
-    def __enter__(self) -> None:
-        self.before = [int(lc.get_num_threads()) for lc in self.libs]
-        for lc, b in zip(self.libs, self.before, strict=True):
-            if b != self.n:
-                lc.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        for lc, b in zip(self.libs, self.before, strict=True):
-            if b != self.n:
-                lc.set_num_threads(b)
-
-
-_BLAS = _BlasThreads()
-
-
-class _FlushDenormals:
-    """Flush subnormal floats to zero in the calling thread while the block runs.
-
-    Sets the FTZ and DAZ bits of the SSE control register (MXCSR) through glibc's
-    ``fegetenv``/``fesetenv`` and restores the saved environment on exit, as XLA does for its CPU
-    kernels.  A vanishing gradient passes through the subnormal range (below ~1.2e-38 in float32),
-    where each operation takes a slow microcode path; flushed, it becomes exactly zero and the
-    backward loop stops there (:func:`rnnlab.cell.backward`).  Only numbers below the normal range
-    change (to zero).  A no-op where it is not x86-64 Linux with glibc, or where the self-test
-    fails.  One object per thread: it keeps the saved environment.
-    """
-
-    _MXCSR_OFFSET = 28            # fenv_t on x86-64: the x87 environment (28 bytes), then MXCSR
-    _FTZ_DAZ = 0x8040
-    _libm: Any = None
-    _usable: bool | None = None
-
-    def __init__(self) -> None:
-        self._saved = ctypes.create_string_buffer(64)    # sizeof(fenv_t) is 32
-        self._flush = ctypes.create_string_buffer(64)
-        self.ok = bool(self._probe())
-
-    @classmethod
-    def _probe(cls) -> bool:
-        if cls._usable is None:
-            cls._usable = False
-            if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-                return False
-            try:
-                libm = ctypes.CDLL("libm.so.6")
-                libm.fegetenv, libm.fesetenv      # noqa: B018 (both must exist)
-            except (OSError, AttributeError):
-                return False
-            buf = ctypes.create_string_buffer(64)
-            if libm.fegetenv(buf) != 0:
-                return False
-            o = cls._MXCSR_OFFSET
-            mx = int.from_bytes(buf.raw[o:o + 4], "little")
-            if mx >> 16 or (mx & 0x1F80) != 0x1F80:  # not an MXCSR with every exception masked
-                return False
-            cls._libm, cls._usable = libm, True
-            probe = cls()
-            with probe:
-                flushed = np.float32(1e-39) * np.float32(1.0) == 0.0
-            cls._usable = bool(flushed) and np.float32(1e-39) * np.float32(1.0) != 0.0
-        return cls._usable
-
-    def __enter__(self) -> None:
-        if not self.ok:
-            return
-        libm = self._libm
-        libm.fegetenv(self._saved)
-        raw = bytearray(self._saved.raw)
-        o = self._MXCSR_OFFSET
-        mx = int.from_bytes(raw[o:o + 4], "little") | self._FTZ_DAZ
-        raw[o:o + 4] = mx.to_bytes(4, "little")
-        ctypes.memmove(self._flush, bytes(raw), len(raw))
-        libm.fesetenv(self._flush)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ok:
-            self._libm.fesetenv(self._saved)
-
-
-class ThreadOption(NamedTuple):
-    """BLAS threads of a :class:`Workspace` call: ``loop`` for the recurrent loops, ``rest`` for
-    everything else."""
-
-    loop: int
-    rest: int
-
-
-class _LoopContext:
-    """What the recurrent loops of a :class:`Workspace` run under: a BLAS thread count and
-    flushed subnormals.  Reusable, not re-entrant."""
-
-    def __init__(self, threads: _ThreadLimit | None, flush: _FlushDenormals | None) -> None:
-        self.threads, self.flush = threads, flush
-
-    def __enter__(self) -> None:
-        if self.threads is not None:
-            self.threads.__enter__()
-        if self.flush is not None:
-            self.flush.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.flush is not None:
-            self.flush.__exit__(*exc)
-        if self.threads is not None:
-            self.threads.__exit__(*exc)
-
-
-class _ThreadTuner:
-    """Chooses how a :class:`Workspace` uses its BLAS thread budget, by timing its own calls.
-
-    The options (:class:`ThreadOption`) are the thread counts for the recurrent loops (one small
-    ``(B, H) x (H, H)`` product and a few element-wise passes per step) and for everything else
-    (the large products over all steps): ``(1, 1)``, ``(1, budget)`` and ``(budget, budget)``.
-    Which is fastest depends on the shapes and on what else the machine runs: on an idle machine
-    two threads win for large ``H``; on a busy one a second thread that must wait for a core
-    costs more than it gives, at every one of the ``2T`` small products.  After one untimed call
-    each option runs twice; then the fastest by the median of its last ``keep`` calls runs, and
-    every ``explore_every`` calls one other option runs once, so that a change of load is
-    noticed.
-    """
-
-    def __init__(self, budget: int, explore_every: int = 50, keep: int = 5) -> None:
-        self.budget = budget
-        opts = [ThreadOption(1, 1)]
-        if budget > 1:
-            opts += [ThreadOption(1, budget), ThreadOption(budget, budget)]
-        self.options = opts
-        self.times: dict[ThreadOption, list[float]] = {o: [] for o in self.options}
-        self.keep, self.explore_every = keep, explore_every
-        self.calls = 0
-        self._rotate = 0
-
-    def best(self) -> ThreadOption:
-        return min(self.options, key=lambda o: statistics.median(self.times[o]) if self.times[o]
-                   else float("inf"))
-
-    def pick(self) -> ThreadOption | None:
-        """The option to run now; ``None`` for the first call (untimed: it allocates)."""
-        self.calls += 1
-        if self.calls == 1:
-            return None
-        for o in self.options:
-            if len(self.times[o]) < 2:
-                return o
-        best = self.best()
-        if len(self.options) > 1 and self.calls % self.explore_every == 0:
-            others = [o for o in self.options if o != best]
-            self._rotate += 1
-            return others[self._rotate % len(others)]
-        return best
-
-    def record(self, option: ThreadOption, seconds: float) -> None:
-        t = self.times[option]
-        t.append(seconds)
-        if len(t) > self.keep:
-            del t[0]
-
-
 class Workspace:
     """Buffers reused across training steps: the fast path (docs/performance.md).
 
@@ -879,6 +754,7 @@ class Workspace:
         self._flush = _FlushDenormals() if flush_denormals else None
         self._bufs: _Buffers | None = None
         self._tuner: _ThreadTuner | None = None
+        self._runners: dict[ThreadOption | None, Runner] = {}
         self.cache: Cache | None = None
         self.h0_grad: Array | None = None
         self.input_grad: Array | None = None
@@ -901,6 +777,20 @@ class Workspace:
         if self._tuner is None or self._tuner.budget != budget:
             self._tuner = _ThreadTuner(budget)
         return self._tuner.pick()
+
+    def _runner(self, option: ThreadOption | None) -> Runner:
+        """The :class:`~rnnlab.parallel.Runner` for a thread option (made once per option)."""
+        run = self._runners.get(option)
+        if run is None:
+            if option is not None and option.split > 1:
+                # the pieces run on one BLAS thread each (option.rest == 1: a BLAS thread left
+                # spinning after a product of its own would take a core from a piece)
+                run = Runner(None, option.split, flush=self._flush is not None)
+            else:
+                threads = None if option is None else _BLAS.limit(option.loop)
+                run = Runner(_LoopContext(threads, self._flush))
+            self._runners[option] = run
+        return run
 
     @property
     def thread_choice(self) -> ThreadOption | None:
@@ -952,14 +842,16 @@ class Workspace:
 
         option = self._thread_option()
         tuner = self._tuner if self.threads == "auto" else None
-        rest = nullcontext() if option is None else _BLAS.limit(option.rest)
-        loop = _LoopContext(None if option is None else _BLAS.limit(option.loop), self._flush)
+        rest = (nullcontext() if option is None
+                else _BLAS.limit(1 if option.split > 1 else option.rest))
+        run = self._runner(option)
         t0 = time.perf_counter()
         with rest:
-            z, _, cache = _forward_core(params, x_tb, m_tb, h0_all, spec, bufs, loop)
+            x1 = bufs.x1 if x_tb is bufs.x else None
+            z, _, cache = _forward_core(params, x_tb, m_tb, h0_all, spec, bufs, run, x1)
             value, dz = _loss_time_first(spec, z, Y, m_tb, bufs)
             grads, d_inp, dh0 = _backward_core(params, dz, cache, None, bufs,
-                                               self.want_input_grad, loop)
+                                               self.want_input_grad, run)
         if tuner is not None and option is not None:
             tuner.record(option, time.perf_counter() - t0)
         self.cache, self._logits, self.h0_grad = cache, z, dh0

@@ -1,0 +1,362 @@
+"""How a :class:`~rnnlab.network.Workspace` call uses the cores (docs/performance.md).
+
+* :class:`_BlasThreads` reads and sets NumPy's BLAS thread count (through the optional
+  ``threadpoolctl``);
+* :class:`_FlushDenormals` flushes subnormal floats to zero in the calling thread;
+* :class:`Runner` runs the recurrent loops and the large products of one call, either as they
+  are (under a BLAS thread count) or split over Python threads: the loops by batch rows (the rows
+  of a batch never interact in the recurrence, eqs. 5-7 and 16-18) and the products by output
+  rows, each piece on one BLAS thread;
+* :class:`_ThreadTuner` chooses among these options (:class:`ThreadOption`) by timing.
+
+Splitting changes no number: every output row of a product is computed from the same operands by
+the same kernel, and each batch row of the recurrence sees the same operations in the same order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import statistics
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.floating]
+
+
+class _BlasThreads:
+    """Reads and sets the thread count of NumPy's BLAS through threadpoolctl, when installed.
+
+    Without threadpoolctl (an optional dependency) nothing is changed.
+    """
+
+    def __init__(self) -> None:
+        self._libs: list[Any] | None = None
+
+    def libs(self) -> list[Any]:
+        if self._libs is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                self._libs = []
+            else:
+                found = ThreadpoolController().select(user_api="blas").lib_controllers
+                # NumPy's own BLAS (a wheel bundles it in numpy.libs), not another library's
+                ours = [lc for lc in found if "numpy" in str(getattr(lc, "filepath", ""))]
+                self._libs = ours or list(found)
+        return self._libs
+
+    def get(self) -> int | None:
+        libs = self.libs()
+        return int(libs[0].get_num_threads()) if libs else None
+
+    def limit(self, n: int) -> _ThreadLimit:
+        """A reusable context: run the block with ``n`` BLAS threads, then restore the count."""
+        return _ThreadLimit(self.libs(), n)
+
+
+class _ThreadLimit:
+    """See :meth:`_BlasThreads.limit`; not re-entrant (not needed)."""
+
+    def __init__(self, libs: list[Any], n: int) -> None:
+        self.libs, self.n = libs, n
+        self.before: list[int] = []
+
+    def __enter__(self) -> None:
+        self.before = [int(lc.get_num_threads()) for lc in self.libs]
+        for lc, b in zip(self.libs, self.before, strict=True):
+            if b != self.n:
+                lc.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        for lc, b in zip(self.libs, self.before, strict=True):
+            if b != self.n:
+                lc.set_num_threads(b)
+
+
+_BLAS = _BlasThreads()
+
+
+class _FlushDenormals:
+    """Flush subnormal floats to zero in the calling thread while the block runs.
+
+    Sets the FTZ and DAZ bits of the SSE control register (MXCSR) through glibc's
+    ``fegetenv``/``fesetenv`` and restores the saved environment on exit, as XLA does for its CPU
+    kernels.  A vanishing gradient passes through the subnormal range (below ~1.2e-38 in float32),
+    where each operation takes a slow microcode path; flushed, it becomes exactly zero and the
+    backward loop stops there (:func:`rnnlab.cell.backward`).  Only numbers below the normal range
+    change (to zero).  A no-op where it is not x86-64 Linux with glibc, or where the self-test
+    fails.  One object per thread: it keeps the saved environment.
+    """
+
+    _MXCSR_OFFSET = 28            # fenv_t on x86-64: the x87 environment (28 bytes), then MXCSR
+    _FTZ_DAZ = 0x8040
+    _libm: Any = None
+    _usable: bool | None = None
+
+    def __init__(self) -> None:
+        self._saved = ctypes.create_string_buffer(64)    # sizeof(fenv_t) is 32
+        self._flush = ctypes.create_string_buffer(64)
+        self.ok = bool(self._probe())
+
+    @classmethod
+    def _probe(cls) -> bool:
+        if cls._usable is None:
+            cls._usable = False
+            if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+                return False
+            try:
+                libm = ctypes.CDLL("libm.so.6")
+                libm.fegetenv, libm.fesetenv      # noqa: B018 (both must exist)
+            except (OSError, AttributeError):
+                return False
+            buf = ctypes.create_string_buffer(64)
+            if libm.fegetenv(buf) != 0:
+                return False
+            o = cls._MXCSR_OFFSET
+            mx = int.from_bytes(buf.raw[o:o + 4], "little")
+            if mx >> 16 or (mx & 0x1F80) != 0x1F80:  # not an MXCSR with every exception masked
+                return False
+            cls._libm, cls._usable = libm, True
+            probe = cls()
+            with probe:
+                flushed = np.float32(1e-39) * np.float32(1.0) == 0.0
+            cls._usable = bool(flushed) and np.float32(1e-39) * np.float32(1.0) != 0.0
+        return cls._usable
+
+    def __enter__(self) -> None:
+        if not self.ok:
+            return
+        libm = self._libm
+        libm.fegetenv(self._saved)
+        raw = bytearray(self._saved.raw)
+        o = self._MXCSR_OFFSET
+        mx = int.from_bytes(raw[o:o + 4], "little") | self._FTZ_DAZ
+        raw[o:o + 4] = mx.to_bytes(4, "little")
+        ctypes.memmove(self._flush, bytes(raw), len(raw))
+        libm.fesetenv(self._flush)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ok:
+            self._libm.fesetenv(self._saved)
+
+
+class ThreadOption(NamedTuple):
+    """How a :class:`~rnnlab.network.Workspace` call uses its thread budget.
+
+    ``loop`` BLAS threads for the recurrent loops, ``rest`` for everything else; with ``split > 1``
+    the BLAS runs one thread and the work is split over ``split`` Python threads instead (the
+    loops by batch rows, the large products by output rows; see :class:`Runner`).
+    """
+
+    loop: int
+    rest: int
+    split: int = 1
+
+
+class _LoopContext:
+    """What the recurrent loops of a :class:`Workspace` run under: a BLAS thread count and
+    flushed subnormals.  Reusable, not re-entrant."""
+
+    def __init__(self, threads: _ThreadLimit | None, flush: _FlushDenormals | None) -> None:
+        self.threads, self.flush = threads, flush
+
+    def __enter__(self) -> None:
+        if self.threads is not None:
+            self.threads.__enter__()
+        if self.flush is not None:
+            self.flush.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.flush is not None:
+            self.flush.__exit__(*exc)
+        if self.threads is not None:
+            self.threads.__exit__(*exc)
+
+
+class _ThreadTuner:
+    """Chooses how a :class:`Workspace` uses its BLAS thread budget, by timing its own calls.
+
+    The options (:class:`ThreadOption`) are the thread counts for the recurrent loops (one small
+    ``(B, H) x (H, H)`` product and a few element-wise passes per step) and for everything else
+    (the large products over all steps): ``(1, 1)``, ``(1, budget)`` and ``(budget, budget)``;
+    and ``(1, 1, split=budget)``: one BLAS thread, the batch split over ``budget`` Python threads.
+    Which is fastest depends on the shapes and on what else the machine runs: on an idle machine
+    two threads win for large ``H``; on a busy one a second thread that must wait for a core
+    costs more than it gives, at every one of the ``2T`` small products.  After one untimed call
+    each option runs twice; then the fastest by the median of its last ``keep`` calls runs, and
+    every ``explore_every`` calls one other option runs once, so that a change of load is
+    noticed.
+    """
+
+    def __init__(self, budget: int, explore_every: int = 50, keep: int = 5) -> None:
+        self.budget = budget
+        opts = [ThreadOption(1, 1)]
+        if budget > 1:
+            opts += [ThreadOption(1, budget), ThreadOption(budget, budget),
+                     ThreadOption(1, 1, budget)]
+        self.options = opts
+        self.times: dict[ThreadOption, list[float]] = {o: [] for o in self.options}
+        self.keep, self.explore_every = keep, explore_every
+        self.calls = 0
+        self._rotate = 0
+
+    def best(self) -> ThreadOption:
+        return min(self.options, key=lambda o: statistics.median(self.times[o]) if self.times[o]
+                   else float("inf"))
+
+    def pick(self) -> ThreadOption | None:
+        """The option to run now; ``None`` for the first call (untimed: it allocates)."""
+        self.calls += 1
+        if self.calls == 1:
+            return None
+        for o in self.options:
+            if len(self.times[o]) < 2:
+                return o
+        best = self.best()
+        if len(self.options) > 1 and self.calls % self.explore_every == 0:
+            others = [o for o in self.options if o != best]
+            self._rotate += 1
+            return others[self._rotate % len(others)]
+        return best
+
+    def record(self, option: ThreadOption, seconds: float) -> None:
+        t = self.times[option]
+        t.append(seconds)
+        if len(t) > self.keep:
+            del t[0]
+
+
+
+# ----------------------------------------------------------------------------- splitting
+
+# Pieces smaller than these run whole: a thread hand-off costs tens of microseconds.
+_MIN_LOOP_ROWS = 8            # batch rows per piece of a recurrent loop
+_MIN_PIECE_FLOP = 4e6         # multiply-adds x 2 per piece of a product
+_ROW_ALIGN = 16               # product pieces start at multiples of this row
+
+
+def spans(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
+    """``range(n)`` cut into at most ``parts`` contiguous ``(lo, hi)`` pieces of nearly equal
+    length, inner boundaries at multiples of ``align``."""
+    assert n >= 0 and parts >= 1 and align >= 1, (n, parts, align)
+    cuts = [0]
+    for i in range(1, parts):
+        c = (n * i // parts) // align * align
+        if cuts[-1] < c < n:
+            cuts.append(c)
+    cuts.append(n)
+    return [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
+
+
+class _Pool:
+    """One process-wide pool of worker threads, grown on demand (idle workers only wait)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._size = 0
+
+    def get(self, workers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._size < workers:
+                old = self._executor
+                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="rnnlab")
+                self._size = workers
+                if old is not None:
+                    old.shutdown(wait=False)
+            return self._executor
+
+
+_POOL = _Pool()
+
+
+class Runner:
+    """Runs the recurrent loops and large products of one call.
+
+    ``Runner()`` runs everything as it is, in the calling thread (the public functions).  With
+    ``loop`` the recurrent loops run inside that context (BLAS thread count, flushed subnormals).
+    With ``split > 1`` the work is cut into ``split`` pieces run at the same time, one in the
+    calling thread and the others in worker threads; the BLAS must then be on one thread (the
+    caller sets it), and ``flush`` makes every piece of a loop flush subnormals in its own thread.
+    """
+
+    def __init__(self, loop: AbstractContextManager[Any] | None = None, split: int = 1,
+                 flush: bool = False) -> None:
+        self.loop = loop
+        self.split = split
+        self._flushes = ([_FlushDenormals() for _ in range(split)]
+                         if flush and split > 1 else None)
+
+    def recurrence(self, B: int, fn: Callable[[int, int], object]) -> None:
+        """``fn(lo, hi)`` runs a loop on batch rows ``lo:hi``; run it on all ``B`` rows."""
+        if self.split <= 1 or B < 2 * _MIN_LOOP_ROWS:
+            with self.loop or nullcontext():
+                fn(0, B)
+            return
+        self._map(fn, spans(B, self.split), self._flushes)
+
+    def rows(self, n: int, flop_per_row: float, fn: Callable[[int, int], object]) -> None:
+        """``fn(lo, hi)`` computes output rows ``lo:hi`` of a product; compute all ``n``."""
+        parts = min(self.split, int(n * flop_per_row // _MIN_PIECE_FLOP), n // _ROW_ALIGN)
+        if parts <= 1:
+            fn(0, n)
+            return
+        self._map(fn, spans(n, parts, _ROW_ALIGN), None)
+
+    def matmul(self, a: Array, b: Array, out: Array) -> Array:
+        """``np.matmul(a, b, out=out)`` for 2-D operands, split by the rows of ``out``."""
+        assert a.ndim == b.ndim == out.ndim == 2, (a.shape, b.shape, out.shape)
+
+        def piece(lo: int, hi: int) -> None:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+
+        self.rows(out.shape[0], 2.0 * a.shape[1] * b.shape[1], piece)
+        return out
+
+    def column_sum(self, a: Array, out: Array) -> Array:
+        """``np.sum(a, axis=0, out=out)`` for a 2-D ``a``, split by columns (same sums)."""
+        n, m = a.shape
+        parts = min(self.split, int(n * m // (_MIN_PIECE_FLOP / 8)), m // _ROW_ALIGN)
+        if parts <= 1:
+            return np.sum(a, axis=0, out=out)
+
+        def piece(lo: int, hi: int) -> None:
+            np.sum(a[:, lo:hi], axis=0, out=out[lo:hi])
+
+        self._map(piece, spans(m, parts, _ROW_ALIGN), None)
+        return out
+
+    def _map(self, fn: Callable[[int, int], object], pieces: Sequence[tuple[int, int]],
+             contexts: Sequence[AbstractContextManager[Any]] | None) -> None:
+        def run(i: int, lo: int, hi: int) -> None:
+            with contexts[i] if contexts is not None else nullcontext():
+                fn(lo, hi)
+
+        if len(pieces) == 1:
+            run(0, *pieces[0])
+            return
+        pool = _POOL.get(len(pieces) - 1)
+        futures: list[Future[None]] = [pool.submit(run, i, lo, hi)
+                                       for i, (lo, hi) in enumerate(pieces[:-1])]
+        error: BaseException | None = None
+        try:
+            run(len(pieces) - 1, *pieces[-1])
+        except BaseException as exc:      # wait for the workers before raising: they write
+            error = exc                   # into the caller's buffers
+        for f in futures:
+            failed = f.exception()
+            if error is None and failed is not None:
+                error = failed
+        if error is not None:
+            raise error
+
+
+SERIAL = Runner()
