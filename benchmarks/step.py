@@ -138,7 +138,12 @@ def make_rnnlab(cfg: Config, threads: int) -> Step:
 
     def note() -> str:
         c = ws.thread_choice
-        return "" if c is None else f"{c.loop} BLAS thread(s) in the loops, {c.rest} elsewhere"
+        if c is None:
+            return ""
+        how = "compiled" if ws.compiled else "NumPy"
+        if c.split > 1:
+            return f"{how} loops, batch split over {c.split} threads, 1 BLAS thread each"
+        return f"{how} loops, {c.loop} BLAS thread(s) in the loops, {c.rest} elsewhere"
 
     step.note = note   # type: ignore[attr-defined]
     return step
@@ -381,15 +386,18 @@ class Row:
 
 
 def time_config(cfg: Config, impls: list[str], threads: int, steps: int, warmup: int,
-                block: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+                block: int, settle: float = 0.0) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Per implementation, the times of ``steps`` single steps, and a note on each.
 
-    The implementations take turns in blocks of ``block`` timed steps, each block preceded by one
-    untimed step (threads of the previous implementation may still be spinning, caches hold its
-    data); the order rotates every round.
+    The implementations take turns in blocks of ``block`` timed steps, each block preceded by an
+    optional pause of ``settle`` seconds and one untimed step (the previous implementation's
+    threads may still be spinning, caches hold its data); the order rotates every round.  The
+    default is no pause: on this VM a core left idle for 50 ms or more runs slower for the next
+    tens of milliseconds (docs/performance.md), which would be charged to whoever runs next.
     """
     runners = {name: MAKERS[name](cfg, threads) for name in impls}
     for step in runners.values():
+        time.sleep(settle)
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in impls}
@@ -398,6 +406,7 @@ def time_config(cfg: Config, impls: list[str], threads: int, steps: int, warmup:
         order = impls[r % len(impls):] + impls[:r % len(impls)]
         for name in order:
             step = runners[name]
+            time.sleep(settle)
             step()
             for _ in range(block):
                 t0 = time.perf_counter()
@@ -472,8 +481,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="thread budget for every implementation (default: all cores)")
     ap.add_argument("--steps", type=int, default=None,
                     help="timed steps per implementation (default 20; --quick 6)")
-    ap.add_argument("--warmup", type=int, default=8,
-                    help="untimed steps first (default 8: rnnlab's thread tuner settles in 7)")
+    ap.add_argument("--warmup", type=int, default=30,
+                    help="untimed steps first (default 30: rnnlab's thread tuner settles in 27)")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds of pause before each block (default 0; see docs/performance.md)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and no memory column")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     ap.add_argument("--no-algos", action="store_true",
@@ -536,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in cfgs:
             ceilings += gemm_ceiling()
             t0, busy0 = time.perf_counter(), _cpu_busy()
-            times, notes = time_config(cfg, impls, threads, steps, args.warmup, block)
+            times, notes = time_config(cfg, impls, threads, steps, args.warmup, block,
+                                       args.settle)
             rows += _rows(cfg, impls, times, notes)
             loads.append(f"{cfg.name}: {others_load(busy0, time.perf_counter() - t0)}")
             print(f"  config {cfg.name} timed", file=sys.stderr, flush=True)
@@ -546,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         for c, algo_impls in by_cfg.items():
             cfg = CONFIGS[c]
             times, notes = time_config(cfg, algo_impls, threads, max(6, steps // 2),
-                                       min(args.warmup, 3), block)
+                                       args.warmup, block, args.settle)
             algo_rows += _rows(cfg, algo_impls, times, notes)
             print(f"  {', '.join(algo_impls)} on config {c} timed", file=sys.stderr, flush=True)
         ceilings += gemm_ceiling()

@@ -56,7 +56,7 @@ def test_workspace_equals_public_path(setup: int, act: str) -> None:
         params = {k: v.astype(dtype) for k, v in params.items()}
         steps = T if spec.setup == "one_to_many" else None
         loss, g, out = net.value_and_grad(params, X, Y, spec, h0=h0, mask=mask, steps=steps)
-        ws = net.Workspace(spec, input_grad=True)
+        ws = net.Workspace(spec, input_grad=True, kernels=False)
         for _ in range(3):                       # buffers reused: same answer every time
             wl, wg = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
             _assert_same(wg, g)
@@ -75,36 +75,11 @@ def test_every_thread_option_gives_the_same_numbers(option: net.ThreadOption) ->
     spec = RNNSpec(3, 6, 4, num_layers=2, bidirectional=True, setup="many_to_many")
     params, X, Y, mask, h0 = problem(spec, 9, 7, 5, True)
     _, g, _ = net.value_and_grad(params, X, Y, spec, h0=h0, mask=mask)
-    ws = net.Workspace(spec, threads=None)
+    ws = net.Workspace(spec, threads=None, kernels=False)
     ws._thread_option = lambda: option                          # type: ignore[method-assign]
     _, wg = ws.value_and_grad(params, X, Y, h0=h0, mask=mask)
     _assert_same(wg, g)
     np.testing.assert_array_equal(ws.h0_grad, g.h0)
-
-
-def test_tuner_tries_every_option_then_keeps_the_fastest_and_explores() -> None:
-    tuner = net._ThreadTuner(budget=2, explore_every=10)
-    assert tuner.pick() is None                                 # first call: untimed
-    fake = {o: float(i + 1) for i, o in enumerate(tuner.options)}
-    for _ in range(2 * len(tuner.options)):
-        o = tuner.pick()
-        assert o is not None
-        tuner.record(o, fake[o])
-    assert all(len(t) == 2 for t in tuner.times.values())
-    fastest = min(fake, key=fake.__getitem__)
-    picks = []
-    for _ in range(30):
-        o = tuner.pick()
-        assert o is not None
-        picks.append(o)
-        tuner.record(o, fake[o])
-    assert tuner.best() == fastest
-    explored = [o for o in picks if o != fastest]
-    assert 2 <= len(explored) <= 4                             # about every 10th call
-    assert net._ThreadTuner(budget=1).options == [net.ThreadOption(1, 1)]
-    assert net._ThreadTuner(budget=2).options == [net.ThreadOption(1, 1), net.ThreadOption(1, 2),
-                                                  net.ThreadOption(2, 2),
-                                                  net.ThreadOption(1, 1, 2)]
 
 
 def test_workspace_auto_threads_restores_the_blas_thread_count() -> None:
@@ -179,13 +154,13 @@ def _vanishing_problem() -> tuple[RNNSpec, dict, np.ndarray, np.ndarray]:
 def test_flushing_subnormals_changes_only_subnormal_numbers() -> None:
     spec, params, X, Y = _vanishing_problem()
     _, g, _ = net.value_and_grad(params, X, Y, spec)
-    ieee = net.Workspace(spec, flush_denormals=False)
+    ieee = net.Workspace(spec, flush_denormals=False, kernels=False)
     _, gi = ieee.value_and_grad(params, X, Y)
     _assert_same(gi, g)                                         # not flushed: identical
     dZ_ieee = ieee._bufs.dZ.copy()
     tiny = np.finfo(np.float32).tiny
     assert np.any((dZ_ieee != 0) & (np.abs(dZ_ieee) < tiny))   # the problem does reach them
-    ws = net.Workspace(spec)
+    ws = net.Workspace(spec, kernels=False)
     _, gw = ws.value_and_grad(params, X, Y)
     dZ = ws._bufs.dZ
     if not net._FlushDenormals._probe():
@@ -354,7 +329,7 @@ def test_split_over_threads_gives_the_same_gradients(setup: int, split: int,
         params = {k: v.astype(dtype) for k, v in params.items()}
         steps = 5 if spec.setup == "one_to_many" else None
         _, g, _ = net.value_and_grad(params, X, Y, spec, h0=h0, mask=mask, steps=steps)
-        ws = net.Workspace(spec, threads=None, input_grad=True)
+        ws = net.Workspace(spec, threads=None, input_grad=True, kernels=False)
         ws._thread_option = lambda: net.ThreadOption(1, 1, split)  # type: ignore[method-assign]
         calls.clear()
         _, wg = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
@@ -397,34 +372,3 @@ def test_split_recurrence_changes_no_bit_of_the_states() -> None:
     np.testing.assert_array_equal(dh0p, dh0)
 
 
-def test_spans_cover_the_range_in_aligned_pieces() -> None:
-    from rnnlab.parallel import spans
-
-    for n, parts, align in itertools.product(range(0, 70), (1, 2, 3, 5), (1, 4, 16)):
-        pieces = spans(n, parts, align)
-        assert len(pieces) <= parts
-        assert [i for lo, hi in pieces for i in range(lo, hi)] == list(range(n))
-        assert all(lo % align == 0 for lo, _ in pieces)
-        assert all(hi > lo for lo, hi in pieces)
-
-
-def test_an_error_in_a_worker_reaches_the_caller_after_every_piece_ended() -> None:
-    import threading
-    import time
-
-    from rnnlab.parallel import Runner
-
-    run = Runner(None, split=3)
-    done: list[int] = []
-    lock = threading.Lock()
-
-    def piece(lo: int, hi: int) -> None:
-        if lo == 0:
-            raise ValueError("piece 0 failed")
-        time.sleep(0.05)
-        with lock:
-            done.append(lo)
-
-    with pytest.raises(ValueError, match="piece 0 failed"):
-        run.recurrence(48, piece)
-    assert sorted(done) == [16, 32]                            # the others finished first

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from . import kernels
 from .activations import Activation
 
 Array = NDArray[np.floating]
@@ -79,6 +80,7 @@ def forward(
     reverse: bool = False,
     mask: Mask | None = None,
     out: Array | None = None,
+    compiled: bool = False,
 ) -> Array:
     """Run the recurrence over all steps.
 
@@ -99,6 +101,9 @@ def forward(
         False at padded steps, which carry the state (eq. 7).
     out : (T + 1, B, H), optional
         Buffer to write into.
+    compiled : bool
+        Run the compiled loop of :mod:`rnnlab.kernels` where it applies (``A`` in place, see
+        :func:`rnnlab.kernels.supports`); the NumPy loop otherwise.
 
     Returns
     -------
@@ -115,6 +120,9 @@ def forward(
     else:
         Hbuf[0] = h0
         order = range(T)
+    if compiled and inplace and kernels.supports(act.name, Hbuf.dtype, mask is not None):
+        kernels.forward(Hbuf, np.ascontiguousarray(W_hh), act.name, reverse)
+        return Hbuf
     pad = None if mask is None else ~mask[:, :, None]          # (T, B, 1)
     tmp = np.empty((B, H), dtype=Hbuf.dtype) if inplace else None
     for t in order:
@@ -144,6 +152,7 @@ def backward(
     dh_last: Array | None = None,
     mask: Mask | None = None,
     out: Array | None = None,
+    compiled: bool = False,
 ) -> tuple[Array, Array]:
     """Backpropagate through the recurrence, eqs. (16)-(18).
 
@@ -163,6 +172,8 @@ def backward(
     mask : (T, B) bool, optional
     out : (T, B, H), optional
         Buffer for ``dZ`` (must not alias ``dH`` or ``Hbuf``).
+    compiled : bool
+        As in :func:`forward`.
 
     Returns
     -------
@@ -182,6 +193,10 @@ def backward(
     # the recurrent product reads W_hh^T row by row: a contiguous copy is faster than a
     # transposed view for the small products of the loop
     W_T = np.ascontiguousarray(W_hh.T) if T > 1 else W_hh.T
+    if compiled and kernels.supports(act.name, dtype, mask is not None):
+        kernels.backward(Hbuf, dZ, dH, W_T if W_T.flags.c_contiguous else
+                         np.ascontiguousarray(W_T), dnext, act.name, reverse)
+        return dZ, dnext
     Hs = outputs(Hbuf, reverse)                                 # (T, B, H), H_t in time order
     linear = act.linear
     if mask is not None:

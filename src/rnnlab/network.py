@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import activations, cell, losses
+from . import kernels as _kernels
 from .parallel import (
     _BLAS,
     SERIAL,
@@ -31,6 +32,7 @@ from .parallel import (
     _FlushDenormals,
     _LoopContext,
     _ThreadTuner,
+    thread_options,
 )
 from .params import Params, check_params, shapes
 from .spec import RNNSpec
@@ -340,7 +342,7 @@ def _forward_core(
                               cell.outputs(hb, rev), run,
                               x1 if layer == 0 else None)                 # (T, B, H), in place
             run.recurrence(B, _forward_rows(A, params[f"{p}.W_hh"], act, h0_all[idx], rev,
-                                            m_tb, hb))
+                                            m_tb, hb, run.compiled))
             hbufs.append(hb)
             outs.append(cell.outputs(hb, rev))
             finals.append(cell.final(hb, rev))
@@ -368,11 +370,12 @@ def _forward_core(
 
 
 def _forward_rows(A: Array, W_hh: Array, act: activations.Activation, h0: Array, rev: bool,
-                  m_tb: Mask | None, hb: Array) -> Callable[[int, int], object]:
+                  m_tb: Mask | None, hb: Array, compiled: bool) -> Callable[[int, int], object]:
     """The recurrence of one layer and direction on batch rows ``lo:hi`` (they never interact)."""
     def rows(lo: int, hi: int) -> None:
         cell.forward(A[:, lo:hi], W_hh, act, h0[lo:hi], reverse=rev,
-                     mask=None if m_tb is None else m_tb[:, lo:hi], out=hb[:, lo:hi])
+                     mask=None if m_tb is None else m_tb[:, lo:hi], out=hb[:, lo:hi],
+                     compiled=compiled)
     return rows
 
 
@@ -578,7 +581,7 @@ def _backward_core(
             W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
             dZ = np.empty((T, B, H), dtype) if bufs is None else bufs.dZ
             run.recurrence(B, _backward_rows(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
-                                             dh0[idx]))
+                                             dh0[idx], run.compiled))
             dZ2 = dZ.reshape(T * B, H)
             grads[f"{p}.W_hh"] = run.matmul(cell.previous(hb, rev).reshape(T * B, H).T, dZ2,
                                             gout(f"{p}.W_hh"))                  # eq. (19)
@@ -587,7 +590,9 @@ def _backward_core(
             ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
             grads[f"{p}.b_h"] = np.matmul(ones, dZ2, out=gout(f"{p}.b_h"))
             if inp.ndim == 2:                                                   # ids, eq. (21)
-                grads[f"{p}.W_xh"] = _scatter_rows(inp.reshape(-1), dZ2, gout(f"{p}.W_xh"))
+                ids, gW = inp.reshape(-1), gout(f"{p}.W_xh")
+                grads[f"{p}.W_xh"] = (_kernels.scatter_rows(ids, dZ2, gW) if run.compiled
+                                      else _scatter_rows(ids, dZ2, gW))
                 continue
             grads[f"{p}.W_xh"] = run.matmul(inp.reshape(T * B, -1).T, dZ2,
                                             gout(f"{p}.W_xh"))                  # eq. (19)
@@ -609,7 +614,7 @@ def _backward_core(
 
 def _backward_rows(dH: Array | None, hb: Array, W_hh: Array, act: activations.Activation,
                    rev: bool, dlast: Array | None, mask: Mask | None, dZ: Array,
-                   dh0: Array) -> Callable[[int, int], object]:
+                   dh0: Array, compiled: bool) -> Callable[[int, int], object]:
     """The backward recurrence of one layer and direction on batch rows ``lo:hi``, writing
     ``dZ[:, lo:hi]`` and ``dh0[lo:hi]``."""
     def rows(lo: int, hi: int) -> None:
@@ -617,7 +622,7 @@ def _backward_rows(dH: Array | None, hb: Array, W_hh: Array, act: activations.Ac
                                       act, reverse=rev,
                                       dh_last=None if dlast is None else dlast[lo:hi],
                                       mask=None if mask is None else mask[:, lo:hi],
-                                      out=dZ[:, lo:hi])
+                                      out=dZ[:, lo:hi], compiled=compiled)
     return rows
 
 
@@ -734,10 +739,17 @@ class Workspace:
         (without it, ``"auto"`` and ints act as ``None``).
     flush_denormals : bool
         Flush subnormals to zero in the recurrent loops (x86-64 Linux; elsewhere a no-op).
+    kernels : "auto" or bool
+        Run the recurrent loops with the compiled kernels of :mod:`rnnlab.kernels` where they
+        apply (float32, no mask, tanh/relu/identity; needs the optional ``numba``):
+        ``"auto"`` (default) when they are installed, ``True`` requires them, ``False`` never.
+        With them a float32 ``tanh`` state is the rational approximation of eq. (38), within a
+        few ulp of ``np.tanh``; everything else is the same, bit for bit.
     """
 
     def __init__(self, spec: RNNSpec, *, input_grad: bool = False,
-                 threads: int | str | None = "auto", flush_denormals: bool = True) -> None:
+                 threads: int | str | None = "auto", flush_denormals: bool = True,
+                 kernels: bool | str = "auto") -> None:
         if not isinstance(spec, RNNSpec):
             raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
         if not isinstance(input_grad, bool):
@@ -748,7 +760,13 @@ class Workspace:
         if not isinstance(flush_denormals, bool):
             raise TypeError(
                 f"flush_denormals must be a bool; got {type(flush_denormals).__name__}")
+        if not (kernels == "auto" or isinstance(kernels, bool)):
+            raise ValueError(f"kernels must be 'auto', True or False; got {kernels!r}")
+        if kernels is True and not _kernels.available():
+            raise RuntimeError("kernels=True needs the compiled kernels (pip install "
+                               f"'rnnlab[fast]'): {_kernels.why_unavailable()}")
         self.spec = spec
+        self.compiled = bool(kernels) and _kernels.available()
         self.want_input_grad = input_grad
         self.threads = threads
         self._flush = _FlushDenormals() if flush_denormals else None
@@ -775,7 +793,9 @@ class Workspace:
         if isinstance(self.threads, int):
             return ThreadOption(self.threads, budget)
         if self._tuner is None or self._tuner.budget != budget:
-            self._tuner = _ThreadTuner(budget)
+            B = self._bufs.key[0] if self._bufs is not None else 1
+            self._tuner = _ThreadTuner(budget, options=thread_options(
+                budget, self.compiled, B, self.spec.hidden_size))
         return self._tuner.pick()
 
     def _runner(self, option: ThreadOption | None) -> Runner:
@@ -785,10 +805,11 @@ class Workspace:
             if option is not None and option.split > 1:
                 # the pieces run on one BLAS thread each (option.rest == 1: a BLAS thread left
                 # spinning after a product of its own would take a core from a piece)
-                run = Runner(None, option.split, flush=self._flush is not None)
+                run = Runner(None, option.split, flush=self._flush is not None,
+                             compiled=self.compiled)
             else:
                 threads = None if option is None else _BLAS.limit(option.loop)
-                run = Runner(_LoopContext(threads, self._flush))
+                run = Runner(_LoopContext(threads, self._flush), compiled=self.compiled)
             self._runners[option] = run
         return run
 

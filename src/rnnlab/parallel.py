@@ -16,17 +16,20 @@ the same kernel, and each batch row of the recurrence sees the same operations i
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
+import queue
 import statistics
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
+
+from . import kernels as _kernels
 
 Array = NDArray[np.floating]
 
@@ -181,32 +184,72 @@ class _LoopContext:
             self.threads.__exit__(*exc)
 
 
-class _ThreadTuner:
-    """Chooses how a :class:`Workspace` uses its BLAS thread budget, by timing its own calls.
+# A split pays for its thread hand-offs when each piece's step product has at least this many
+# multiply-adds (rows x H x H): row MNIST's 64 x 128 x 128 does, RTRL's small 8 x 32 x 32 does not
+# (measured: 22k sequences/s split against 46k whole).
+_MIN_SPLIT_WORK = 1 << 18
 
-    The options (:class:`ThreadOption`) are the thread counts for the recurrent loops (one small
-    ``(B, H) x (H, H)`` product and a few element-wise passes per step) and for everything else
-    (the large products over all steps): ``(1, 1)``, ``(1, budget)`` and ``(budget, budget)``;
-    and ``(1, 1, split=budget)``: one BLAS thread, the batch split over ``budget`` Python threads.
-    Which is fastest depends on the shapes and on what else the machine runs: on an idle machine
-    two threads win for large ``H``; on a busy one a second thread that must wait for a core
-    costs more than it gives, at every one of the ``2T`` small products.  After one untimed call
-    each option runs twice; then the fastest by the median of its last ``keep`` calls runs, and
-    every ``explore_every`` calls one other option runs once, so that a change of load is
-    noticed.
+
+def thread_options(budget: int, compiled: bool, B: int, H: int) -> list[ThreadOption]:
+    """The options a tuner tries for a budget of BLAS threads, a batch of ``B`` and ``H`` units.
+
+    ``(1, 1)``, ``(1, budget)``, ``(budget, budget)`` and, when each piece has enough work, the
+    batch split over ``budget`` threads.  With the compiled loops (:mod:`rnnlab.kernels`, which
+    run without the GIL) a split uses the cores better than BLAS threads, and the BLAS-thread
+    options would hurt it: after a multi-threaded product OpenBLAS's workers spin for about
+    0.1 s, taking a core from the pieces (measured: row MNIST 3.9 ms per step split alone, 5.8 ms
+    when every other 20 steps use two BLAS threads).  So then the options are ``(1, 1)`` and the
+    split only.
+    """
+    opts = [ThreadOption(1, 1)]
+    if budget == 1:
+        return opts
+    rows = B // budget
+    split = ([ThreadOption(1, 1, budget)]
+             if rows >= _MIN_LOOP_ROWS and rows * H * H >= _MIN_SPLIT_WORK else [])
+    if compiled and split:
+        return opts + split
+    return opts + [ThreadOption(1, budget), ThreadOption(budget, budget)] + split
+
+
+class _ThreadTuner:
+    """Chooses how a :class:`Workspace` uses its thread budget, by timing its own calls.
+
+    The options (:class:`ThreadOption`, from :func:`thread_options`) differ in the BLAS thread
+    counts for the recurrent loops (one small ``(B, H) x (H, H)`` product and a few element-wise
+    passes per step) and for everything else (the large products over all steps), or split the
+    batch over Python threads.  Which is fastest depends on the shapes and on what else the
+    machine runs: on an idle machine two threads win for large ``H``; on a busy one a second
+    thread that must wait for a core costs more than it gives, at every one of the ``2T`` small
+    products.
+
+    Options run in *runs* of consecutive calls of which only the last few are timed, because an
+    option's first calls after another's are slow: another option's BLAS threads may still be
+    spinning, and a split needs both cores busy for a while before it runs at speed (on this
+    2-vCPU machine row MNIST took 6-8 ms per call for the first 10-16 calls of a split, then
+    4.1 ms; one thread, 4.7-5.0 ms).  So a split's run is ``split_run`` calls with the last
+    ``timed`` timed, any other option's ``run`` calls.  After one untimed call each option gets a
+    run (the split ones first); then the fastest by the median of its last ``keep`` timed calls
+    runs, and every ``explore_every`` calls another option gets a run, so that a change of load
+    is noticed.
     """
 
-    def __init__(self, budget: int, explore_every: int = 50, keep: int = 5) -> None:
+    def __init__(self, budget: int, explore_every: int = 200, keep: int = 5, run: int = 6,
+                 split_run: int = 20, timed: int = 3,
+                 options: Sequence[ThreadOption] | None = None) -> None:
+        assert 1 <= timed <= min(run, split_run), (timed, run, split_run)
         self.budget = budget
-        opts = [ThreadOption(1, 1)]
-        if budget > 1:
-            opts += [ThreadOption(1, budget), ThreadOption(budget, budget),
-                     ThreadOption(1, 1, budget)]
-        self.options = opts
+        opts = list(thread_options(budget, False, 1, 1) if options is None else options)
+        self.options = sorted(opts, key=lambda o: o.split == 1)      # splits are tried first
         self.times: dict[ThreadOption, list[float]] = {o: [] for o in self.options}
-        self.keep, self.explore_every = keep, explore_every
+        self.keep, self.explore_every, self.timed = keep, explore_every, timed
+        self.run, self.split_run = run, split_run
         self.calls = 0
         self._rotate = 0
+        self._current: ThreadOption | None = None
+        self._left = 0                 # calls left in the current run
+        self._skip = 0                 # untimed calls left before the best's times count again
+        self._timing = False           # whether the call just picked is timed
 
     def best(self) -> ThreadOption:
         return min(self.options, key=lambda o: statistics.median(self.times[o]) if self.times[o]
@@ -215,24 +258,43 @@ class _ThreadTuner:
     def pick(self) -> ThreadOption | None:
         """The option to run now; ``None`` for the first call (untimed: it allocates)."""
         self.calls += 1
+        self._timing = False
         if self.calls == 1:
             return None
-        for o in self.options:
-            if len(self.times[o]) < 2:
-                return o
-        best = self.best()
-        if len(self.options) > 1 and self.calls % self.explore_every == 0:
-            others = [o for o in self.options if o != best]
-            self._rotate += 1
-            return others[self._rotate % len(others)]
-        return best
+        if self._left == 0:
+            untried = [o for o in self.options if not self.times[o]]
+            if untried:
+                self._current = untried[0]
+            elif len(self.options) > 1 and self.calls % self.explore_every == 0:
+                best = self.best()
+                others = [o for o in self.options if o != best]
+                self._rotate += 1
+                self._current = others[self._rotate % len(others)]
+            else:
+                best = self.best()
+                if best != self._current:    # back from a run of another option: warm up again
+                    self._current, self._skip = best, self._warmup(best)
+                self._timing = self._skip == 0   # steady state: the best, timed once warm
+                self._skip = max(0, self._skip - 1)
+                return best
+            self._left = self._warmup(self._current) + self.timed
+        assert self._current is not None
+        self._left -= 1
+        self._timing = self._left < self.timed
+        return self._current
+
+    def _warmup(self, option: ThreadOption) -> int:
+        """Untimed calls before an option's times count (see the class docstring)."""
+        return (self.split_run if option.split > 1 else self.run) - self.timed
 
     def record(self, option: ThreadOption, seconds: float) -> None:
+        """The time of the call :meth:`pick` just chose ``option`` for (ignored if untimed)."""
+        if not self._timing:
+            return
         t = self.times[option]
         t.append(seconds)
         if len(t) > self.keep:
             del t[0]
-
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -256,26 +318,86 @@ def spans(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
 
 
+class _Piece:
+    """One piece of work for a worker: ``fn(lo, hi)`` inside ``context``."""
+
+    __slots__ = ("fn", "lo", "hi", "context", "error", "done")
+
+    def __init__(self, fn: Callable[[int, int], object], lo: int, hi: int,
+                 context: AbstractContextManager[Any]) -> None:
+        self.fn, self.lo, self.hi, self.context = fn, lo, hi, context
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+# Polls (about 0.2 us each) a worker or the caller spends waiting without the GIL before it
+# sleeps: about 2 ms.  Waking a sleeping thread took 55-165 us on this 2-vCPU machine (a VM: an
+# idle vCPU is descheduled by the host), four times per training step; a polling thread is
+# awake (measured: row MNIST 4.0 ms per step -> see docs/performance.md).
+_SPIN_POLLS = 10_000
+
+
 class _Pool:
-    """One process-wide pool of worker threads, grown on demand (idle workers only wait)."""
+    """Process-wide worker threads, grown on demand; worker ``i`` runs the pieces posted to it
+    in order.
+
+    Between pieces a worker polls for the next one for about 2 ms without the GIL (when the
+    compiled :mod:`rnnlab.kernels` are available), then sleeps on its queue; the caller waits for
+    a piece the same way.  ``posted[i]`` and ``finished[i]`` count worker ``i``'s pieces.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._size = 0
+        self._reset()
 
-    def get(self, workers: int) -> ThreadPoolExecutor:
+    def _reset(self) -> None:
+        """Forget every worker (a forked child has none of its parent's threads)."""
+        self._lock = threading.Lock()
+        self._queues: list[queue.SimpleQueue[_Piece]] = []
+        self.posted = np.zeros(256, np.int64)
+        self.finished = np.zeros(256, np.int64)
+
+    def post(self, i: int, piece: _Piece) -> int:
+        """Give ``piece`` to worker ``i`` (started if needed); returns its number there."""
         with self._lock:
-            if self._executor is None or self._size < workers:
-                old = self._executor
-                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="rnnlab")
-                self._size = workers
-                if old is not None:
-                    old.shutdown(wait=False)
-            return self._executor
+            while len(self._queues) <= i:
+                if len(self._queues) == self.posted.size:
+                    raise RuntimeError(f"at most {self.posted.size} worker threads")
+                q: queue.SimpleQueue[_Piece] = queue.SimpleQueue()
+                self._queues.append(q)
+                threading.Thread(target=self._work, args=(len(self._queues) - 1, q),
+                                 name=f"rnnlab-{len(self._queues)}", daemon=True).start()
+            self._queues[i].put(piece)
+            self.posted[i] += 1
+            return int(self.posted[i])
+
+    def wait(self, i: int, number: int, piece: _Piece) -> None:
+        """Return once piece ``number`` of worker ``i`` has finished."""
+        if not (_spin_ok() and _kernels.spin(self.finished, i, number, _SPIN_POLLS)):
+            piece.done.wait()
+
+    def _work(self, i: int, q: queue.SimpleQueue[_Piece]) -> None:
+        taken = 0
+        while True:
+            if _spin_ok():                      # poll for the next piece before sleeping
+                _kernels.spin(self.posted, i, taken + 1, _SPIN_POLLS)
+            piece = q.get()
+            taken += 1
+            try:
+                with piece.context:
+                    piece.fn(piece.lo, piece.hi)
+            except BaseException as exc:        # handed to the caller
+                piece.error = exc
+            self.finished[i] += 1
+            piece.done.set()
+
+
+def _spin_ok() -> bool:
+    return _kernels.available()
 
 
 _POOL = _Pool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL._reset)
 
 
 class Runner:
@@ -286,12 +408,14 @@ class Runner:
     With ``split > 1`` the work is cut into ``split`` pieces run at the same time, one in the
     calling thread and the others in worker threads; the BLAS must then be on one thread (the
     caller sets it), and ``flush`` makes every piece of a loop flush subnormals in its own thread.
+    ``compiled`` lets the loops run the compiled kernels of :mod:`rnnlab.kernels`.
     """
 
     def __init__(self, loop: AbstractContextManager[Any] | None = None, split: int = 1,
-                 flush: bool = False) -> None:
+                 flush: bool = False, compiled: bool = False) -> None:
         self.loop = loop
         self.split = split
+        self.compiled = compiled          # loops may use rnnlab.kernels (see cell.forward)
         self._flushes = ([_FlushDenormals() for _ in range(split)]
                          if flush and split > 1 else None)
 
@@ -343,18 +467,19 @@ class Runner:
         if len(pieces) == 1:
             run(0, *pieces[0])
             return
-        pool = _POOL.get(len(pieces) - 1)
-        futures: list[Future[None]] = [pool.submit(run, i, lo, hi)
-                                       for i, (lo, hi) in enumerate(pieces[:-1])]
+        posted = []
+        for i, (lo, hi) in enumerate(pieces[:-1]):
+            piece = _Piece(fn, lo, hi, contexts[i] if contexts is not None else nullcontext())
+            posted.append((i, _POOL.post(i, piece), piece))
         error: BaseException | None = None
         try:
             run(len(pieces) - 1, *pieces[-1])
         except BaseException as exc:      # wait for the workers before raising: they write
             error = exc                   # into the caller's buffers
-        for f in futures:
-            failed = f.exception()
-            if error is None and failed is not None:
-                error = failed
+        for i, number, piece in posted:
+            _POOL.wait(i, number, piece)
+            if error is None and piece.error is not None:
+                error = piece.error
         if error is not None:
             raise error
 

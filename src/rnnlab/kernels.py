@@ -1,0 +1,284 @@
+"""Compiled recurrent loops for the fast path (optional: ``pip install 'rnnlab[fast]'``).
+
+The loops of :func:`rnnlab.cell.forward` and :func:`rnnlab.cell.backward` (eqs. 5-6 and 16-17)
+compiled with Numba: one call runs every step of a block of batch rows, calling NumPy's own BLAS
+for the step product and doing the element-wise work in the same pass, without the interpreter
+and without holding the GIL.  So a :class:`rnnlab.network.Workspace` can run the rows of a batch
+on several threads at once (:class:`rnnlab.parallel.Runner`), which the NumPy loop cannot do
+well: each of its per-step NumPy calls must take the GIL back.
+
+What the kernels compute, against the NumPy loop:
+
+* ``relu`` and ``identity``: the same operations in the same order, so the same numbers, bit for
+  bit (tested).
+* ``tanh``: the state is ``tanh`` by a rational approximation, eq. (38) in docs/derivation.md
+  (the 13/6 interpolant of Eigen, which XLA's CPU backend also uses for float32), within a few
+  float32 ulp of the correctly rounded value and clamped to [-1, 1]; the backward pass is the NumPy
+  loop's, bit for bit, given the states.  Float32 only: in float64 the approximation would be
+  far from the precision asked for, and the NumPy loop runs.
+* Only float32, no masks, and ``tanh``/``relu``/``identity``; anything else runs the NumPy loop
+  (:func:`supports`).
+* :func:`scatter_rows`, the embedding gradient of index inputs (eq. 21), adds the rows in the
+  order ``np.add.at`` does, in any float dtype: the same numbers.
+
+The BLAS is NumPy's own (found through ``threadpoolctl``), so its thread count is the one
+:mod:`rnnlab.parallel` sets.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.floating]
+
+_KINDS = {"tanh": 0, "relu": 1, "identity": 2}
+_ROW_MAJOR, _NO_TRANS = 101, 111
+
+# eq. (38): tanh(x) ~ x P(x^2) / Q(x^2) on [-9, 9] (float32 tanh is +-1 beyond), the monomial
+# coefficients of Eigen's generic_fast_tanh_float, lowest degree first
+_ALPHA = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+          5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+          -2.76076847742355e-16)
+_BETA = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+         1.19825839466702e-06)
+
+_lock = threading.Lock()
+_built: dict[str, Any] | None = None
+_why_not: str | None = None
+
+
+def _cblas_sgemm() -> Any:
+    """NumPy's BLAS ``cblas_sgemm`` as a ctypes function (64-bit or 32-bit integers)."""
+    from threadpoolctl import ThreadpoolController
+
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    ours = [lc for lc in libs if "numpy" in str(getattr(lc, "filepath", ""))]
+    for lc in ours:
+        lib = ctypes.CDLL(lc.filepath)
+        for name, ilp64 in (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True),
+                            ("scipy_cblas_sgemm", False), ("cblas_sgemm", False)):
+            fn = getattr(lib, name, None)
+            if fn is None:
+                continue
+            n = ctypes.c_int64 if ilp64 else ctypes.c_int32
+            e, p, f = ctypes.c_int, ctypes.c_size_t, ctypes.c_float
+            fn.argtypes = [e, e, e, n, n, n, f, p, n, p, n, f, p, n]
+            fn.restype = None
+            return fn
+    raise RuntimeError("NumPy's BLAS exports no cblas_sgemm that rnnlab knows")
+
+
+def _build() -> dict[str, Any]:
+    """Compile the kernels (once per process, a few seconds)."""
+    import numba as nb
+
+    sgemm = _cblas_sgemm()
+    f32 = np.float32
+    a1, a3, a5, a7, a9, a11, a13 = (f32(c) for c in _ALPHA)
+    b0, b2, b4, b6 = (f32(c) for c in _BETA)
+    lim, one, zero = f32(9.0), f32(1.0), f32(0.0)
+
+    # error_model="numpy": a division by zero gives inf/nan instead of raising, which is what
+    # lets LLVM vectorise the division (q >= 4.8e-3 > 0 here anyway)
+    @nb.njit(inline="always", fastmath={"contract"}, error_model="numpy")
+    def tanh32(x: Any) -> Any:                          # eq. (38)
+        x = min(max(x, -lim), lim)
+        x2 = x * x
+        p = x2 * a13 + a11
+        p = x2 * p + a9
+        p = x2 * p + a7
+        p = x2 * p + a5
+        p = x2 * p + a3
+        p = x2 * p + a1
+        q = x2 * b6 + b4
+        q = x2 * q + b2
+        q = x2 * q + b0
+        return min(max(x * p / q, -one), one)
+
+    # Every (steps, rows, H) block is passed flat, with its step and row strides in elements,
+    # so that Numba sees contiguous arrays and vectorises the loops over H.
+    @nb.njit(nogil=True, fastmath={"contract"}, error_model="numpy")
+    def forward(hf: Any, h0: int, h1: int, T: int, n: int, H: int, W: Any, tmp: Any,
+                kind: int, reverse: bool) -> None:
+        # hf: the state buffer (T + 1 slots of n rows), the projections in the step slots
+        base, w, c = hf.ctypes.data, W.ctypes.data, tmp.ctypes.data
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            cur, prev = (t, t + 1) if reverse else (t + 1, t)
+            # tmp = H_prev W_hh, eq. (5)
+            sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, H, H, one, base + 4 * prev * h0, h1,
+                  w, H, zero, c, H)
+            # H_t = f(A_t + tmp), eqs. (5)-(6); one loop per activation over contiguous rows
+            # (slices, so that Numba knows the indices are in range and vectorises)
+            for i in range(n):
+                z = hf[cur * h0 + i * h1:cur * h0 + i * h1 + H]
+                m = tmp[i * H:(i + 1) * H]
+                if kind == 0:
+                    for j in range(H):
+                        z[j] = tanh32(z[j] + m[j])                          # with eq. (38)
+                elif kind == 1:
+                    for j in range(H):
+                        v = z[j] + m[j]
+                        z[j] = v if (v > zero or v != v) else zero          # as np.maximum
+                else:
+                    for j in range(H):
+                        z[j] = z[j] + m[j]
+
+    @nb.njit(nogil=True, error_model="numpy")
+    def backward(hf: Any, h0: int, h1: int, gf: Any, g0: int, g1: int, df: Any, d0: int,
+                 d1: int, has_dH: bool, T: int, n: int, H: int, WT: Any, dnext: Any,
+                 kind: int, reverse: bool) -> None:
+        # gf: dZ (T slots), df: dH (T slots) or unused; dnext (n * H) holds dL/dH_T on entry,
+        # dL/dh0 on exit
+        gbase, w, d = gf.ctypes.data, WT.ctypes.data, dnext.ctypes.data
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            if not has_dH:                      # the exact zero-stop of cell.backward
+                live = False
+                for k in range(n * H):
+                    if dnext[k] != zero:
+                        live = True
+                        break
+                if not live:
+                    for r in range(s, T):
+                        tr = r if reverse else T - 1 - r
+                        for i in range(n):
+                            o = tr * g0 + i * g1
+                            for j in range(H):
+                                gf[o + j] = zero
+                    return
+            hs = t if reverse else t + 1
+            for i in range(n):
+                dn = dnext[i * H:(i + 1) * H]
+                h = hf[hs * h0 + i * h1:hs * h0 + i * h1 + H]
+                g = gf[t * g0 + i * g1:t * g0 + i * g1 + H]
+                if has_dH:
+                    dh = df[t * d0 + i * d1:t * d0 + i * d1 + H]
+                    for j in range(H):
+                        dn[j] = dn[j] + dh[j]                       # total dL/dH_t, eq. (16)
+                # dZ_t = dL/dH_t * f'(Z_t), eqs. (2)-(4), (17)
+                if kind == 0:
+                    for j in range(H):
+                        g[j] = (one - h[j] * h[j]) * dn[j]
+                elif kind == 1:
+                    for j in range(H):
+                        g[j] = (one if h[j] > zero else zero) * dn[j]
+                else:
+                    for j in range(H):
+                        g[j] = dn[j]
+            # dL/dH_{t-1} = dZ_t W_hh^T, eq. (16)
+            sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, H, H, one, gbase + 4 * t * g0, g1,
+                  w, H, zero, d, H)
+
+    libc = ctypes.CDLL(None)
+    sched_yield = libc.sched_yield
+    sched_yield.argtypes, sched_yield.restype = [], ctypes.c_int
+
+    @nb.njit(nogil=True)
+    def spin(counters: Any, i: int, target: int, limit: int) -> bool:
+        # wait, without the GIL, until counters[i] >= target; False after `limit` polls.  The
+        # sched_yield call between polls keeps the load inside the loop and lets other threads
+        # of the process run on this core.
+        for _ in range(limit):
+            if counters[i] >= target:
+                return True
+            sched_yield()
+        return counters[i] >= target
+
+    @nb.njit(nogil=True)
+    def scatter(ids: Any, rows: Any, out: Any) -> None:
+        # out[v] = sum of rows[r] over r with ids[r] == v, eq. (21), adding in the order of r as
+        # np.add.at does (so the same numbers)
+        out[:] = 0
+        for r in range(ids.shape[0]):
+            o, x = out[ids[r]], rows[r]
+            for j in range(out.shape[1]):
+                o[j] += x[j]
+
+    return {"forward": forward, "backward": backward, "spin": spin, "scatter": scatter}
+
+
+def available() -> bool:
+    """True when the kernels can run here (Numba, threadpoolctl and NumPy's cblas found)."""
+    return _kernels() is not None
+
+
+def why_unavailable() -> str | None:
+    """Why :func:`available` is False (None when it is True or has not been asked)."""
+    return _why_not
+
+
+def _kernels() -> dict[str, Any] | None:
+    global _built, _why_not
+    if _built is None and _why_not is None:
+        with _lock:
+            if _built is None and _why_not is None:
+                try:
+                    _built = _build()
+                except (ImportError, OSError, RuntimeError) as exc:
+                    _why_not = f"{type(exc).__name__}: {exc}"
+    return _built
+
+
+def supports(act_name: str, dtype: np.dtype, masked: bool) -> bool:
+    """Whether the kernels cover this loop (else the NumPy loop runs)."""
+    return (act_name in _KINDS and np.dtype(dtype) == np.float32 and not masked
+            and available())
+
+
+def _flat(a: Array) -> tuple[Array, int, int]:
+    """A float32 ``(steps, rows, H)`` block with contiguous rows as a flat view from its first
+    element, and its step and row strides in elements (element ``(t, i, j)`` is
+    ``flat[t * s0 + i * s1 + j]``)."""
+    assert a.dtype == np.float32 and a.strides[2] == 4, (a.dtype, a.strides)
+    assert a.strides[0] % 4 == 0 and a.strides[1] % 4 == 0 and min(a.strides) >= 0
+    s0, s1 = a.strides[0] // 4, a.strides[1] // 4
+    size = (a.shape[0] - 1) * s0 + (a.shape[1] - 1) * s1 + a.shape[2]
+    return np.lib.stride_tricks.as_strided(a, (size,), (4,)), s0, s1
+
+
+def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool) -> None:
+    """The forward loop on ``Hbuf`` ``(T + 1, n, H)`` whose step slots hold the projections
+    ``A_t`` (and whose ``h0`` slot is set): as :func:`rnnlab.cell.forward` with ``A`` in place."""
+    k = _kernels()
+    assert k is not None and W_hh.flags.c_contiguous, "see supports()"
+    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    hf, h0, h1 = _flat(Hbuf)
+    k["forward"](hf, h0, h1, T, n, H, W_hh, np.empty(n * H, np.float32), _KINDS[act_name],
+                 reverse)
+
+
+def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
+             act_name: str, reverse: bool) -> None:
+    """The backward loop of :func:`rnnlab.cell.backward` without a mask: writes ``dZ``
+    ``(T, n, H)`` and turns ``dnext`` ``(n, H)`` from ``dL/dH_T`` into ``dL/dh0``."""
+    k = _kernels()
+    assert k is not None and W_T.flags.c_contiguous and dnext.flags.c_contiguous
+    T, n, H = dZ.shape
+    hf, h0, h1 = _flat(Hbuf)
+    gf, g0, g1 = _flat(dZ)
+    df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
+    k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
+                  dnext.reshape(-1), _KINDS[act_name], reverse)
+
+
+def spin(counters: NDArray[np.int64], i: int, target: int, limit: int) -> bool:
+    """Poll, without the GIL, until ``counters[i] >= target`` (True) or ``limit`` polls passed
+    (False); :mod:`rnnlab.parallel`'s workers wait like this between the pieces of one call."""
+    k = _kernels()
+    assert k is not None, "see available()"
+    return bool(k["spin"](counters, i, target, limit))
+
+
+def scatter_rows(ids: NDArray[np.intp], rows: Array, out: Array) -> Array:
+    """``out[v] = sum of rows[r] with ids[r] == v`` in the order of ``r`` (as ``np.add.at``);
+    ``rows`` ``(N, H)`` and ``out`` ``(V, H)`` C-contiguous, ``ids`` validated."""
+    k = _kernels()
+    assert k is not None and rows.flags.c_contiguous and out.flags.c_contiguous
+    k["scatter"](ids, rows, out)
+    return out

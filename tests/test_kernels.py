@@ -1,0 +1,150 @@
+"""rnnlab.kernels: the compiled loops compute what the NumPy loops of rnnlab.cell compute."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from rnnlab import RNNSpec, activations, cell, kernels
+from rnnlab import network as net
+
+from conftest import problem
+
+pytestmark = pytest.mark.skipif(not kernels.available(),
+                                reason=f"compiled kernels unavailable: "
+                                       f"{kernels.why_unavailable()}")
+
+
+def _tanh32(x: np.ndarray) -> np.ndarray:
+    """The kernel's tanh: one step with W_hh = 0 and h0 = 0 leaves H_1 = tanh(A_1)."""
+    n = x.size
+    Hb = np.zeros((2, 1, n), np.float32)
+    Hb[1, 0] = x
+    kernels.forward(Hb, np.zeros((n, n), np.float32), "tanh", False)
+    return Hb[1, 0].copy()
+
+
+def test_tanh_is_within_a_few_ulp_odd_and_bounded() -> None:
+    """Eq. (38) on a dense grid of [-10, 10] and on tiny values."""
+    x = np.concatenate([np.linspace(-10, 10, 400_001, dtype=np.float32),
+                        np.float32([0.0, 1e-30, -1e-30, 1e-7, 3e-4, 8.9, 9.0, 9.5, 50.0])])
+    h = np.concatenate([_tanh32(c) for c in np.array_split(x, 8)])
+    exact = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    err = np.abs(h - exact) / ulp
+    assert err.max() <= 8, float(err.max())
+    assert np.abs(h).max() <= 1.0
+    np.testing.assert_array_equal(np.concatenate([_tanh32(c) for c in np.array_split(-x, 8)]),
+                                  -h)
+
+
+def _loops(act: str, reverse: bool, with_dH: bool, rows: slice, compiled: bool,
+           states: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(1)
+    T, B, H = 7, 20, 24
+    a = activations.get(act)
+    W = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(np.float32)
+    A = rng.standard_normal((T, B, H)).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    dH = rng.standard_normal((T, B, H)).astype(np.float32) if with_dH else None
+    dlast = rng.standard_normal((B, H)).astype(np.float32)
+    Hb = np.empty((T + 1, B, H), np.float32)
+    view = Hb[:, rows]
+    cell.outputs(view, reverse)[:] = A[:, rows]
+    cell.forward(cell.outputs(view, reverse), W, a, h0[rows], reverse=reverse, out=view,
+                 compiled=compiled)
+    if states is not None:                                      # backward on given states
+        view[:] = states
+    dZ = np.full((T, B, H), np.nan, np.float32)
+    dZv, dh0 = cell.backward(None if dH is None else dH[:, rows], view, W, a, reverse=reverse,
+                             dh_last=dlast[rows], out=dZ[:, rows], compiled=compiled)
+    return view.copy(), dZv.copy(), dh0.copy()
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "identity"])
+@pytest.mark.parametrize("reverse,with_dH,rows", list(itertools.product(
+    (False, True), (False, True), (slice(None), slice(5, 13)))), ids=str)
+def test_loops_equal_the_numpy_loops(act: str, reverse: bool, with_dH: bool,
+                                     rows: slice) -> None:
+    """relu and identity: the same numbers, bit for bit; tanh: the states within a few ulp, and
+    backward on the same states bit for bit.  On whole buffers and on blocks of batch rows."""
+    Hn, dZn, dh0n = _loops(act, reverse, with_dH, rows, compiled=False)
+    Hk, dZk, dh0k = _loops(act, reverse, with_dH, rows, compiled=True)
+    if act == "tanh":
+        np.testing.assert_allclose(Hk, Hn, rtol=0, atol=1e-6)
+        Hn, dZn, dh0n = _loops(act, reverse, with_dH, rows, compiled=False, states=Hk)
+    np.testing.assert_array_equal(Hk, Hn)
+    np.testing.assert_array_equal(dZk, dZn)
+    np.testing.assert_array_equal(dh0k, dh0n)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_stops_at_an_exactly_zero_gradient(reverse: bool) -> None:
+    rng = np.random.default_rng(2)
+    T, B, H = 6, 4, 8
+    a = activations.get("tanh")
+    W = (rng.standard_normal((H, H)) / 3).astype(np.float32)
+    Hb = np.tanh(rng.standard_normal((T + 1, B, H))).astype(np.float32)
+    dZ = np.full((T, B, H), np.nan, np.float32)
+    _, dh0 = cell.backward(None, Hb, W, a, reverse=reverse, dh_last=np.zeros((B, H), np.float32),
+                           out=dZ, compiled=True)
+    assert not dZ.any() and not dh0.any() and not np.isnan(dZ).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scatter_adds_in_the_order_of_np_add_at(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 11, 500)
+    rows = rng.standard_normal((500, 7)).astype(dtype)
+    want = np.zeros((11, 7), dtype)
+    np.add.at(want, ids, rows)
+    got = kernels.scatter_rows(ids, rows, np.full((11, 7), np.nan, dtype))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "identity"])
+@pytest.mark.parametrize("setup", [dict(setup="many_to_one"), dict(setup="many_to_many"),
+                                   dict(setup="many_to_many", input_kind="index")], ids=str)
+def test_workspace_with_kernels(act: str, setup: dict) -> None:
+    """float32, split over threads: relu and identity give the public path's numbers bit for
+    bit; tanh's gradients are within float32 rounding of the float64 gradients.  float64 does
+    not use the kernels (bit for bit)."""
+    D = 9 if setup.get("input_kind") == "index" else 5
+    for layers, bidir in itertools.product((1, 2), (False, True)):
+        spec = RNNSpec(D, 32, 4, num_layers=layers, bidirectional=bidir, nonlinearity=act,
+                       loss="softmax_ce", **setup)
+        params, X, Y, _, h0 = problem(spec, 5, 40, 6, False)
+        p32 = {k: v.astype(np.float32) for k, v in params.items()}
+        ws = net.Workspace(spec, threads=None, kernels=True)
+        assert ws.compiled
+        ws._thread_option = lambda: net.ThreadOption(1, 1, 2)     # type: ignore[method-assign]
+        _, g32, _ = net.value_and_grad(p32, X, Y, spec, h0=h0)
+        _, wg = ws.value_and_grad(p32, X, Y, h0=h0)
+        if act == "tanh":
+            _, g64, _ = net.value_and_grad(params, X, Y, spec, h0=h0)
+            for k, v in g64.params.items():
+                scale = np.abs(v).max()
+                assert np.abs(wg[k] - v).max() <= 2e-5 * scale + 1e-7, k
+        else:
+            for k, v in g32.params.items():
+                np.testing.assert_array_equal(wg[k], v, err_msg=k)
+        ws64 = net.Workspace(spec, threads=None, kernels=True)
+        _, wg64 = ws64.value_and_grad(params, X, Y, h0=h0)
+        _, g64, _ = net.value_and_grad(params, X, Y, spec, h0=h0)
+        for k, v in g64.params.items():
+            np.testing.assert_array_equal(wg64[k], v, err_msg=k)
+
+
+def test_kernels_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = RNNSpec(3, 8, 2)
+    assert net.Workspace(spec).compiled
+    assert not net.Workspace(spec, kernels=False).compiled
+    with pytest.raises(ValueError, match="kernels must be"):
+        net.Workspace(spec, kernels="yes")
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(kernels, "why_unavailable", lambda: "ImportError: no numba")
+    assert not net.Workspace(spec).compiled                    # "auto": the NumPy loops
+    with pytest.raises(RuntimeError, match="rnnlab\\[fast\\].*no numba"):
+        net.Workspace(spec, kernels=True)

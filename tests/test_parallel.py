@@ -1,0 +1,174 @@
+"""rnnlab.parallel: the pieces a Workspace call is cut into, the worker pool, the tuner."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rnnlab import parallel
+from rnnlab.parallel import Runner, ThreadOption, _ThreadTuner, spans, thread_options
+
+
+def test_spans_cover_the_range_in_aligned_pieces() -> None:
+    for n, parts, align in itertools.product(range(0, 70), (1, 2, 3, 5), (1, 4, 16)):
+        pieces = spans(n, parts, align)
+        assert len(pieces) <= parts
+        assert [i for lo, hi in pieces for i in range(lo, hi)] == list(range(n))
+        assert all(lo % align == 0 for lo, _ in pieces)
+        assert all(hi > lo for lo, hi in pieces)
+
+
+@pytest.mark.parametrize("split", [2, 3, 4])
+def test_pieces_run_on_other_threads_and_write_their_rows(split: int) -> None:
+    out = np.zeros(64)
+    who: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def piece(lo: int, hi: int) -> None:
+        out[lo:hi] = np.arange(lo, hi)
+        with lock:
+            who[lo] = threading.get_ident()
+
+    for _ in range(3):                                          # the workers are reused
+        out[:] = -1
+        Runner(None, split=split).recurrence(64, piece)
+        np.testing.assert_array_equal(out, np.arange(64))
+    assert len(set(who.values())) == split                     # one thread per piece
+
+
+def test_an_error_in_a_worker_reaches_the_caller_after_every_piece_ended() -> None:
+    run = Runner(None, split=3)
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def piece(lo: int, hi: int) -> None:
+        if lo == 0:
+            raise ValueError("piece 0 failed")
+        time.sleep(0.05)
+        with lock:
+            done.append(lo)
+
+    with pytest.raises(ValueError, match="piece 0 failed"):
+        run.recurrence(48, piece)
+    assert sorted(done) == [16, 32]                            # the others finished first
+    run.recurrence(48, lambda lo, hi: None)                     # and the pool still works
+
+
+def test_products_are_cut_by_rows_only_when_the_pieces_are_large() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((512, 300)), rng.standard_normal((300, 200))
+    out = np.empty((512, 200))
+    calls: list[int] = []
+    run = Runner(None, split=2)
+    real = run._map
+    run._map = lambda fn, pieces, ctx: (calls.append(len(pieces)),   # type: ignore[method-assign]
+                                        real(fn, pieces, ctx))
+    np.testing.assert_allclose(run.matmul(a, b, out), a @ b, rtol=1e-12)
+    assert calls == [2]
+    small = np.empty((8, 200))
+    run.matmul(a[:8], b, small)                                 # 8 rows: not worth a hand-off
+    assert calls == [2]
+    col = np.empty(200)
+    np.testing.assert_array_equal(run.column_sum(a @ b, col), np.sum(a @ b, axis=0))
+
+
+def test_thread_options() -> None:
+    assert thread_options(1, True, 128, 128) == [ThreadOption(1, 1)]
+    blas = [ThreadOption(1, 1), ThreadOption(1, 2), ThreadOption(2, 2)]
+    assert thread_options(2, False, 128, 128) == blas + [ThreadOption(1, 1, 2)]
+    assert thread_options(2, True, 128, 128) == [ThreadOption(1, 1), ThreadOption(1, 1, 2)]
+    # too little work per piece: no split, with or without the compiled loops
+    assert thread_options(2, True, 16, 32) == blas
+    assert thread_options(2, False, 8, 512) == blas
+
+
+def _drive(tuner: _ThreadTuner, fake: dict[ThreadOption, float], calls: int) -> list:
+    picks = []
+    for _ in range(calls):
+        o = tuner.pick()
+        picks.append(o)
+        if o is not None:
+            tuner.record(o, fake[o])
+    return picks
+
+
+def test_tuner_runs_each_option_then_keeps_the_fastest_and_explores() -> None:
+    opts = thread_options(2, False, 128, 128)
+    tuner = _ThreadTuner(budget=2, explore_every=40, options=opts)
+    assert tuner.options[0].split == 2                          # splits are tried first
+    fake = {o: float(i + 1) for i, o in enumerate(reversed(opts))}
+    trial = 1 + tuner.split_run + 3 * tuner.run
+    picks = _drive(tuner, fake, trial)
+    assert picks[0] is None                                     # first call: untimed
+    # each option ran in one run of consecutive calls, only its last `timed` calls counted
+    runs = [(o, len(list(g))) for o, g in itertools.groupby(picks[1:])]
+    assert [n for _, n in runs] == [tuner.split_run] + [tuner.run] * 3
+    assert all(len(t) == tuner.timed for t in tuner.times.values())
+    fastest = min(fake, key=fake.__getitem__)
+    picks = _drive(tuner, fake, 200)
+    assert tuner.best() == fastest
+    explored = [o for o in picks if o != fastest]
+    assert explored and len(explored) <= 5 * tuner.split_run    # about one run in 40 calls
+    assert _ThreadTuner(budget=1).options == [ThreadOption(1, 1)]
+
+
+def test_tuner_ignores_the_first_calls_after_coming_back_from_a_run() -> None:
+    """A split is slow for its first calls; those must not count against it."""
+    split, one = ThreadOption(1, 1, 2), ThreadOption(1, 1)
+    tuner = _ThreadTuner(budget=2, explore_every=30, options=[split, one])
+    since = {"n": 0, "last": None}
+
+    def cost(o: ThreadOption) -> float:                         # 3 ms once warm, 9 ms before
+        if o != since["last"]:
+            since["n"], since["last"] = 0, o
+        since["n"] += 1
+        if o == one:
+            return 5.0
+        return 9.0 if since["n"] <= 10 else 3.0
+
+    for _ in range(400):
+        o = tuner.pick()
+        if o is not None:
+            tuner.record(o, cost(o))
+    assert tuner.best() == split
+    assert max(tuner.times[split]) == 3.0
+
+
+def test_the_pool_spins_only_with_the_compiled_kernels() -> None:
+    from rnnlab import kernels
+
+    assert parallel._spin_ok() == kernels.available()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_workers() -> None:
+    import os
+
+    run = Runner(None, split=2)
+    run.recurrence(32, lambda lo, hi: None)                    # the parent has a worker now
+    pid = os.fork()
+    if pid == 0:                                                # child: must not wait forever
+        try:
+            out = np.zeros(32)
+
+            def piece(lo: int, hi: int) -> None:
+                out[lo:hi] = 1
+
+            Runner(None, split=2).recurrence(32, piece)
+            os._exit(0 if out.all() else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on its split")
