@@ -208,6 +208,27 @@ def available() -> bool:
     return _kernels() is not None
 
 
+_compiled = False
+
+
+def compile() -> None:
+    """Compile every kernel now (about a second, once per process) instead of at its first use,
+    as a JAX program is compiled ahead of time; :class:`rnnlab.network.Workspace` calls this."""
+    global _compiled
+    if _compiled or not available():
+        return
+    f32 = np.float32
+    Hb = np.zeros((2, 1, 1), f32)
+    W = np.zeros((1, 1), f32)
+    forward(Hb, W, "tanh", False)
+    for dH in (None, np.zeros((1, 1, 1), f32)):
+        backward(Hb, np.zeros((1, 1, 1), f32), dH, W, np.ones((1, 1), f32), "tanh", False)
+    for dt in (np.float32, np.float64):
+        scatter_rows(np.zeros(1, np.intp), np.zeros((1, 1), dt), np.zeros((1, 1), dt))
+    spin(np.ones(1, np.int64), 0, 1, 1)
+    _compiled = True
+
+
 def why_unavailable() -> str | None:
     """Why :func:`available` is False (None when it is True or has not been asked)."""
     return _why_not

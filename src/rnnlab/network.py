@@ -767,6 +767,8 @@ class Workspace:
                                f"'rnnlab[fast]'): {_kernels.why_unavailable()}")
         self.spec = spec
         self.compiled = bool(kernels) and _kernels.available()
+        if self.compiled:
+            _kernels.compile()
         self.want_input_grad = input_grad
         self.threads = threads
         self._flush = _FlushDenormals() if flush_denormals else None
