@@ -1,6 +1,15 @@
 """rnnlab: vanilla (Elman) recurrent networks and exact backpropagation through time, on NumPy."""
 
-from .network import Cache, Gradients, Output, backward, forward, loss_and_grad, value_and_grad
+from .network import (
+    Cache,
+    Gradients,
+    Output,
+    Workspace,
+    backward,
+    forward,
+    loss_and_grad,
+    value_and_grad,
+)
 from .params import init_params, shapes
 from .spec import RNNSpec
 
@@ -17,6 +26,7 @@ __all__ = [
     "loss_and_grad",
     "shapes",
     "value_and_grad",
+    "Workspace",
 ]
 
 from .estimators import NotFittedError, RNNClassifier, RNNRegressor  # noqa: E402
