@@ -1,13 +1,14 @@
 """One float32 training step of rnnlab against PyTorch and JAX, on the CPU (issue 6).
 
-    python -m benchmarks.step                       # every config, every peer (~4 minutes)
-    python -m benchmarks.step --quick               # fewer steps, no memory column (~1 minute)
+    python -m benchmarks.step                       # every config, every peer (~6 minutes)
+    python -m benchmarks.step --quick               # fewer steps, no memory column (~2 minutes)
     python -m benchmarks.step --configs a,b --peers torch --threads 1
 
 A training step is forward, softmax cross-entropy, backpropagation through time and an SGD update
 of every parameter, in float32, one Elman layer (tanh) and a linear head:
 
-* ``rnnlab``      the fast path, :class:`rnnlab.network.Workspace` + ``opt.update_``;
+* ``rnnlab``      the fast path, :class:`rnnlab.network.Workspace` + ``opt.update_`` (with the
+                  compiled loops when numba is installed, ``rnnlab[fast]``);
 * ``rnnlab-api``  the three public calls, ``forward`` + ``loss_and_grad`` + ``backward``, then
                   ``opt.update_``, with no workspace (what the library did before issue 6);
 * ``torch``       ``torch.nn.RNN`` + ``nn.Linear``, eager, ``F.cross_entropy``, ``torch.optim.SGD``;
