@@ -107,17 +107,17 @@ def test_ignored_signals_stay_ignored(tmp_path, monkeypatch):
 
 def interrupt_at(monkeypatch, call: int, times: int = 1) -> None:
     """Send ourselves SIGINT during the ``call``-th gradient computation (1-based)."""
-    real = net.value_and_grad
+    real = net.Workspace.value_and_grad
     count = [0]
 
-    def fake(*args, **kw):
+    def fake(self, *args, **kw):
         count[0] += 1
         if count[0] == call:
             for _ in range(times):
                 signal.raise_signal(signal.SIGINT)
-        return real(*args, **kw)
+        return real(self, *args, **kw)
 
-    monkeypatch.setattr(net, "value_and_grad", fake)
+    monkeypatch.setattr(net.Workspace, "value_and_grad", fake)
 
 
 @pytest.mark.parametrize("stateful", [False, True])
@@ -202,13 +202,13 @@ def test_mismatched_checkpoints_are_clear_errors(tmp_path):
 
 def child_main(directory: str, epochs: int) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started ignoring it
-    real = net.value_and_grad
+    real = net.Workspace.value_and_grad
 
-    def slow(*args, **kw):                 # sleeping changes no number, only the timing
+    def slow(self, *args, **kw):           # sleeping changes no number, only the timing
         time.sleep(0.005)
-        return real(*args, **kw)
+        return real(self, *args, **kw)
 
-    net.value_and_grad = slow
+    net.Workspace.value_and_grad = slow    # type: ignore[method-assign]
     m, tr, va = problem()
     h = m.fit(tr, config(Path(directory), epochs=epochs), val=va)
     print(json.dumps({"status": h.status, "message": h.message, "step_losses": h.step_losses}))

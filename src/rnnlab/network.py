@@ -822,6 +822,13 @@ class Workspace:
             return None
         return self._tuner.best()
 
+    def h_n(self) -> Array:
+        """The last call's final states ``(num_layers * num_directions, B, H)``, a new array."""
+        if self.cache is None:
+            raise RuntimeError("h_n() needs a value_and_grad call first")
+        nd = self.spec.num_directions
+        return np.stack([cell.final(hb, i % nd == 1) for i, hb in enumerate(self.cache.hbufs)])
+
     @property
     def logits(self) -> Array | None:
         """The last call's logits in the public layout, ``(B, O)`` or ``(B, T, O)`` (a view)."""

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -257,13 +257,30 @@ def _all_finite(arrays: Mapping[str, NDArray[Any]]) -> bool:
     return all(np.isfinite(a).all() for a in arrays.values())
 
 
+class _StepOutput(NamedTuple):
+    """What a training step reads of the forward pass (a Workspace computes no predictions)."""
+
+    logits: NDArray[Any]      # a view of the workspace's buffer: valid until its next call
+    h_n: NDArray[Any]
+
+
 def _gradient_function(cfg: TrainConfig) -> Callable[..., Any]:
     """``f(params, X, Y, spec, h0, mask, steps) -> (loss, Gradients, Output)``, or for
     ``rtrl_online`` the module's ``online_update``; tbptt/rtrl are imported only when asked for."""
     if cfg.algorithm == "bptt":
+        # the fast path (docs/performance.md) with a fixed thread option: no tuner and no split,
+        # so that a run and its resumed copy compute the same numbers, bit for bit
+        spaces: dict[RNNSpec, network.Workspace] = {}
+
         def bptt(params: Params, X: Any, Y: Any, spec: RNNSpec, h0: Any, mask: Any,
                  steps: int | None) -> Any:
-            return network.value_and_grad(params, X, Y, spec, h0=h0, mask=mask, steps=steps)
+            ws = spaces.get(spec)
+            if ws is None:
+                ws = spaces[spec] = network.Workspace(spec, threads=1)
+            loss, grads = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
+            assert ws.logits is not None and ws.h0_grad is not None
+            return (loss, network.Gradients(grads, None, ws.h0_grad),
+                    _StepOutput(ws.logits, ws.h_n()))
         return bptt
     import importlib
 
