@@ -123,21 +123,37 @@ def _problem(cfg: Config, seed: int = 0) -> tuple[Any, Any, Any, dict[str, Any]]
 Step = Callable[[], float]
 
 
-def make_rnnlab(cfg: Config, threads: int) -> Step:
-    from rnnlab import network as net
+def _sgd_step(cfg: Config, make: Callable[[Any], Callable[..., tuple[float, Any]]]) -> Step:
+    """A step of rnnlab: ``grads = make(spec)`` at set-up, then per step
+    ``grads(params, X, Y) -> (loss, gradient dict)`` and an SGD update."""
     from rnnlab import optim
 
     spec, X, Y, params = _problem(cfg)
     opt = optim.make("sgd", lr=LR)
     state = opt.init(params)
-    ws = net.Workspace(spec)
+    grads = make(spec)
 
     def step() -> float:
-        loss, grads = ws.value_and_grad(params, X, Y)
-        opt.update_(params, grads, state)
+        loss, g = grads(params, X, Y)
+        opt.update_(params, g, state)
         return loss
 
+    return step
+
+
+def make_rnnlab(cfg: Config, threads: int) -> Step:
+    from rnnlab import network as net
+
+    spaces: list[Any] = []
+
+    def make(spec: Any) -> Callable[..., tuple[float, Any]]:
+        spaces.append(net.Workspace(spec))       # made (and its kernels compiled) at set-up
+        return spaces[0].value_and_grad
+
+    step = _sgd_step(cfg, make)
+
     def note() -> str:
+        ws = spaces[0]
         c = ws.thread_choice
         if c is None:
             return ""
@@ -152,20 +168,15 @@ def make_rnnlab(cfg: Config, threads: int) -> Step:
 
 def make_rnnlab_api(cfg: Config, threads: int) -> Step:
     from rnnlab import network as net
-    from rnnlab import optim
 
-    spec, X, Y, params = _problem(cfg)
-    opt = optim.make("sgd", lr=LR)
-    state = opt.init(params)
+    def make(spec: Any) -> Callable[..., tuple[float, Any]]:
+        def grads(params: Any, X: Any, Y: Any) -> tuple[float, Any]:
+            out, cache = net.forward(params, X, spec)
+            res = net.loss_and_grad(spec, out, Y)
+            return res.value, net.backward(params, res.dz, cache).params
+        return grads
 
-    def step() -> float:
-        out, cache = net.forward(params, X, spec)
-        res = net.loss_and_grad(spec, out, Y)
-        g = net.backward(params, res.dz, cache)
-        opt.update_(params, g.params, state)
-        return res.value
-
-    return step
+    return _sgd_step(cfg, make)
 
 
 def make_torch(cfg: Config, threads: int) -> Step:
@@ -254,33 +265,27 @@ def make_jax(cfg: Config, threads: int) -> Step:
 
 
 def make_tbptt(cfg: Config, threads: int) -> Step:
-    from rnnlab import optim, tbptt
+    from rnnlab import tbptt
 
-    spec, X, Y, params = _problem(cfg)
-    opt = optim.make("sgd", lr=LR)
-    state = opt.init(params)
+    def make(spec: Any) -> Callable[..., tuple[float, Any]]:
+        def grads(params: Any, X: Any, Y: Any) -> tuple[float, Any]:
+            loss, g, _ = tbptt.value_and_grad(params, X, Y, spec, k1=TBPTT_K, k2=TBPTT_K)
+            return loss, g.params
+        return grads
 
-    def step() -> float:
-        loss, g, _ = tbptt.value_and_grad(params, X, Y, spec, k1=TBPTT_K, k2=TBPTT_K)
-        opt.update_(params, g.params, state)
-        return loss
-
-    return step
+    return _sgd_step(cfg, make)
 
 
 def make_rtrl(cfg: Config, threads: int) -> Step:
-    from rnnlab import optim, rtrl
+    from rnnlab import rtrl
 
-    spec, X, Y, params = _problem(cfg)
-    opt = optim.make("sgd", lr=LR)
-    state = opt.init(params)
+    def make(spec: Any) -> Callable[..., tuple[float, Any]]:
+        def grads(params: Any, X: Any, Y: Any) -> tuple[float, Any]:
+            loss, g, _ = rtrl.value_and_grad(params, X, Y, spec)
+            return loss, g.params
+        return grads
 
-    def step() -> float:
-        loss, g, _ = rtrl.value_and_grad(params, X, Y, spec)
-        opt.update_(params, g.params, state)
-        return loss
-
-    return step
+    return _sgd_step(cfg, make)
 
 
 MAKERS: dict[str, Callable[[Config, int], Step]] = {

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from rnnlab import parallel
 from rnnlab.parallel import Runner, ThreadOption, _ThreadTuner, spans, thread_options
 
 
@@ -136,12 +135,6 @@ def test_tuner_ignores_the_first_calls_after_coming_back_from_a_run() -> None:
             tuner.record(o, cost(o))
     assert tuner.best() == split
     assert max(tuner.times[split]) == 3.0
-
-
-def test_the_pool_spins_only_with_the_compiled_kernels() -> None:
-    from rnnlab import kernels
-
-    assert parallel._spin_ok() == kernels.available()
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")

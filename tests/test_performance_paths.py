@@ -16,17 +16,11 @@ import pytest
 from rnnlab import RNNSpec, activations, cell, init_params, losses
 from rnnlab import network as net
 
+from conftest import SETUPS as GRID
 from conftest import problem
 
-SETUPS = [
-    dict(setup="many_to_one"),
-    dict(setup="many_to_one", label_steps="all"),
-    dict(setup="many_to_many"),
-    dict(setup="one_to_many", feed="every"),
-    dict(setup="one_to_many", feed="first"),
-    dict(setup="many_to_many", input_kind="index"),
-    dict(setup="many_to_one", input_kind="index"),
-]
+SETUPS = GRID + [dict(setup="many_to_many", input_kind="index"),
+                 dict(setup="many_to_one", input_kind="index")]
 ALL_OPTIONS = [net.ThreadOption(1, 1), net.ThreadOption(1, 2), net.ThreadOption(2, 2),
                net.ThreadOption(2, 1), net.ThreadOption(1, 1, 2), net.ThreadOption(1, 1, 3)]
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from .data import registry
 from .params import INITS
-from .spec import RNNSpec
+from .spec import RNNSpec, unknown_fields
 from .train import TrainConfig
 
 __all__ = [
@@ -87,8 +87,7 @@ def _check_int(name: str, value: object, minimum: int, optional: bool = False) -
 def _from_mapping(cls: type, d: Mapping[str, Any], what: str) -> Any:
     if not isinstance(d, Mapping):
         raise TypeError(f"[{what}] must be a table of keys; got {type(d).__name__} {d!r}")
-    valid = sorted(f.name for f in fields(cls))
-    unknown = sorted(set(d) - set(valid))
+    unknown, valid = unknown_fields(cls, d)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in [{what}]; valid keys are {valid}")
     return cls(**d)
@@ -250,8 +249,7 @@ class ExperimentConfig:
         """Build from nested data (a parsed TOML file); unknown keys raise ValueError."""
         if not isinstance(d, Mapping):
             raise TypeError(f"a config must be a table of keys; got {type(d).__name__}")
-        valid = sorted(f.name for f in fields(cls))
-        unknown = sorted(set(d) - set(valid))
+        unknown, valid = unknown_fields(cls, d)
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} at the top of the config; valid keys "
                              f"are {valid} (settings go in the [model], [data] and [train] "

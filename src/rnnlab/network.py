@@ -807,8 +807,8 @@ class Workspace:
             if option is not None and option.split > 1:
                 # the pieces run on one BLAS thread each (option.rest == 1: a BLAS thread left
                 # spinning after a product of its own would take a core from a piece)
-                run = Runner(None, option.split, flush=self._flush is not None,
-                             compiled=self.compiled)
+                run = Runner(_LoopContext(None, self._flush), option.split,
+                             flush=self._flush is not None, compiled=self.compiled)
             else:
                 threads = None if option is None else _BLAS.limit(option.loop)
                 run = Runner(_LoopContext(threads, self._flush), compiled=self.compiled)

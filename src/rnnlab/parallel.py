@@ -331,9 +331,9 @@ class _Piece:
 
 
 # Polls (about 0.2 us each) a worker or the caller spends waiting without the GIL before it
-# sleeps: about 2 ms.  Waking a sleeping thread took 55-165 us on this 2-vCPU machine (a VM: an
-# idle vCPU is descheduled by the host), four times per training step; a polling thread is
-# awake (measured: row MNIST 4.0 ms per step -> see docs/performance.md).
+# sleeps: about 2 ms.  A sleeping worker took 55-165 us to start a piece on this 2-vCPU machine
+# (a VM), four times per training step; polling removed the slow first 10-16 calls of a split
+# (docs/performance.md, "Workers that poll before they sleep").
 _SPIN_POLLS = 10_000
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from . import activations, losses
@@ -12,6 +13,13 @@ SETUPS: tuple[str, ...] = ("many_to_one", "many_to_many", "one_to_many")
 LABEL_STEPS: tuple[str, ...] = ("last", "all")
 FEEDS: tuple[str, ...] = ("every", "first")
 INPUT_KINDS: tuple[str, ...] = ("dense", "index")
+
+
+def unknown_fields(cls: type, d: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """``(unknown, valid)``: the keys of ``d`` that are not fields of the dataclass ``cls``, and
+    its field names, both sorted (for the ``from_dict`` constructors' errors)."""
+    valid = sorted(f.name for f in fields(cls))
+    return sorted(set(d) - set(valid)), valid
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -106,8 +114,7 @@ class RNNSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RNNSpec:
-        valid = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - valid)
+        unknown, valid = unknown_fields(cls, d)
         if unknown:
-            raise ValueError(f"unknown RNNSpec keys {unknown}; valid keys are {sorted(valid)}")
+            raise ValueError(f"unknown RNNSpec keys {unknown}; valid keys are {valid}")
         return cls(**d)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from . import optim, schedules
 from .metrics import resolve_mode
+from .spec import unknown_fields
 
 ALGORITHMS: tuple[str, ...] = ("bptt", "tbptt", "rtrl", "rtrl_online")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
@@ -224,10 +225,9 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (and validated)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        unknown, valid = unknown_fields(type(self), changes)
         if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys are "
-                             f"{sorted(f.name for f in fields(self))}")
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys are {valid}")
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,8 +239,7 @@ class TrainConfig:
         """Build from a mapping; unknown keys raise ValueError listing the valid ones."""
         if not isinstance(d, Mapping):
             raise TypeError(f"TrainConfig.from_dict needs a mapping; got {type(d).__name__}")
-        valid = sorted(f.name for f in fields(cls))
-        unknown = sorted(set(d) - set(valid))
+        unknown, valid = unknown_fields(cls, d)
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys are {valid}")
         return cls(**d)
