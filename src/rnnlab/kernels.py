@@ -37,7 +37,18 @@ from numpy.typing import NDArray
 Array = NDArray[np.floating]
 
 _KINDS = {"tanh": 0, "relu": 1, "identity": 2}
-_ROW_MAJOR, _NO_TRANS = 101, 111
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+# A job is an int64 array of JOB_SIZE slots that :func:`run` executes without the GIL; a worker
+# thread of rnnlab.parallel serves them (:func:`serve`) without taking the GIL either, which is
+# what makes a hand-off cost microseconds instead of the ~50 us of waking a Python thread.
+# Slot 0 is the kind, slot 1 the subnormal flush flag; the rest depends on the kind (see the
+# *_job makers).  The arrays a job points into must outlive it.
+JOB_SIZE = 32
+JOB_FORWARD, JOB_BACKWARD, JOB_GEMM, JOB_PYTHON = 1, 2, 3, 9
+# fenv_t on x86-64 glibc, as int64 words: MXCSR is bytes 28-31, the high half of word 3; FTZ is
+# its bit 15, DAZ its bit 6 (as rnnlab.parallel._FlushDenormals sets them)
+_MXCSR_WORD, _FTZ_DAZ = 3, 0x8040 << 32
 
 # eq. (38): tanh(x) ~ x P(x^2) / Q(x^2) on [-9, 9] (float32 tanh is +-1 beyond), the monomial
 # coefficients of Eigen's generic_fast_tanh_float, lowest degree first
@@ -76,6 +87,8 @@ def _cblas_sgemm() -> Any:
 def _build() -> dict[str, Any]:
     """Compile the kernels (once per process, a few seconds)."""
     import numba as nb
+    from numba import types
+    from numba.extending import intrinsic
 
     sgemm = _cblas_sgemm()
     f32 = np.float32
@@ -178,6 +191,70 @@ def _build() -> dict[str, Any]:
     libc = ctypes.CDLL(None)
     sched_yield = libc.sched_yield
     sched_yield.argtypes, sched_yield.restype = [], ctypes.c_int
+    fegetenv, fesetenv = libc.fegetenv, libc.fesetenv     # glibc: in libc since 2.34, else libm
+    for fn in (fegetenv, fesetenv):
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+
+    @intrinsic
+    def f32_at(typingctx: Any, addr: Any) -> Any:        # an address as a float32 pointer
+        sig = types.CPointer(types.float32)(types.int64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.inttoptr(args[0], context.get_value_type(
+                types.CPointer(types.float32)))
+        return sig, codegen
+
+    word, ftz_daz = _MXCSR_WORD, _FTZ_DAZ
+
+    @nb.njit(nogil=True)
+    def run(job: Any) -> None:
+        # one job (see JOB_SIZE), in the calling thread
+        kind, flush = job[0], job[1] != 0
+        saved = np.empty(8, np.int64)               # sizeof(fenv_t) is 32 bytes
+        if flush:                                   # FTZ and DAZ while the job runs
+            env = np.empty(8, np.int64)
+            fegetenv(saved.ctypes.data)
+            for j in range(8):
+                env[j] = saved[j]
+            env[word] = env[word] | ftz_daz
+            fesetenv(env.ctypes.data)
+        if kind == JOB_FORWARD:
+            n, H = job[7], job[8]
+            forward(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5], job[6], n, H,
+                    nb.carray(f32_at(job[9]), (H * H,)), np.empty(n * H, np.float32),
+                    job[10], job[11] != 0)
+        elif kind == JOB_BACKWARD:
+            n, H = job[15], job[16]
+            backward(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5],
+                     nb.carray(f32_at(job[6]), (job[7],)), job[8], job[9],
+                     nb.carray(f32_at(job[10]), (job[11],)), job[12], job[13], job[14] != 0,
+                     job[17], n, H, nb.carray(f32_at(job[18]), (H * H,)),
+                     nb.carray(f32_at(job[19]), (n * H,)), job[20], job[21] != 0)
+        elif kind == JOB_GEMM:
+            sgemm(_ROW_MAJOR, job[2], job[3], job[4], job[5], job[6], one, job[7], job[8],
+                  job[9], job[10], zero, job[11], job[12])
+        if flush:
+            fesetenv(saved.ctypes.data)
+
+    @nb.njit(nogil=True)
+    def serve(posted: Any, finished: Any, jobs: Any, i: int, taken: int,
+              limit: int) -> tuple[int, bool]:
+        # worker i: run its jobs as they are posted; return (jobs taken, True) when the next is
+        # a Python piece, (jobs taken, False) after `limit` idle polls
+        idle = 0
+        while idle < limit:
+            if posted[i] > taken:
+                if jobs[i, 0] == JOB_PYTHON:
+                    return taken, True
+                run(jobs[i])
+                taken += 1
+                sched_yield()                       # an opaque call: the job's stores first
+                finished[i] = taken
+                idle = 0
+            else:
+                idle += 1
+                sched_yield()
+        return taken, False
 
     @nb.njit(nogil=True)
     def spin(counters: Any, i: int, target: int, limit: int) -> bool:
@@ -200,7 +277,8 @@ def _build() -> dict[str, Any]:
             for j in range(out.shape[1]):
                 o[j] += x[j]
 
-    return {"forward": forward, "backward": backward, "spin": spin, "scatter": scatter}
+    return {"forward": forward, "backward": backward, "spin": spin, "scatter": scatter,
+            "run": run, "serve": serve}
 
 
 def available() -> bool:
@@ -227,6 +305,24 @@ def compile() -> None:
         scatter_rows(np.zeros(1, np.intp), np.zeros((1, 1), dt), np.zeros((1, 1), dt))
     spin(np.ones(1, np.int64), 0, 1, 1)
     _compiled = True
+
+
+_jobs_compiled = False
+
+
+def compile_jobs() -> None:
+    """Compile :func:`run` and :func:`serve` now (about 1.5 s, once per process): what a batch
+    split over threads needs (:class:`rnnlab.parallel.Runner` calls this)."""
+    global _jobs_compiled
+    if _jobs_compiled or not available():
+        return
+    a = np.ones((2, 2), np.float32)
+    job = gemm_job(a, a, np.empty((2, 2), np.float32))
+    assert job is not None
+    run(job)
+    serve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, JOB_SIZE), np.int64), 0,
+          0, 1)
+    _jobs_compiled = True
 
 
 def why_unavailable() -> str | None:
@@ -286,6 +382,85 @@ def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
     df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
     k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
                   dnext.reshape(-1), _KINDS[act_name], reverse)
+
+
+def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
+    job = np.zeros(JOB_SIZE, np.int64)
+    job[0], job[1] = kind, flush
+    job[2:2 + len(slots)] = slots
+    return job
+
+
+def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool,
+                flush: bool) -> NDArray[np.int64]:
+    """:func:`forward` as a job for :func:`run` (``W_hh`` C-contiguous, ``Hbuf``'s ``h0`` slot
+    set); ``flush``: with subnormals flushed to zero (FTZ and DAZ) while it runs."""
+    assert W_hh.flags.c_contiguous and W_hh.dtype == np.float32, "see supports()"
+    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    hf, h0, h1 = _flat(Hbuf)
+    return _job(JOB_FORWARD, flush, hf.ctypes.data, hf.size, h0, h1, T, n, H,
+                W_hh.ctypes.data, _KINDS[act_name], reverse)
+
+
+def backward_job(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
+                 act_name: str, reverse: bool, flush: bool) -> NDArray[np.int64]:
+    """:func:`backward` as a job for :func:`run` (``dnext`` C-contiguous, ``dL/dH_T`` in it)."""
+    assert W_T.flags.c_contiguous and dnext.flags.c_contiguous and W_T.dtype == np.float32
+    T, n, H = dZ.shape
+    hf, h0, h1 = _flat(Hbuf)
+    gf, g0, g1 = _flat(dZ)
+    df, d0, d1 = (gf, 0, 0) if dH is None else _flat(dH)      # unread without dH
+    return _job(JOB_BACKWARD, flush, hf.ctypes.data, hf.size, h0, h1, gf.ctypes.data, gf.size,
+                g0, g1, df.ctypes.data, df.size, d0, d1, dH is not None, n, H, T,
+                W_T.ctypes.data, dnext.ctypes.data, _KINDS[act_name], reverse)
+
+
+def _operand(a: Array) -> tuple[int, int] | None:
+    """``(transpose flag, leading dimension)`` of a float32 matrix as a row-major BLAS operand,
+    or None when its strides do not allow one."""
+    (r, c), (s0, s1) = a.shape, a.strides
+    if a.dtype != np.float32 or r < 2 or c < 2 or s0 % 4 or s1 % 4:
+        return None
+    if s1 == 4 and s0 >= 4 * c:
+        return _NO_TRANS, s0 // 4
+    if s0 == 4 and s1 >= 4 * r:
+        return _TRANS, s1 // 4
+    return None
+
+
+def gemm_job(a: Array, b: Array, out: Array) -> NDArray[np.int64] | None:
+    """``out = a @ b`` (float32, 2-D) as a job for :func:`run`, or None when an operand's strides
+    do not suit the BLAS (``out`` needs contiguous rows)."""
+    oa, ob, oc = _operand(a), _operand(b), _operand(out)
+    if oa is None or ob is None or oc is None or oc[0] != _NO_TRANS:
+        return None
+    (M, K), N = a.shape, b.shape[1]
+    assert b.shape[0] == K and out.shape == (M, N), (a.shape, b.shape, out.shape)
+    return _job(JOB_GEMM, False, oa[0], ob[0], M, N, K, a.ctypes.data, oa[1], b.ctypes.data,
+                ob[1], out.ctypes.data, oc[1])
+
+
+def python_job() -> NDArray[np.int64]:
+    """The marker of a Python piece: :func:`serve` hands it back to its caller."""
+    return _job(JOB_PYTHON, False)
+
+
+def run(job: NDArray[np.int64]) -> None:
+    """Run one job in the calling thread, without the GIL."""
+    k = _kernels()
+    assert k is not None and job.shape == (JOB_SIZE,) and job[0] != JOB_PYTHON
+    k["run"](job)
+
+
+def serve(posted: NDArray[np.int64], finished: NDArray[np.int64], jobs: NDArray[np.int64],
+          i: int, taken: int, limit: int) -> tuple[int, bool]:
+    """Worker ``i``'s loop, without the GIL: whenever ``posted[i]`` exceeds ``taken``, run the job
+    ``jobs[i]`` and set ``finished[i]``; return ``(taken, True)`` when the next is a Python piece
+    (:func:`python_job`), ``(taken, False)`` after ``limit`` idle polls (about 0.2 us each)."""
+    k = _kernels()
+    assert k is not None, "see available()"
+    taken, python = k["serve"](posted, finished, jobs, i, taken, limit)
+    return int(taken), bool(python)
 
 
 def spin(counters: NDArray[np.int64], i: int, target: int, limit: int) -> bool:

@@ -341,8 +341,10 @@ def _forward_core(
             A = _project_into(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"],
                               cell.outputs(hb, rev), run,
                               x1 if layer == 0 else None)                 # (T, B, H), in place
-            run.recurrence(B, _forward_rows(A, params[f"{p}.W_hh"], act, h0_all[idx], rev,
-                                            m_tb, hb, run.compiled))
+            W_hh = params[f"{p}.W_hh"]
+            run.recurrence(B, _forward_rows(A, W_hh, act, h0_all[idx], rev, m_tb, hb,
+                                            run.compiled),
+                           _forward_job(W_hh, act, h0_all[idx], rev, m_tb, hb, run))
             hbufs.append(hb)
             outs.append(cell.outputs(hb, rev))
             finals.append(cell.final(hb, rev))
@@ -377,6 +379,22 @@ def _forward_rows(A: Array, W_hh: Array, act: activations.Activation, h0: Array,
                      mask=None if m_tb is None else m_tb[:, lo:hi], out=hb[:, lo:hi],
                      compiled=compiled)
     return rows
+
+
+def _forward_job(W_hh: Array, act: activations.Activation, h0: Array, rev: bool,
+                 m_tb: Mask | None, hb: Array,
+                 run: Runner) -> Callable[[int, int, bool], NDArray[np.int64]] | None:
+    """:func:`_forward_rows` as compiled jobs (the projections in ``hb``'s step slots), or None
+    where the kernels do not apply."""
+    if not (run.jobs and _kernels.supports(act.name, hb.dtype, m_tb is not None)):
+        return None
+    W = np.ascontiguousarray(W_hh)
+    slot = hb.shape[0] - 1 if rev else 0              # h0's slot, see cell.forward
+
+    def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
+        hb[slot, lo:hi] = h0[lo:hi]
+        return _kernels.forward_job(hb[:, lo:hi], W, act.name, rev, flush)
+    return job
 
 
 def forward(
@@ -581,7 +599,9 @@ def _backward_core(
             W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
             dZ = np.empty((T, B, H), dtype) if bufs is None else bufs.dZ
             run.recurrence(B, _backward_rows(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
-                                             dh0[idx], run.compiled))
+                                             dh0[idx], run.compiled),
+                           _backward_job(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
+                                         dh0[idx], run))
             dZ2 = dZ.reshape(T * B, H)
             grads[f"{p}.W_hh"] = run.matmul(cell.previous(hb, rev).reshape(T * B, H).T, dZ2,
                                             gout(f"{p}.W_hh"))                  # eq. (19)
@@ -624,6 +644,27 @@ def _backward_rows(dH: Array | None, hb: Array, W_hh: Array, act: activations.Ac
                                       mask=None if mask is None else mask[:, lo:hi],
                                       out=dZ[:, lo:hi], compiled=compiled)
     return rows
+
+
+def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: activations.Activation,
+                  rev: bool, dlast: Array | None, mask: Mask | None, dZ: Array, dh0: Array,
+                  run: Runner) -> Callable[[int, int, bool], NDArray[np.int64]] | None:
+    """:func:`_backward_rows` as compiled jobs, or None where the kernels do not apply."""
+    if not (run.jobs and dh0.flags.c_contiguous
+            and _kernels.supports(act.name, hb.dtype, mask is not None)):
+        return None
+    W_T = np.ascontiguousarray(W_hh.T)          # one copy for every piece
+
+    def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
+        d = dh0[lo:hi]                            # dL/dH_T in, dL/dh0 out (cell.backward)
+        if dlast is None:
+            d.fill(0.0)
+        else:
+            np.copyto(d, dlast[lo:hi])
+        return _kernels.backward_job(hb[:, lo:hi], dZ[:, lo:hi],
+                                     None if dH is None else dH[:, lo:hi], W_T, d, act.name,
+                                     rev, flush)
+    return job
 
 
 def backward(

@@ -22,6 +22,7 @@ import queue
 import statistics
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
@@ -303,6 +304,8 @@ class _ThreadTuner:
 _MIN_LOOP_ROWS = 8            # batch rows per piece of a recurrent loop
 _MIN_PIECE_FLOP = 4e6         # multiply-adds x 2 per piece of a product
 _ROW_ALIGN = 16               # product pieces start at multiples of this row
+_MIN_JOB_FLOP = 1e6           # the same for a compiled job: its hand-off costs a microsecond
+_K_SPLIT = 4                  # a product with K >= this x max(M, N) is cut along K
 
 
 def spans(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
@@ -335,15 +338,19 @@ class _Piece:
 # (a VM), four times per training step; polling removed the slow first 10-16 calls of a split
 # (docs/performance.md, "Workers that poll before they sleep").
 _SPIN_POLLS = 10_000
+_WAKE = None          # queued to wake a sleeping worker for a compiled job
 
 
 class _Pool:
     """Process-wide worker threads, grown on demand; worker ``i`` runs the pieces posted to it
-    in order.
+    in order, one at a time (a caller waits for its pieces before it posts more).
 
-    Between pieces a worker polls for the next one for about 2 ms without the GIL (when the
-    compiled :mod:`rnnlab.kernels` are available), then sleeps on its queue; the caller waits for
-    a piece the same way.  ``posted[i]`` and ``finished[i]`` count worker ``i``'s pieces.
+    A piece is a Python callable (:class:`_Piece`, queued) or, with the compiled
+    :mod:`rnnlab.kernels`, a job (an int64 array, written to ``jobs[i]``) that the worker runs
+    without the GIL: between pieces it polls for about 2 ms without the GIL
+    (:func:`rnnlab.kernels.serve`), running any job posted meanwhile, then sleeps on its queue.
+    ``posted[i]`` and ``finished[i]`` count worker ``i``'s pieces; ``sleeping[i]`` says it
+    sleeps (a job must then be followed by a wake-up on the queue).
     """
 
     def __init__(self) -> None:
@@ -352,43 +359,80 @@ class _Pool:
     def _reset(self) -> None:
         """Forget every worker (a forked child has none of its parent's threads)."""
         self._lock = threading.Lock()
-        self._queues: list[queue.SimpleQueue[_Piece]] = []
-        self.posted = np.zeros(256, np.int64)
-        self.finished = np.zeros(256, np.int64)
+        self._queues: list[queue.SimpleQueue[_Piece | None]] = []
+        n = 256
+        self.posted = np.zeros(n, np.int64)
+        self.finished = np.zeros(n, np.int64)
+        self.sleeping = np.zeros(n, np.int64)
+        self.jobs = np.zeros((n, _kernels.JOB_SIZE), np.int64)
 
-    def post(self, i: int, piece: _Piece) -> int:
-        """Give ``piece`` to worker ``i`` (started if needed); returns its number there."""
+    def _queue(self, i: int) -> queue.SimpleQueue[_Piece | None]:
         with self._lock:
             while len(self._queues) <= i:
                 if len(self._queues) == self.posted.size:
                     raise RuntimeError(f"at most {self.posted.size} worker threads")
-                q: queue.SimpleQueue[_Piece] = queue.SimpleQueue()
+                q: queue.SimpleQueue[_Piece | None] = queue.SimpleQueue()
                 self._queues.append(q)
                 threading.Thread(target=self._work, args=(len(self._queues) - 1, q),
                                  name=f"rnnlab-{len(self._queues)}", daemon=True).start()
-            self._queues[i].put(piece)
-            self.posted[i] += 1
-            return int(self.posted[i])
+            return self._queues[i]
 
-    def wait(self, i: int, number: int, piece: _Piece) -> None:
+    def post(self, i: int, piece: _Piece) -> int:
+        """Give ``piece`` to worker ``i`` (started if needed); returns its number there."""
+        self._queue(i).put(piece)          # first: a worker that sees the count finds it
+        if _spin_ok():
+            self.jobs[i, 0] = _kernels.JOB_PYTHON
+        self.posted[i] += 1
+        return int(self.posted[i])
+
+    def post_job(self, i: int, job: NDArray[np.int64]) -> int:
+        """Give a compiled job to worker ``i`` (started if needed); returns its number there."""
+        q = self._queue(i)
+        self.jobs[i] = job
+        self.posted[i] += 1                # after the job: x86 keeps stores in order
+        if self.sleeping[i]:
+            q.put(_WAKE)
+        return int(self.posted[i])
+
+    def wait(self, i: int, number: int, piece: _Piece | None = None) -> None:
         """Return once piece ``number`` of worker ``i`` has finished."""
-        if not (_spin_ok() and _kernels.spin(self.finished, i, number, _SPIN_POLLS)):
+        if _spin_ok() and _kernels.spin(self.finished, i, number, _SPIN_POLLS):
+            return
+        if piece is not None:
             piece.done.wait()
+            return
+        while not _kernels.spin(self.finished, i, number, _SPIN_POLLS):   # a long job
+            time.sleep(1e-4)
 
-    def _work(self, i: int, q: queue.SimpleQueue[_Piece]) -> None:
+    def _work(self, i: int, q: queue.SimpleQueue[_Piece | None]) -> None:
         taken = 0
         while True:
-            if _spin_ok():                      # poll for the next piece before sleeping
-                _kernels.spin(self.posted, i, taken + 1, _SPIN_POLLS)
-            piece = q.get()
+            item: _Piece | None = _WAKE
+            if _spin_ok():
+                # run compiled jobs as they come; back here for a Python piece or when idle
+                taken, python = _kernels.serve(self.posted, self.finished, self.jobs, i, taken,
+                                               _SPIN_POLLS)
+                if not python:
+                    self.sleeping[i] = 1           # the GIL orders this with post_job's check
+                    if self.posted[i] == taken:
+                        item = q.get()
+                    self.sleeping[i] = 0
+                    if item is _WAKE:
+                        continue
+                else:
+                    while item is _WAKE:           # a late wake-up may be queued before it
+                        item = q.get()
+            else:
+                item = q.get()
+            assert item is not None
             taken += 1
             try:
-                with piece.context:
-                    piece.fn(piece.lo, piece.hi)
+                with item.context:
+                    item.fn(item.lo, item.hi)
             except BaseException as exc:        # handed to the caller
-                piece.error = exc
-            self.finished[i] += 1
-            piece.done.set()
+                item.error = exc
+            self.finished[i] = taken
+            item.done.set()
 
 
 def _spin_ok() -> bool:
@@ -418,14 +462,29 @@ class Runner:
         self.compiled = compiled          # loops may use rnnlab.kernels (see cell.forward)
         self._flushes = ([_FlushDenormals() for _ in range(split)]
                          if flush and split > 1 else None)
+        # with the compiled kernels the pieces of a split are jobs, run without the GIL
+        self.jobs = compiled and split > 1 and _kernels.available()
+        self._flush_jobs = self._flushes is not None and _FlushDenormals._probe()
+        self._partials: dict[tuple[int, ...], Array] = {}
+        if split > 1 and _spin_ok():
+            _kernels.compile_jobs()       # the workers serve jobs
 
-    def recurrence(self, B: int, fn: Callable[[int, int], object]) -> None:
-        """``fn(lo, hi)`` runs a loop on batch rows ``lo:hi``; run it on all ``B`` rows."""
+    def recurrence(self, B: int, fn: Callable[[int, int], object],
+                   job: Callable[[int, int, bool], NDArray[np.int64]] | None = None) -> None:
+        """``fn(lo, hi)`` runs a loop on batch rows ``lo:hi``; run it on all ``B`` rows.
+
+        ``job(lo, hi, flush)``, when given, makes the same loop as a compiled job
+        (:mod:`rnnlab.kernels`), which a split then runs instead of ``fn``.
+        """
         if self.split <= 1 or B < 2 * _MIN_LOOP_ROWS:
             with self.loop or nullcontext():
                 fn(0, B)
             return
-        self._map(fn, spans(B, self.split), self._flushes)
+        pieces = spans(B, self.split)
+        if job is not None and self.jobs:
+            self.run_jobs([job(lo, hi, self._flush_jobs) for lo, hi in pieces])
+            return
+        self._map(fn, pieces, self._flushes)
 
     def rows(self, n: int, flop_per_row: float, fn: Callable[[int, int], object]) -> None:
         """``fn(lo, hi)`` computes output rows ``lo:hi`` of a product; compute all ``n``."""
@@ -436,14 +495,63 @@ class Runner:
         self._map(fn, spans(n, parts, _ROW_ALIGN), None)
 
     def matmul(self, a: Array, b: Array, out: Array) -> Array:
-        """``np.matmul(a, b, out=out)`` for 2-D operands, split by the rows of ``out``."""
+        """``np.matmul(a, b, out=out)`` for 2-D operands, split by the rows of ``out`` or, for
+        a product over many rows (``a`` is ``X^T``: a weight gradient), by its inner dimension
+        ``K`` into partial products that are then added (each piece reads contiguous rows of
+        both operands and packs half as much)."""
         assert a.ndim == b.ndim == out.ndim == 2, (a.shape, b.shape, out.shape)
+        (M, K), N = a.shape, b.shape[1]
+        if self.jobs and out.dtype == a.dtype == b.dtype == np.float32:
+            flop = 2.0 * M * N * K
+            if K >= _K_SPLIT * max(M, N):
+                parts = min(self.split, int(flop // _MIN_JOB_FLOP), K // _ROW_ALIGN)
+                if parts > 1 and self._matmul_k(a, b, out, spans(K, parts, _ROW_ALIGN)):
+                    return out
+            else:
+                parts = min(self.split, int(flop // _MIN_JOB_FLOP), M // _ROW_ALIGN)
+                if parts > 1:
+                    cut = spans(M, parts, _ROW_ALIGN)
+                    jobs = [_kernels.gemm_job(a[lo:hi], b, out[lo:hi]) for lo, hi in cut]
+                    if all(j is not None for j in jobs):
+                        self.run_jobs(jobs)    # type: ignore[arg-type]
+                        return out
 
         def piece(lo: int, hi: int) -> None:
             np.matmul(a[lo:hi], b, out=out[lo:hi])
 
         self.rows(out.shape[0], 2.0 * a.shape[1] * b.shape[1], piece)
         return out
+
+    def _matmul_k(self, a: Array, b: Array, out: Array, cut: list[tuple[int, int]]) -> bool:
+        """``out = a @ b`` as the sum of the products over the ``K`` pieces ``cut`` (False when
+        an operand does not suit the BLAS)."""
+        outs = [out] + [self._partial(i, out.shape) for i in range(1, len(cut))]
+        jobs = [_kernels.gemm_job(a[:, lo:hi], b[lo:hi], o)
+                for (lo, hi), o in zip(cut, outs, strict=True)]
+        if any(j is None for j in jobs):
+            return False
+        self.run_jobs(jobs)    # type: ignore[arg-type]
+        for o in outs[1:]:
+            out += o
+        return True
+
+    def _partial(self, i: int, shape: tuple[int, ...]) -> Array:
+        """A float32 buffer for partial product ``i``, kept for the next call of that shape."""
+        key = (i,) + tuple(shape)
+        buf = self._partials.get(key)
+        if buf is None:
+            buf = self._partials[key] = np.empty(shape, np.float32)
+        return buf
+
+    def run_jobs(self, jobs: Sequence[NDArray[np.int64]]) -> None:
+        """Run compiled jobs (:mod:`rnnlab.kernels`) at the same time: the last in the calling
+        thread, the others on the workers; return when all have finished."""
+        posted = [(i, _POOL.post_job(i, job)) for i, job in enumerate(jobs[:-1])]
+        try:
+            _kernels.run(jobs[-1])
+        finally:
+            for i, number in posted:
+                _POOL.wait(i, number)
 
     def column_sum(self, a: Array, out: Array) -> Array:
         """``np.sum(a, axis=0, out=out)`` for a 2-D ``a``, split by columns (same sums)."""
