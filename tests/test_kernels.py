@@ -148,3 +148,106 @@ def test_kernels_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not net.Workspace(spec).compiled                    # "auto": the NumPy loops
     with pytest.raises(RuntimeError, match="rnnlab\\[fast\\].*no numba"):
         net.Workspace(spec, kernels=True)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def test_jobs_run_the_loops_bit_for_bit() -> None:
+    """forward_job and backward_job run the kernels of forward and backward on a block of rows,
+    with and without flushing (no subnormal occurs here, so the same numbers)."""
+    rng = np.random.default_rng(4)
+    T, B, H = 5, 12, 16
+    W = (rng.standard_normal((H, H)) / 4).astype(np.float32)
+    A = rng.standard_normal((T, B, H)).astype(np.float32)
+    dH = rng.standard_normal((T, B, H)).astype(np.float32)
+    for reverse, flush in itertools.product((False, True), (False, True)):
+        ref = np.zeros((T + 1, B, H), np.float32)
+        cell.outputs(ref, reverse)[:] = A
+        kernels.forward(ref[:, 3:9], W, "tanh", reverse)
+        Hb = np.zeros((T + 1, B, H), np.float32)
+        cell.outputs(Hb, reverse)[:] = A
+        kernels.run(kernels.forward_job(Hb[:, 3:9], W, "tanh", reverse, flush))
+        np.testing.assert_array_equal(Hb, ref)
+        WT = np.ascontiguousarray(W.T)
+        out = []
+        for via_job in (False, True):
+            dZ = np.full((T, B, H), np.nan, np.float32)
+            dnext = np.ones((6, H), np.float32)
+            if via_job:
+                kernels.run(kernels.backward_job(Hb[:, 3:9], dZ[:, 3:9], dH[:, 3:9], WT, dnext,
+                                                 "tanh", reverse, flush))
+            else:
+                kernels.backward(Hb[:, 3:9], dZ[:, 3:9], dH[:, 3:9], WT, dnext, "tanh", reverse)
+            out.append((dZ, dnext))
+        np.testing.assert_array_equal(out[0][0], out[1][0])
+        np.testing.assert_array_equal(out[0][1], out[1][1])
+        assert np.isnan(out[1][0][:, :3]).all() and not np.isnan(out[1][0][:, 3:9]).any()
+
+
+def test_a_flushing_job_flushes_subnormals_and_restores_the_mode() -> None:
+    """identity, W = 0.5 I: H_1 = h0 W + A_1 is subnormal unless flushed."""
+    H = 4
+    W = np.eye(H, dtype=np.float32) * np.float32(0.5)
+    results = []
+    for flush in (False, True):
+        Hb = np.zeros((2, 1, H), np.float32)
+        Hb[0] = np.float32(1e-38)                   # h0 (normal); 0.5e-38 is subnormal
+        kernels.run(kernels.forward_job(Hb, W, "identity", False, flush))
+        results.append(Hb[1, 0].copy())
+    assert (results[0] == np.float32(1e-38) * np.float32(0.5)).all() and results[0][0] != 0
+    assert not results[1].any()
+    again = np.zeros((2, 1, H), np.float32)
+    again[0] = np.float32(1e-38)
+    kernels.run(kernels.forward_job(again, W, "identity", False, False))
+    np.testing.assert_array_equal(again[1, 0], results[0])      # the mode was restored
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product((False, True), (False, True))))
+def test_gemm_job_computes_the_product_of_any_blas_layout(ta: bool, tb: bool) -> None:
+    rng = np.random.default_rng(5)
+    M, K, N = 19, 23, 17
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    big = np.full((M, N + 5), np.nan, np.float32)
+    out = big[:, 2:2 + N]                                       # rows with a leading dimension
+    job = kernels.gemm_job(a, b, out)
+    assert job is not None
+    kernels.run(job)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5,
+                               atol=1e-5)
+    assert np.isnan(big[:, :2]).all() and np.isnan(big[:, 2 + N:]).all()
+
+
+def test_gemm_job_declines_what_the_blas_cannot_read() -> None:
+    a = np.ones((8, 6), np.float32)
+    out = np.empty((8, 8), np.float32)
+    assert kernels.gemm_job(a[:, ::2], np.ones((3, 8), np.float32), out) is None   # strided
+    assert kernels.gemm_job(a, np.ones((6, 8), np.float64), out) is None           # float64
+    assert kernels.gemm_job(a, np.ones((6, 8), np.float32), out.T) is None         # out^T
+    assert kernels.gemm_job(a, np.ones((6, 8), np.float32), out) is not None
+
+
+def test_column_blocks_compute_the_same_loops_and_the_choice_is_a_divisor() -> None:
+    rng = np.random.default_rng(6)
+    T, n, H = 4, 8, 64
+    W = (rng.standard_normal((H, H)) / 8).astype(np.float32)
+    A = rng.standard_normal((T, n, H)).astype(np.float32)
+    dH = rng.standard_normal((T, n, H)).astype(np.float32)
+    results = []
+    for cb in (H, 32, 16, 48):                                  # 48: a ragged last block
+        Hb = np.zeros((T + 1, n, H), np.float32)
+        Hb[1:] = A
+        kernels.run(kernels.forward_job(Hb, W, "tanh", False, False, cb))
+        dZ = np.empty((T, n, H), np.float32)
+        dnext = np.ones((n, H), np.float32)
+        kernels.run(kernels.backward_job(Hb, dZ, dH, np.ascontiguousarray(W.T), dnext, "tanh",
+                                         False, False, cb))
+        results.append((Hb, dZ, dnext))
+    for got in results[1:]:
+        for a, b in zip(got, results[0], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for shape in ((16, 256), (3, 40)):
+        cb = kernels.column_block(*shape)
+        assert shape[1] % cb == 0 and cb == kernels.column_block(*shape)   # cached

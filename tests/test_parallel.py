@@ -165,3 +165,74 @@ def test_a_forked_child_starts_its_own_workers() -> None:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung on its split")
+
+
+# ----------------------------------------------------------------------------- compiled jobs
+
+_needs_kernels = pytest.mark.skipif(not __import__("rnnlab.kernels").kernels.available(),
+                                    reason="compiled kernels unavailable")
+
+
+@_needs_kernels
+@pytest.mark.parametrize("shape", [(64, 3000, 48), (48, 4000, 64), (600, 40, 70)], ids=str)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_split_products_as_jobs_equal_the_product(shape: tuple[int, int, int],
+                                                  transposed: bool) -> None:
+    """Cut along K (a weight gradient: K >> M, N, partial products added) or by rows."""
+    rng = np.random.default_rng(0)
+    M, K, N = shape
+    a = rng.standard_normal((K, M) if transposed else (M, K)).astype(np.float32)
+    a = a.T if transposed else a
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    run = Runner(None, split=2, compiled=True)
+    assert run.jobs
+    out = np.full((M, N), np.nan, np.float32)
+    for _ in range(3):                                          # partial buffers are reused
+        run.matmul(a, b, out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64),
+                                   rtol=2e-5, atol=2e-4)
+
+
+@_needs_kernels
+def test_workers_serve_jobs_and_python_pieces_in_turn_and_wake_from_sleep() -> None:
+    """Jobs and Python pieces alternate on the same workers; after a pause longer than the
+    workers poll (~2 ms) they sleep, and a job must wake them."""
+    from rnnlab import kernels
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((96, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 80)).astype(np.float32)
+    run = Runner(None, split=3, compiled=True)
+    seen: set[int] = set()
+    for i in range(12):
+        out = np.full((96, 80), np.nan, np.float32)
+        jobs = [kernels.gemm_job(a[lo:hi], b, out[lo:hi]) for lo, hi in spans(96, 3)]
+        run.run_jobs(jobs)                                      # type: ignore[arg-type]
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
+        run.recurrence(96, lambda lo, hi: seen.add(threading.get_ident()))
+        if i % 4 == 3:
+            time.sleep(0.05)                                    # the workers fall asleep
+    assert len(seen) == 3
+
+
+@_needs_kernels
+def test_recurrence_runs_jobs_when_given_and_the_function_otherwise() -> None:
+    from rnnlab import kernels
+
+    calls: list[tuple[int, int, bool]] = []
+    W = np.zeros((4, 4), np.float32)
+    Hb = np.ones((3, 32, 4), np.float32)
+
+    def job(lo: int, hi: int, flush: bool) -> np.ndarray:
+        calls.append((lo, hi, flush))
+        return kernels.forward_job(Hb[:, lo:hi], W, "identity", False, flush)
+
+    Runner(None, split=2, flush=True, compiled=True).recurrence(
+        32, lambda lo, hi: pytest.fail("the function ran"), job)
+    assert sorted(c[:2] for c in calls) == [(0, 16), (16, 32)]
+    assert all(c[2] for c in calls) or not __import__("rnnlab.parallel").parallel \
+        ._FlushDenormals._probe()
+    np.testing.assert_array_equal(Hb[1:], 1.0)                  # A + h0 W = 1 + 0
+    ran = []
+    Runner(None, split=2, compiled=False).recurrence(32, lambda lo, hi: ran.append(lo), job)
+    assert sorted(ran) == [0, 16] and len(calls) == 2

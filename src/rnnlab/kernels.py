@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # Slot 0 is the kind, slot 1 the subnormal flush flag; the rest depends on the kind (see the
 # *_job makers).  The arrays a job points into must outlive it.
 JOB_SIZE = 32
-JOB_FORWARD, JOB_BACKWARD, JOB_GEMM, JOB_PYTHON = 1, 2, 3, 9
+JOB_FORWARD, JOB_BACKWARD, JOB_GEMM, JOB_GEMV, JOB_PYTHON = 1, 2, 3, 4, 9
 # fenv_t on x86-64 glibc, as int64 words: MXCSR is bytes 28-31, the high half of word 3; FTZ is
 # its bit 15, DAZ its bit 6 (as rnnlab.parallel._FlushDenormals sets them)
 _MXCSR_WORD, _FTZ_DAZ = 3, 0x8040 << 32
@@ -63,25 +64,26 @@ _built: dict[str, Any] | None = None
 _why_not: str | None = None
 
 
-def _cblas_sgemm() -> Any:
-    """NumPy's BLAS ``cblas_sgemm`` as a ctypes function (64-bit or 32-bit integers)."""
+def _cblas(name: str, args: str) -> Any:
+    """NumPy's BLAS ``cblas_<name>`` as a ctypes function (64-bit or 32-bit integers); ``args``
+    spells its arguments: ``e`` an enum, ``n`` an integer, ``f`` a float, ``p`` a pointer."""
     from threadpoolctl import ThreadpoolController
 
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
     ours = [lc for lc in libs if "numpy" in str(getattr(lc, "filepath", ""))]
     for lc in ours:
         lib = ctypes.CDLL(lc.filepath)
-        for name, ilp64 in (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True),
-                            ("scipy_cblas_sgemm", False), ("cblas_sgemm", False)):
-            fn = getattr(lib, name, None)
+        for symbol, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True),
+                              (f"scipy_cblas_{name}", False), (f"cblas_{name}", False)):
+            fn = getattr(lib, symbol, None)
             if fn is None:
                 continue
-            n = ctypes.c_int64 if ilp64 else ctypes.c_int32
-            e, p, f = ctypes.c_int, ctypes.c_size_t, ctypes.c_float
-            fn.argtypes = [e, e, e, n, n, n, f, p, n, p, n, f, p, n]
+            types = {"e": ctypes.c_int, "n": ctypes.c_int64 if ilp64 else ctypes.c_int32,
+                     "f": ctypes.c_float, "p": ctypes.c_size_t}
+            fn.argtypes = [types[c] for c in args]
             fn.restype = None
             return fn
-    raise RuntimeError("NumPy's BLAS exports no cblas_sgemm that rnnlab knows")
+    raise RuntimeError(f"NumPy's BLAS exports no cblas_{name} that rnnlab knows")
 
 
 def _build() -> dict[str, Any]:
@@ -90,7 +92,8 @@ def _build() -> dict[str, Any]:
     from numba import types
     from numba.extending import intrinsic
 
-    sgemm = _cblas_sgemm()
+    sgemm = _cblas("sgemm", "eeennnfpnpnfpn")
+    sgemv = _cblas("sgemv", "eennfpnpnfpn")
     f32 = np.float32
     a1, a3, a5, a7, a9, a11, a13 = (f32(c) for c in _ALPHA)
     b0, b2, b4, b6 = (f32(c) for c in _BETA)
@@ -117,15 +120,16 @@ def _build() -> dict[str, Any]:
     # so that Numba sees contiguous arrays and vectorises the loops over H.
     @nb.njit(nogil=True, fastmath={"contract"}, error_model="numpy")
     def forward(hf: Any, h0: int, h1: int, T: int, n: int, H: int, W: Any, tmp: Any,
-                kind: int, reverse: bool) -> None:
+                kind: int, reverse: bool, cb: int) -> None:
         # hf: the state buffer (T + 1 slots of n rows), the projections in the step slots
         base, w, c = hf.ctypes.data, W.ctypes.data, tmp.ctypes.data
         for s in range(T):
             t = T - 1 - s if reverse else s
             cur, prev = (t, t + 1) if reverse else (t + 1, t)
-            # tmp = H_prev W_hh, eq. (5)
-            sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, H, H, one, base + 4 * prev * h0, h1,
-                  w, H, zero, c, H)
+            # tmp = H_prev W_hh, eq. (5), in column blocks of cb (see column_block)
+            for j0 in range(0, H, cb):
+                sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
+                      base + 4 * prev * h0, h1, w + 4 * j0, H, zero, c + 4 * j0, H)
             # H_t = f(A_t + tmp), eqs. (5)-(6); one loop per activation over contiguous rows
             # (slices, so that Numba knows the indices are in range and vectorises)
             for i in range(n):
@@ -145,7 +149,7 @@ def _build() -> dict[str, Any]:
     @nb.njit(nogil=True, error_model="numpy")
     def backward(hf: Any, h0: int, h1: int, gf: Any, g0: int, g1: int, df: Any, d0: int,
                  d1: int, has_dH: bool, T: int, n: int, H: int, WT: Any, dnext: Any,
-                 kind: int, reverse: bool) -> None:
+                 kind: int, reverse: bool, cb: int) -> None:
         # gf: dZ (T slots), df: dH (T slots) or unused; dnext (n * H) holds dL/dH_T on entry,
         # dL/dh0 on exit
         gbase, w, d = gf.ctypes.data, WT.ctypes.data, dnext.ctypes.data
@@ -184,9 +188,10 @@ def _build() -> dict[str, Any]:
                 else:
                     for j in range(H):
                         g[j] = dn[j]
-            # dL/dH_{t-1} = dZ_t W_hh^T, eq. (16)
-            sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, H, H, one, gbase + 4 * t * g0, g1,
-                  w, H, zero, d, H)
+            # dL/dH_{t-1} = dZ_t W_hh^T, eq. (16), in column blocks of cb
+            for j0 in range(0, H, cb):
+                sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
+                      gbase + 4 * t * g0, g1, w + 4 * j0, H, zero, d + 4 * j0, H)
 
     libc = ctypes.CDLL(None)
     sched_yield = libc.sched_yield
@@ -222,19 +227,31 @@ def _build() -> dict[str, Any]:
             n, H = job[7], job[8]
             forward(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5], job[6], n, H,
                     nb.carray(f32_at(job[9]), (H * H,)), np.empty(n * H, np.float32),
-                    job[10], job[11] != 0)
+                    job[10], job[11] != 0, job[12])
         elif kind == JOB_BACKWARD:
             n, H = job[15], job[16]
             backward(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5],
                      nb.carray(f32_at(job[6]), (job[7],)), job[8], job[9],
                      nb.carray(f32_at(job[10]), (job[11],)), job[12], job[13], job[14] != 0,
                      job[17], n, H, nb.carray(f32_at(job[18]), (H * H,)),
-                     nb.carray(f32_at(job[19]), (n * H,)), job[20], job[21] != 0)
+                     nb.carray(f32_at(job[19]), (n * H,)), job[20], job[21] != 0, job[22])
         elif kind == JOB_GEMM:
             sgemm(_ROW_MAJOR, job[2], job[3], job[4], job[5], job[6], one, job[7], job[8],
                   job[9], job[10], zero, job[11], job[12])
+        elif kind == JOB_GEMV:
+            sgemv(_ROW_MAJOR, _TRANS, job[2], job[3], one, job[4], job[5], job[6], job[7], zero,
+                  job[8], job[9])
         if flush:
             fesetenv(saved.ctypes.data)
+
+    @nb.njit(nogil=True)
+    def products(n: int, H: int, cb: int, reps: int, a: Any, W: Any, c: Any) -> None:
+        # the step product (n, H) x (H, H) of the loops, reps times, in column blocks of cb
+        for _ in range(reps):
+            for j0 in range(0, H, cb):
+                sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
+                      a.ctypes.data, H, W.ctypes.data + 4 * j0, H, zero, c.ctypes.data + 4 * j0,
+                      H)
 
     @nb.njit(nogil=True)
     def serve(posted: Any, finished: Any, jobs: Any, i: int, taken: int,
@@ -278,7 +295,7 @@ def _build() -> dict[str, Any]:
                 o[j] += x[j]
 
     return {"forward": forward, "backward": backward, "spin": spin, "scatter": scatter,
-            "run": run, "serve": serve}
+            "run": run, "serve": serve, "products": products}
 
 
 def available() -> bool:
@@ -322,6 +339,9 @@ def compile_jobs() -> None:
     run(job)
     serve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, JOB_SIZE), np.int64), 0,
           0, 1)
+    k = _kernels()
+    assert k is not None
+    k["products"](2, 2, 2, 1, a, a, np.empty((2, 2), np.float32))
     _jobs_compiled = True
 
 
@@ -367,7 +387,7 @@ def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool) -> None:
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
     hf, h0, h1 = _flat(Hbuf)
     k["forward"](hf, h0, h1, T, n, H, W_hh, np.empty(n * H, np.float32), _KINDS[act_name],
-                 reverse)
+                 reverse, H)
 
 
 def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
@@ -381,7 +401,7 @@ def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
     gf, g0, g1 = _flat(dZ)
     df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
     k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
-                  dnext.reshape(-1), _KINDS[act_name], reverse)
+                  dnext.reshape(-1), _KINDS[act_name], reverse, H)
 
 
 def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
@@ -391,20 +411,28 @@ def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
     return job
 
 
-def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool,
-                flush: bool) -> NDArray[np.int64]:
+def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool, flush: bool,
+                cb: int | None = None) -> NDArray[np.int64]:
     """:func:`forward` as a job for :func:`run` (``W_hh`` C-contiguous, ``Hbuf``'s ``h0`` slot
-    set); ``flush``: with subnormals flushed to zero (FTZ and DAZ) while it runs."""
+    set); ``flush``: with subnormals flushed to zero (FTZ and DAZ) while it runs; ``cb``: the
+    step product in column blocks of this width (default: whole, see :func:`column_block`)."""
     assert W_hh.flags.c_contiguous and W_hh.dtype == np.float32, "see supports()"
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
     hf, h0, h1 = _flat(Hbuf)
     return _job(JOB_FORWARD, flush, hf.ctypes.data, hf.size, h0, h1, T, n, H,
-                W_hh.ctypes.data, _KINDS[act_name], reverse)
+                W_hh.ctypes.data, _KINDS[act_name], reverse, _block(cb, H))
+
+
+def _block(cb: int | None, H: int) -> int:
+    assert cb is None or 1 <= cb <= H, (cb, H)
+    return H if cb is None else cb
 
 
 def backward_job(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
-                 act_name: str, reverse: bool, flush: bool) -> NDArray[np.int64]:
-    """:func:`backward` as a job for :func:`run` (``dnext`` C-contiguous, ``dL/dH_T`` in it)."""
+                 act_name: str, reverse: bool, flush: bool,
+                 cb: int | None = None) -> NDArray[np.int64]:
+    """:func:`backward` as a job for :func:`run` (``dnext`` C-contiguous, ``dL/dH_T`` in it;
+    ``flush`` and ``cb`` as for :func:`forward_job`)."""
     assert W_T.flags.c_contiguous and dnext.flags.c_contiguous and W_T.dtype == np.float32
     T, n, H = dZ.shape
     hf, h0, h1 = _flat(Hbuf)
@@ -412,19 +440,19 @@ def backward_job(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Ar
     df, d0, d1 = (gf, 0, 0) if dH is None else _flat(dH)      # unread without dH
     return _job(JOB_BACKWARD, flush, hf.ctypes.data, hf.size, h0, h1, gf.ctypes.data, gf.size,
                 g0, g1, df.ctypes.data, df.size, d0, d1, dH is not None, n, H, T,
-                W_T.ctypes.data, dnext.ctypes.data, _KINDS[act_name], reverse)
+                W_T.ctypes.data, dnext.ctypes.data, _KINDS[act_name], reverse, _block(cb, H))
 
 
 def _operand(a: Array) -> tuple[int, int] | None:
     """``(transpose flag, leading dimension)`` of a float32 matrix as a row-major BLAS operand,
     or None when its strides do not allow one."""
     (r, c), (s0, s1) = a.shape, a.strides
-    if a.dtype != np.float32 or r < 2 or c < 2 or s0 % 4 or s1 % 4:
+    if a.dtype != np.float32 or r < 1 or c < 1 or s0 % 4 or s1 % 4 or r == c == 1:
         return None
-    if s1 == 4 and s0 >= 4 * c:
-        return _NO_TRANS, s0 // 4
-    if s0 == 4 and s1 >= 4 * r:
-        return _TRANS, s1 // 4
+    if (s1 == 4 or c == 1) and (r == 1 or s0 >= 4 * c):     # rows (a single row: any s0)
+        return _NO_TRANS, c if r == 1 else s0 // 4
+    if (s0 == 4 or r == 1) and (c == 1 or s1 >= 4 * r):     # columns: a transposed matrix
+        return _TRANS, r if c == 1 else s1 // 4
     return None
 
 
@@ -438,6 +466,60 @@ def gemm_job(a: Array, b: Array, out: Array) -> NDArray[np.int64] | None:
     assert b.shape[0] == K and out.shape == (M, N), (a.shape, b.shape, out.shape)
     return _job(JOB_GEMM, False, oa[0], ob[0], M, N, K, a.ctypes.data, oa[1], b.ctypes.data,
                 ob[1], out.ctypes.data, oc[1])
+
+
+def vecmat_job(x: Array, a: Array, out: Array) -> NDArray[np.int64] | None:
+    """``out = x @ a`` (float32; ``x`` ``(K,)``, ``a`` ``(K, N)`` with contiguous rows) as a job
+    for :func:`run` (BLAS ``gemv``), or None when the strides do not suit the BLAS."""
+    if not (x.dtype == a.dtype == out.dtype == np.float32 and x.ndim == out.ndim == 1
+            and x.strides[0] % 4 == 0 and out.strides[0] % 4 == 0 and x.strides[0] > 0
+            and out.strides[0] > 0):
+        return None
+    oa = _operand(a)
+    if oa is None or oa[0] != _NO_TRANS:
+        return None
+    (K, N) = a.shape
+    assert x.shape == (K,) and out.shape == (N,), (x.shape, a.shape, out.shape)
+    return _job(JOB_GEMV, False, K, N, a.ctypes.data, oa[1], x.ctypes.data, x.strides[0] // 4,
+                out.ctypes.data, out.strides[0] // 4)
+
+
+_blocks: dict[tuple[int, int], int] = {}
+
+
+def column_block(n: int, H: int) -> int:
+    """The fastest column-block width for the loops' step product ``(n, H) x (H, H)`` on one
+    BLAS thread, timed once per shape and process (a few milliseconds).
+
+    OpenBLAS runs a product it deems small (about 10^6 multiply-adds on this machine's kernel)
+    without packing its operands; a step product just above that size, as the character model's
+    16-row pieces (16 x 256 x 256), ran 20 % faster as two or four column blocks (measured).
+    The blocks may round differently from the whole product, so the compiled jobs use this
+    and :func:`forward`/:func:`backward` do not.
+    """
+    key = (n, H)
+    if key not in _blocks:
+        k = _kernels()
+        assert k is not None, "see available()"
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, H)).astype(np.float32)
+        W = rng.standard_normal((H, H)).astype(np.float32)
+        c = np.empty((n, H), np.float32)
+        reps = max(1, int(2e7 // (2 * n * H * H)))            # ~0.1-0.2 ms per timing
+        cands = [cb for cb in (H, H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
+        best = {}
+        for cb in cands:
+            k["products"](n, H, cb, reps, a, W, c)             # warm
+        for _ in range(5):
+            for cb in cands:
+                t = time.perf_counter()
+                k["products"](n, H, cb, reps, a, W, c)
+                dt = time.perf_counter() - t
+                best[cb] = min(best.get(cb, dt), dt)
+        # a block must win clearly: otherwise whole (the NumPy loop's numbers for relu)
+        fastest = min(best, key=best.__getitem__)
+        _blocks[key] = fastest if best[fastest] < 0.9 * best.get(H, np.inf) else H
+    return _blocks[key]
 
 
 def python_job() -> NDArray[np.int64]:

@@ -393,7 +393,8 @@ def _forward_job(W_hh: Array, act: activations.Activation, h0: Array, rev: bool,
 
     def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
         hb[slot, lo:hi] = h0[lo:hi]
-        return _kernels.forward_job(hb[:, lo:hi], W, act.name, rev, flush)
+        return _kernels.forward_job(hb[:, lo:hi], W, act.name, rev, flush,
+                                    _kernels.column_block(hi - lo, W.shape[0]))
     return job
 
 
@@ -608,7 +609,7 @@ def _backward_core(
             # db_h = 1^T dZ over all steps, eq. (19): a matrix-vector product (BLAS) is 2-5x
             # faster than NumPy's column sum here
             ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
-            grads[f"{p}.b_h"] = np.matmul(ones, dZ2, out=gout(f"{p}.b_h"))
+            grads[f"{p}.b_h"] = run.vecmat(ones, dZ2, gout(f"{p}.b_h"))
             if inp.ndim == 2:                                                   # ids, eq. (21)
                 ids, gW = inp.reshape(-1), gout(f"{p}.W_xh")
                 grads[f"{p}.W_xh"] = (_kernels.scatter_rows(ids, dZ2, gW) if run.compiled
@@ -663,7 +664,7 @@ def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: activations.Act
             np.copyto(d, dlast[lo:hi])
         return _kernels.backward_job(hb[:, lo:hi], dZ[:, lo:hi],
                                      None if dH is None else dH[:, lo:hi], W_T, d, act.name,
-                                     rev, flush)
+                                     rev, flush, _kernels.column_block(hi - lo, W_T.shape[0]))
     return job
 
 

@@ -522,6 +522,23 @@ class Runner:
         self.rows(out.shape[0], 2.0 * a.shape[1] * b.shape[1], piece)
         return out
 
+    def vecmat(self, x: Array, a: Array, out: Array) -> Array:
+        """``np.matmul(x, a, out=out)`` for a vector ``x`` ``(K,)`` (a bias gradient ``1^T dZ``),
+        split along ``K`` into partial sums that are then added, when the pieces are jobs."""
+        K, N = a.shape
+        parts = min(self.split, int(2.0 * K * N // _MIN_JOB_FLOP), K // _ROW_ALIGN)
+        if self.jobs and parts > 1:
+            cut = spans(K, parts, _ROW_ALIGN)
+            outs = [out] + [self._partial(i, out.shape) for i in range(1, len(cut))]
+            jobs = [_kernels.vecmat_job(x[lo:hi], a[lo:hi], o)
+                    for (lo, hi), o in zip(cut, outs, strict=True)]
+            if all(j is not None for j in jobs):
+                self.run_jobs(jobs)    # type: ignore[arg-type]
+                for o in outs[1:]:
+                    out += o
+                return out
+        return np.matmul(x, a, out=out)
+
     def _matmul_k(self, a: Array, b: Array, out: Array, cut: list[tuple[int, int]]) -> bool:
         """``out = a @ b`` as the sum of the products over the ``K`` pieces ``cut`` (False when
         an operand does not suit the BLAS)."""
