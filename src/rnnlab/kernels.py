@@ -506,7 +506,7 @@ def column_block(n: int, H: int) -> int:
         W = rng.standard_normal((H, H)).astype(np.float32)
         c = np.empty((n, H), np.float32)
         reps = max(1, int(2e7 // (2 * n * H * H)))            # ~0.1-0.2 ms per timing
-        cands = [cb for cb in (H, H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
+        cands = [H] + [cb for cb in (H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
         best = {}
         for cb in cands:
             k["products"](n, H, cb, reps, a, W, c)             # warm
