@@ -236,3 +236,29 @@ def test_recurrence_runs_jobs_when_given_and_the_function_otherwise() -> None:
     ran = []
     Runner(None, split=2, compiled=False).recurrence(32, lambda lo, hi: ran.append(lo), job)
     assert sorted(ran) == [0, 16] and len(calls) == 2
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_a_flushing_runner_flushes_subnormal_products(split: int) -> None:
+    """Weight gradients over a vanishing dZ meet subnormal products, each a slow microcode path
+    on x86: a flushing runner's products give exact zeros there instead; others do not."""
+    from rnnlab.parallel import _FlushDenormals
+
+    if not _FlushDenormals._probe():
+        pytest.skip("no FTZ/DAZ control here")
+    K = 4096                                       # tall: a split cuts it along K
+    a = np.full((32, K), 1e-20, np.float32)
+    b = np.full((K, 32), 1e-21, np.float32)        # every product 1e-41: subnormal, the sums
+    #                                                4.1e-38 normal: zero only if flushed
+    from threadpoolctl import threadpool_limits
+
+    for flush in (False, True):
+        out = np.full((32, 32), np.nan, np.float32)
+        with threadpool_limits(1):                 # OpenBLAS's own threads keep their mode
+            Runner(None, split=split, flush=flush, compiled=True).matmul(a, b, out)
+        assert (out == 0).all() if flush else (out > 0).all()
+        v = np.full(32, np.nan, np.float32)
+        Runner(None, split=split, flush=flush, compiled=True).vecmat(
+            np.full(K, 1e-20, np.float32), b, v)
+        assert (v == 0).all() if flush else (v > 0).all()
+    assert np.float32(1e-39) * np.float32(1.0) != 0                # the mode was restored

@@ -456,21 +456,24 @@ def _operand(a: Array) -> tuple[int, int] | None:
     return None
 
 
-def gemm_job(a: Array, b: Array, out: Array) -> NDArray[np.int64] | None:
+def gemm_job(a: Array, b: Array, out: Array, flush: bool = False) -> NDArray[np.int64] | None:
     """``out = a @ b`` (float32, 2-D) as a job for :func:`run`, or None when an operand's strides
-    do not suit the BLAS (``out`` needs contiguous rows)."""
+    do not suit the BLAS (``out`` needs contiguous rows); ``flush`` as for
+    :func:`forward_job`."""
     oa, ob, oc = _operand(a), _operand(b), _operand(out)
     if oa is None or ob is None or oc is None or oc[0] != _NO_TRANS:
         return None
     (M, K), N = a.shape, b.shape[1]
     assert b.shape[0] == K and out.shape == (M, N), (a.shape, b.shape, out.shape)
-    return _job(JOB_GEMM, False, oa[0], ob[0], M, N, K, a.ctypes.data, oa[1], b.ctypes.data,
+    return _job(JOB_GEMM, flush, oa[0], ob[0], M, N, K, a.ctypes.data, oa[1], b.ctypes.data,
                 ob[1], out.ctypes.data, oc[1])
 
 
-def vecmat_job(x: Array, a: Array, out: Array) -> NDArray[np.int64] | None:
+def vecmat_job(x: Array, a: Array, out: Array,
+               flush: bool = False) -> NDArray[np.int64] | None:
     """``out = x @ a`` (float32; ``x`` ``(K,)``, ``a`` ``(K, N)`` with contiguous rows) as a job
-    for :func:`run` (BLAS ``gemv``), or None when the strides do not suit the BLAS."""
+    for :func:`run` (BLAS ``gemv``), or None when the strides do not suit the BLAS; ``flush``
+    as for :func:`forward_job`."""
     if not (x.dtype == a.dtype == out.dtype == np.float32 and x.ndim == out.ndim == 1
             and x.strides[0] % 4 == 0 and out.strides[0] % 4 == 0 and x.strides[0] > 0
             and out.strides[0] > 0):
@@ -480,7 +483,7 @@ def vecmat_job(x: Array, a: Array, out: Array) -> NDArray[np.int64] | None:
         return None
     (K, N) = a.shape
     assert x.shape == (K,) and out.shape == (N,), (x.shape, a.shape, out.shape)
-    return _job(JOB_GEMV, False, K, N, a.ctypes.data, oa[1], x.ctypes.data, x.strides[0] // 4,
+    return _job(JOB_GEMV, flush, K, N, a.ctypes.data, oa[1], x.ctypes.data, x.strides[0] // 4,
                 out.ctypes.data, out.strides[0] // 4)
 
 

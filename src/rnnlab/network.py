@@ -755,10 +755,12 @@ class Workspace:
     * every array preallocated for the batch shape and reused by the next call;
     * no predictions ``y`` (the loss needs only the logits) and no ``dL/dX`` unless
       ``input_grad=True``;
-    * the recurrent loops run with subnormal numbers flushed to zero (``flush_denormals``): a
-      vanishing gradient becomes exactly zero instead of crawling through the subnormal range,
-      and the backward loop stops there.  Only numbers below ~1.2e-38 (float32) or ~2.2e-308
-      (float64) are affected, as with XLA's CPU kernels;
+    * the recurrent loops and the large products (weight gradients above all) run with
+      subnormal numbers flushed to zero (``flush_denormals``): a vanishing gradient becomes
+      exactly zero instead of crawling through the subnormal range, the backward loop stops
+      there, and the weight gradients skip the slow path that subnormal products take on x86.
+      Only numbers below ~1.2e-38 (float32) or ~2.2e-308 (float64) are affected, as with XLA's
+      CPU kernels (a product that OpenBLAS runs on its own threads is not flushed there);
     * the BLAS thread counts chosen by timing (``threads="auto"``, see :class:`_ThreadTuner`).
 
     Inputs, targets, masks and parameters are validated on every call, as the public functions
@@ -780,7 +782,8 @@ class Workspace:
         of the call and restored after it; this needs the optional package ``threadpoolctl``
         (without it, ``"auto"`` and ints act as ``None``).
     flush_denormals : bool
-        Flush subnormals to zero in the recurrent loops (x86-64 Linux; elsewhere a no-op).
+        Flush subnormals to zero in the recurrent loops and the large products (x86-64 Linux;
+        elsewhere a no-op).
     kernels : "auto" or bool
         Run the recurrent loops with the compiled kernels of :mod:`rnnlab.kernels` where they
         apply (float32, no mask, tanh/relu/identity; needs the optional ``numba``):
@@ -811,6 +814,8 @@ class Workspace:
         self.compiled = bool(kernels) and _kernels.available()
         if self.compiled:
             _kernels.compile()
+        if threads == "auto" and _kernels.available():
+            _kernels.compile_jobs()        # what a split may need (about 1.5 s, once)
         self.want_input_grad = input_grad
         self.threads = threads
         self._flush = _FlushDenormals() if flush_denormals else None
@@ -853,7 +858,8 @@ class Workspace:
                              flush=self._flush is not None, compiled=self.compiled)
             else:
                 threads = None if option is None else _BLAS.limit(option.loop)
-                run = Runner(_LoopContext(threads, self._flush), compiled=self.compiled)
+                run = Runner(_LoopContext(threads, self._flush), flush=self._flush is not None,
+                             compiled=self.compiled)
             self._runners[option] = run
         return run
 
