@@ -22,18 +22,21 @@ TOL = 1e-6
 FLOOR = 1e-5  # below this |gradient| the check is absolute at 1e-11, the FD round-off level
 
 
-def check(spec: RNNSpec, masked: bool) -> None:
+def check(spec: RNNSpec, masked: bool, zero_h0: bool = False) -> None:
     """Compare backward with finite differences; for ReLU, on a seed where no kink is crossed."""
     smooth = spec.nonlinearity != "relu" and spec.loss != "relu_mse"
     for seed in range(20):
-        if _check_seed(spec, masked, seed, smooth):
+        if _check_seed(spec, masked, seed, smooth, zero_h0):
             return
     pytest.fail("every seed tried moved a ReLU pre-activation across 0 during the check")
 
 
-def _check_seed(spec: RNNSpec, masked: bool, seed: int, smooth: bool) -> bool:
+def _check_seed(spec: RNNSpec, masked: bool, seed: int, smooth: bool,
+                zero_h0: bool = False) -> bool:
     eps = 1e-3
     params, X, Y, mask, h0 = problem(spec, seed, B, T, masked)
+    if zero_h0:                 # the backward pass then skips the step that read h0 (eq. 19)
+        h0 = np.zeros_like(h0)
     if spec.input_kind != "index":
         X = np.asarray(X, dtype=np.float64)
     steps = T if spec.setup == "one_to_many" else None
@@ -88,3 +91,11 @@ def test_index_inputs(setup: str, bidir: bool) -> None:
     spec = RNNSpec(5, H, O, num_layers=2, bidirectional=bidir, setup=setup, input_kind="index")
     check(spec, masked=True)
     check(spec, masked=False)
+
+
+@pytest.mark.parametrize("setup", ["many_to_one", "many_to_many"])
+@pytest.mark.parametrize("layers,bidir", [(1, False), (2, True)])
+def test_a_zero_h0(setup: str, layers: int, bidir: bool) -> None:
+    spec = RNNSpec(D, H, O, num_layers=layers, bidirectional=bidir, setup=setup)
+    check(spec, masked=False, zero_h0=True)
+    check(spec, masked=True, zero_h0=True)

@@ -251,3 +251,23 @@ def test_column_blocks_compute_the_same_loops_and_the_choice_is_a_divisor() -> N
     for shape in ((16, 256), (3, 40)):
         cb = kernels.column_block(*shape)
         assert shape[1] % cb == 0 and cb == kernels.column_block(*shape)   # cached
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_zero_h0_skips_the_first_product_with_the_same_numbers(reverse: bool) -> None:
+    """h0 = 0: the first step's product is exactly zero and is skipped (relu: bit for bit)."""
+    rng = np.random.default_rng(7)
+    T, B, H = 5, 6, 16
+    a = activations.get("relu")
+    W = rng.standard_normal((H, H)).astype(np.float32)
+    A = rng.standard_normal((T, B, H)).astype(np.float32)
+    out = []
+    for compiled in (False, True):
+        Hb = np.empty((T + 1, B, H), np.float32)
+        cell.outputs(Hb, reverse)[:] = A
+        cell.forward(cell.outputs(Hb, reverse), W, a, np.zeros((B, H), np.float32),
+                     reverse=reverse, out=Hb, compiled=compiled)
+        out.append(Hb)
+    np.testing.assert_array_equal(out[1], out[0])
+    assert out[1][2 if not reverse else T - 2].any()
+

@@ -38,6 +38,11 @@ def previous(Hbuf: Array, reverse: bool = False) -> Array:
     return Hbuf[1:] if reverse else Hbuf[:-1]
 
 
+def initial(Hbuf: Array, reverse: bool = False) -> Array:
+    """``(B, H)`` view of ``h0``, the state the direction started from."""
+    return Hbuf[-1] if reverse else Hbuf[0]
+
+
 def final(Hbuf: Array, reverse: bool = False) -> Array:
     """``(B, H)`` view of the last state the direction reached (PyTorch's ``h_n``)."""
     return Hbuf[0] if reverse else Hbuf[-1]

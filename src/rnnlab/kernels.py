@@ -126,10 +126,24 @@ def _build() -> dict[str, Any]:
         for s in range(T):
             t = T - 1 - s if reverse else s
             cur, prev = (t, t + 1) if reverse else (t + 1, t)
-            # tmp = H_prev W_hh, eq. (5), in column blocks of cb (see column_block)
-            for j0 in range(0, H, cb):
-                sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
-                      base + 4 * prev * h0, h1, w + 4 * j0, H, zero, c + 4 * j0, H)
+            # tmp = H_prev W_hh, eq. (5), in column blocks of cb (see column_block); skipped
+            # when H_prev is exactly zero (h0 = 0, the default): then tmp = 0 (W_hh is finite)
+            live = s > 0
+            if not live:
+                for i in range(n):
+                    hp = hf[prev * h0 + i * h1:prev * h0 + i * h1 + H]
+                    for j in range(H):
+                        if hp[j] != zero:
+                            live = True
+                            break
+                    if live:
+                        break
+            if live:
+                for j0 in range(0, H, cb):
+                    sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
+                          base + 4 * prev * h0, h1, w + 4 * j0, H, zero, c + 4 * j0, H)
+            else:
+                tmp[:n * H] = zero
             # H_t = f(A_t + tmp), eqs. (5)-(6); one loop per activation over contiguous rows
             # (slices, so that Numba knows the indices are in range and vectorises)
             for i in range(n):

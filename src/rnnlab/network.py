@@ -604,8 +604,11 @@ def _backward_core(
                            _backward_job(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
                                          dh0[idx], run))
             dZ2 = dZ.reshape(T * B, H)
-            grads[f"{p}.W_hh"] = run.matmul(cell.previous(hb, rev).reshape(T * B, H).T, dZ2,
-                                            gout(f"{p}.W_hh"))                  # eq. (19)
+            # eq. (19); the step that read h0 adds nothing when h0 = 0 (the default): skipped
+            rows = (slice(0, (T - 1) * B) if rev else slice(B, T * B)) if (
+                T > 1 and not cell.initial(hb, rev).any()) else slice(0, T * B)
+            grads[f"{p}.W_hh"] = run.matmul(cell.previous(hb, rev).reshape(T * B, H)[rows].T,
+                                            dZ2[rows], gout(f"{p}.W_hh"))
             # db_h = 1^T dZ over all steps, eq. (19): a matrix-vector product (BLAS) is 2-5x
             # faster than NumPy's column sum here
             ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
