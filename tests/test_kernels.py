@@ -108,9 +108,9 @@ def test_scatter_adds_in_the_order_of_np_add_at(dtype: type) -> None:
 @pytest.mark.parametrize("setup", [dict(setup="many_to_one"), dict(setup="many_to_many"),
                                    dict(setup="many_to_many", input_kind="index")], ids=str)
 def test_workspace_with_kernels(act: str, setup: dict) -> None:
-    """float32, split over threads: relu and identity give the public path's numbers bit for
-    bit; tanh's gradients are within float32 rounding of the float64 gradients.  float64 does
-    not use the kernels (bit for bit)."""
+    """float32, split over threads (compiled jobs): the gradients are within float32 rounding
+    of the float64 gradients (the split sums the bias gradient, and cuts long products, in
+    other orders; a tanh state is eq. 38).  float64 does not use the kernels (bit for bit)."""
     D = 9 if setup.get("input_kind") == "index" else 5
     for layers, bidir in itertools.product((1, 2), (False, True)):
         spec = RNNSpec(D, 32, 4, num_layers=layers, bidirectional=bidir, nonlinearity=act,
@@ -120,16 +120,11 @@ def test_workspace_with_kernels(act: str, setup: dict) -> None:
         ws = net.Workspace(spec, threads=None, kernels=True)
         assert ws.compiled
         ws._thread_option = lambda: net.ThreadOption(1, 1, 2)     # type: ignore[method-assign]
-        _, g32, _ = net.value_and_grad(p32, X, Y, spec, h0=h0)
         _, wg = ws.value_and_grad(p32, X, Y, h0=h0)
-        if act == "tanh":
-            _, g64, _ = net.value_and_grad(params, X, Y, spec, h0=h0)
-            for k, v in g64.params.items():
-                scale = np.abs(v).max()
-                assert np.abs(wg[k] - v).max() <= 2e-5 * scale + 1e-7, k
-        else:
-            for k, v in g32.params.items():
-                np.testing.assert_array_equal(wg[k], v, err_msg=k)
+        _, g64, _ = net.value_and_grad(params, X, Y, spec, h0=h0)
+        for k, v in g64.params.items():
+            scale = np.abs(v).max()
+            assert np.abs(wg[k] - v).max() <= 2e-5 * scale + 1e-7, k
         ws64 = net.Workspace(spec, threads=None, kernels=True)
         _, wg64 = ws64.value_and_grad(params, X, Y, h0=h0)
         _, g64, _ = net.value_and_grad(params, X, Y, spec, h0=h0)

@@ -163,9 +163,9 @@ def _build() -> dict[str, Any]:
     @nb.njit(nogil=True, error_model="numpy")
     def backward(hf: Any, h0: int, h1: int, gf: Any, g0: int, g1: int, df: Any, d0: int,
                  d1: int, has_dH: bool, T: int, n: int, H: int, WT: Any, dnext: Any,
-                 kind: int, reverse: bool, cb: int) -> None:
+                 kind: int, reverse: bool, cb: int, db: Any, has_db: bool) -> None:
         # gf: dZ (T slots), df: dH (T slots) or unused; dnext (n * H) holds dL/dH_T on entry,
-        # dL/dh0 on exit
+        # dL/dh0 on exit; with has_db, db (H) accumulates the column sums of dZ, eq. (19)
         gbase, w, d = gf.ctypes.data, WT.ctypes.data, dnext.ctypes.data
         for s in range(T):
             t = s if reverse else T - 1 - s
@@ -202,6 +202,9 @@ def _build() -> dict[str, Any]:
                 else:
                     for j in range(H):
                         g[j] = dn[j]
+                if has_db:                          # while the row is in the cache
+                    for j in range(H):
+                        db[j] += g[j]
             # dL/dH_{t-1} = dZ_t W_hh^T, eq. (16), in column blocks of cb
             for j0 in range(0, H, cb):
                 sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
@@ -248,7 +251,9 @@ def _build() -> dict[str, Any]:
                      nb.carray(f32_at(job[6]), (job[7],)), job[8], job[9],
                      nb.carray(f32_at(job[10]), (job[11],)), job[12], job[13], job[14] != 0,
                      job[17], n, H, nb.carray(f32_at(job[18]), (H * H,)),
-                     nb.carray(f32_at(job[19]), (n * H,)), job[20], job[21] != 0, job[22])
+                     nb.carray(f32_at(job[19]), (n * H,)), job[20], job[21] != 0, job[22],
+                     nb.carray(f32_at(job[23] if job[23] != 0 else job[19]), (H,)),
+                     job[23] != 0)
         elif kind == JOB_GEMM:
             sgemm(_ROW_MAJOR, job[2], job[3], job[4], job[5], job[6], one, job[7], job[8],
                   job[9], job[10], zero, job[11], job[12])
@@ -415,7 +420,7 @@ def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
     gf, g0, g1 = _flat(dZ)
     df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
     k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
-                  dnext.reshape(-1), _KINDS[act_name], reverse, H)
+                  dnext.reshape(-1), _KINDS[act_name], reverse, H, dnext.reshape(-1), False)
 
 
 def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
@@ -443,18 +448,23 @@ def _block(cb: int | None, H: int) -> int:
 
 
 def backward_job(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
-                 act_name: str, reverse: bool, flush: bool,
-                 cb: int | None = None) -> NDArray[np.int64]:
+                 act_name: str, reverse: bool, flush: bool, cb: int | None = None,
+                 db: Array | None = None) -> NDArray[np.int64]:
     """:func:`backward` as a job for :func:`run` (``dnext`` C-contiguous, ``dL/dH_T`` in it;
-    ``flush`` and ``cb`` as for :func:`forward_job`)."""
+    ``flush`` and ``cb`` as for :func:`forward_job`); with ``db`` ``(H,)`` (float32,
+    contiguous), the column sums of the block's ``dZ`` are added to it (the bias gradient,
+    eq. 19, while each row is in the cache)."""
     assert W_T.flags.c_contiguous and dnext.flags.c_contiguous and W_T.dtype == np.float32
+    assert db is None or (db.shape == (dZ.shape[2],) and db.flags.c_contiguous
+                          and db.dtype == np.float32)
     T, n, H = dZ.shape
     hf, h0, h1 = _flat(Hbuf)
     gf, g0, g1 = _flat(dZ)
     df, d0, d1 = (gf, 0, 0) if dH is None else _flat(dH)      # unread without dH
     return _job(JOB_BACKWARD, flush, hf.ctypes.data, hf.size, h0, h1, gf.ctypes.data, gf.size,
                 g0, g1, df.ctypes.data, df.size, d0, d1, dH is not None, n, H, T,
-                W_T.ctypes.data, dnext.ctypes.data, _KINDS[act_name], reverse, _block(cb, H))
+                W_T.ctypes.data, dnext.ctypes.data, _KINDS[act_name], reverse, _block(cb, H),
+                0 if db is None else db.ctypes.data)
 
 
 def _operand(a: Array) -> tuple[int, int] | None:

@@ -599,10 +599,11 @@ def _backward_core(
             hb = cache.hbufs[idx]
             W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
             dZ = np.empty((T, B, H), dtype) if bufs is None else bufs.dZ
+            db_parts: list[Array] = []          # the jobs' column sums of dZ, eq. (19)
             run.recurrence(B, _backward_rows(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
                                              dh0[idx], run.compiled),
                            _backward_job(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
-                                         dh0[idx], run))
+                                         dh0[idx], run, db_parts))
             dZ2 = dZ.reshape(T * B, H)
             # eq. (19); the step that read h0 adds nothing when h0 = 0 (the default): skipped
             rows = (slice(0, (T - 1) * B) if rev else slice(B, T * B)) if (
@@ -611,8 +612,11 @@ def _backward_core(
                                             dZ2[rows], gout(f"{p}.W_hh"))
             # db_h = 1^T dZ over all steps, eq. (19): a matrix-vector product (BLAS) is 2-5x
             # faster than NumPy's column sum here
-            ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
-            grads[f"{p}.b_h"] = run.vecmat(ones, dZ2, gout(f"{p}.b_h"))
+            if db_parts:
+                grads[f"{p}.b_h"] = np.sum(db_parts, axis=0, out=gout(f"{p}.b_h"))
+            else:
+                ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
+                grads[f"{p}.b_h"] = run.vecmat(ones, dZ2, gout(f"{p}.b_h"))
             if inp.ndim == 2:                                                   # ids, eq. (21)
                 ids, gW = inp.reshape(-1), gout(f"{p}.W_xh")
                 grads[f"{p}.W_xh"] = (_kernels.scatter_rows(ids, dZ2, gW) if run.compiled
@@ -652,8 +656,11 @@ def _backward_rows(dH: Array | None, hb: Array, W_hh: Array, act: activations.Ac
 
 def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: activations.Activation,
                   rev: bool, dlast: Array | None, mask: Mask | None, dZ: Array, dh0: Array,
-                  run: Runner) -> Callable[[int, int, bool], NDArray[np.int64]] | None:
-    """:func:`_backward_rows` as compiled jobs, or None where the kernels do not apply."""
+                  run: Runner, db_parts: list[Array],
+                  ) -> Callable[[int, int, bool], NDArray[np.int64]] | None:
+    """:func:`_backward_rows` as compiled jobs, or None where the kernels do not apply; each
+    job also sums its block of ``dZ`` over steps and rows into an array appended to
+    ``db_parts`` (in the order of the blocks), whose sum is the bias gradient."""
     if not (run.jobs and dh0.flags.c_contiguous
             and _kernels.supports(act.name, hb.dtype, mask is not None)):
         return None
@@ -665,9 +672,11 @@ def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: activations.Act
             d.fill(0.0)
         else:
             np.copyto(d, dlast[lo:hi])
+        db_parts.append(np.zeros(W_T.shape[0], np.float32))
         return _kernels.backward_job(hb[:, lo:hi], dZ[:, lo:hi],
                                      None if dH is None else dH[:, lo:hi], W_T, d, act.name,
-                                     rev, flush, _kernels.column_block(hi - lo, W_T.shape[0]))
+                                     rev, flush, _kernels.column_block(hi - lo, W_T.shape[0]),
+                                     db_parts[-1])
     return job
 
 
