@@ -217,14 +217,15 @@ def _build() -> dict[str, Any]:
     for fn in (fegetenv, fesetenv):
         fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
 
-    @intrinsic
-    def f32_at(typingctx: Any, addr: Any) -> Any:        # an address as a float32 pointer
+    def address_as_pointer(typingctx: Any, addr: Any) -> Any:   # an address as a float32*
         sig = types.CPointer(types.float32)(types.int64)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             return builder.inttoptr(args[0], context.get_value_type(
                 types.CPointer(types.float32)))
         return sig, codegen
+
+    f32_at: Any = intrinsic(address_as_pointer)
 
     word, ftz_daz = _MXCSR_WORD, _FTZ_DAZ
 
@@ -534,7 +535,7 @@ def column_block(n: int, H: int) -> int:
         c = np.empty((n, H), np.float32)
         reps = max(1, int(2e7 // (2 * n * H * H)))            # ~0.1-0.2 ms per timing
         cands = [H] + [cb for cb in (H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
-        best = {}
+        best: dict[int, float] = {}
         for cb in cands:
             k["products"](n, H, cb, reps, a, W, c)             # warm
         for _ in range(5):
