@@ -21,6 +21,14 @@ What the kernels compute, against the NumPy loop:
 * :func:`scatter_rows`, the embedding gradient of index inputs (eq. 21), adds the rows in the
   order ``np.add.at`` does, in any float dtype: the same numbers.
 
+*Jobs* are what a batch split over threads runs (:class:`rnnlab.parallel.Runner`): a loop on a
+block of rows (:func:`forward_job`, :func:`backward_job`), a product (:func:`gemm_job`,
+:func:`vecmat_job`), each an int64 array of addresses and sizes that :func:`run` executes and a
+worker thread serves (:func:`serve`), neither taking the GIL, optionally with subnormals flushed.
+Within a job the loops may cut the step product into column blocks (:func:`column_block`), sum
+the bias gradient as they go and skip the product of a zero ``h0``: the same mathematics, in
+sums whose order may differ from the NumPy loop's.
+
 The BLAS is NumPy's own (found through ``threadpoolctl``), so its thread count is the one
 :mod:`rnnlab.parallel` sets.
 """
