@@ -266,3 +266,32 @@ def test_a_zero_h0_skips_the_first_product_with_the_same_numbers(reverse: bool) 
     np.testing.assert_array_equal(out[1], out[0])
     assert out[1][2 if not reverse else T - 2].any()
 
+
+
+@pytest.mark.parametrize("threads,masked,input_grad", [
+    ("split", False, False), ("split", True, True), (1, False, True), (1, True, False)],
+    ids=str)
+def test_the_joint_buffer_gives_the_gradients(threads: object, masked: bool,
+                                              input_grad: bool) -> None:
+    """The first layer of a one-direction dense float32 network runs on its joint buffer
+    ([H_{t-1} | x_t | 1] rows): one product per step, one for [dW_hh; dW_xh; db_h].  Split or
+    whole, and masked (NumPy loops on the strided views): every gradient, dX, the cache's
+    input and h_n against the float64 public path."""
+    spec = RNNSpec(5, 32, 4, num_layers=2, setup="many_to_many")
+    params, X, Y, mask, h0 = problem(spec, 9, 40, 7, masked)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    ws = net.Workspace(spec, threads=1 if threads == 1 else None, kernels=True,
+                       input_grad=input_grad)
+    if threads == "split":
+        ws._thread_option = lambda: net.ThreadOption(1, 1, 2)   # type: ignore[method-assign]
+    for h in (h0, None):                                        # h0 = 0: the first product
+        _, wg = ws.value_and_grad(p32, X, Y, h0=h, mask=mask)   # skips its h0 part
+        assert ws._bufs is not None and ws._bufs.joint is not None
+        _, g64, out64 = net.value_and_grad(params, X, Y, spec, h0=h, mask=mask)
+        for k, v in g64.params.items():
+            assert np.abs(wg[k] - v).max() <= 2e-5 * np.abs(v).max() + 1e-7, k
+        np.testing.assert_array_equal(ws.cache.inputs[0], np.asarray(X, np.float32)
+                                      .transpose(1, 0, 2))
+        np.testing.assert_allclose(ws.h_n(), out64.h_n, rtol=0, atol=1e-5)
+        if input_grad:
+            assert np.abs(ws.input_grad - g64.X).max() <= 2e-5 * np.abs(g64.X).max()

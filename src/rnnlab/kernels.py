@@ -124,18 +124,43 @@ def _build() -> dict[str, Any]:
         q = x2 * q + b0
         return min(max(x * p / q, -one), one)
 
+    def address_as_pointer(typingctx: Any, addr: Any) -> Any:   # an address as a float32*
+        sig = types.CPointer(types.float32)(types.int64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.inttoptr(args[0], context.get_value_type(
+                types.CPointer(types.float32)))
+        return sig, codegen
+
+    f32_at: Any = intrinsic(address_as_pointer)
+
     # Every (steps, rows, H) block is passed flat, with its step and row strides in elements,
     # so that Numba sees contiguous arrays and vectorises the loops over H.
     @nb.njit(nogil=True, fastmath={"contract"}, error_model="numpy")
     def forward(hf: Any, h0: int, h1: int, T: int, n: int, H: int, W: Any, tmp: Any,
-                kind: int, reverse: bool, cb: int) -> None:
-        # hf: the state buffer (T + 1 slots of n rows), the projections in the step slots
+                kind: int, reverse: bool, cb: int, kx: int, xa: int, xsize: int, x0: int,
+                x1: int) -> None:
+        # hf: the state buffer (T + 1 slots of n rows), the projections in the step slots; or,
+        # with kx > 0 (a joint buffer, forward direction only), rows [H_{t-1} | x_t | 1] of
+        # width >= H + kx in slot t and W = [W_hh; W_xh; b_h] (H + kx, H): the step product is
+        # then Z_t itself, eq. (5), and the slots hold nothing to add
+        # with xa != 0 (joint buffer only) the loop first copies its input rows into the joint
+        # rows, from the (T, n, kx - 1) block at xa (strides x0, x1)
         base, w, c = hf.ctypes.data, W.ctypes.data, tmp.ctypes.data
+        if xa != 0:
+            xs = nb.carray(f32_at(xa), (xsize,))
+            for i in range(n):                      # row by row: a batch-first x in order
+                for t in range(T):
+                    dst = hf[t * h0 + i * h1 + H:t * h0 + i * h1 + H + kx - 1]
+                    src = xs[t * x0 + i * x1:t * x0 + i * x1 + kx - 1]
+                    for j in range(kx - 1):
+                        dst[j] = src[j]
         for s in range(T):
             t = T - 1 - s if reverse else s
             cur, prev = (t, t + 1) if reverse else (t + 1, t)
-            # tmp = H_prev W_hh, eq. (5), in column blocks of cb (see column_block); skipped
-            # when H_prev is exactly zero (h0 = 0, the default): then tmp = 0 (W_hh is finite)
+            # tmp = H_prev W_hh (+ [x_t | 1] [W_xh; b_h]), eq. (5), in column blocks of cb (see
+            # column_block); the H_prev part skipped when it is exactly zero (h0 = 0, the
+            # default; W_hh is finite)
             live = s > 0
             if not live:
                 for i in range(n):
@@ -146,18 +171,32 @@ def _build() -> dict[str, Any]:
                             break
                     if live:
                         break
-            if live:
+            skip = 0 if live else H                    # rows of W (columns of A) left out
+            if skip < H + kx:
                 for j0 in range(0, H, cb):
-                    sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H, one,
-                          base + 4 * prev * h0, h1, w + 4 * j0, H, zero, c + 4 * j0, H)
+                    sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, min(cb, H - j0), H + kx - skip,
+                          one, base + 4 * (prev * h0 + skip), h1, w + 4 * (skip * H + j0), H,
+                          zero, c + 4 * j0, H)
             else:
                 tmp[:n * H] = zero
-            # H_t = f(A_t + tmp), eqs. (5)-(6); one loop per activation over contiguous rows
-            # (slices, so that Numba knows the indices are in range and vectorises)
+            # H_t = f(A_t + tmp), or f(tmp) with kx > 0, eqs. (5)-(6); one loop per activation
+            # over contiguous rows (slices, so that Numba knows the indices are in range and
+            # vectorises)
             for i in range(n):
                 z = hf[cur * h0 + i * h1:cur * h0 + i * h1 + H]
                 m = tmp[i * H:(i + 1) * H]
-                if kind == 0:
+                if kx > 0:
+                    if kind == 0:
+                        for j in range(H):
+                            z[j] = tanh32(m[j])                             # with eq. (38)
+                    elif kind == 1:
+                        for j in range(H):
+                            v = m[j]
+                            z[j] = v if (v > zero or v != v) else zero      # as np.maximum
+                    else:
+                        for j in range(H):
+                            z[j] = m[j]
+                elif kind == 0:
                     for j in range(H):
                         z[j] = tanh32(z[j] + m[j])                          # with eq. (38)
                 elif kind == 1:
@@ -225,15 +264,6 @@ def _build() -> dict[str, Any]:
     for fn in (fegetenv, fesetenv):
         fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
 
-    def address_as_pointer(typingctx: Any, addr: Any) -> Any:   # an address as a float32*
-        sig = types.CPointer(types.float32)(types.int64)
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            return builder.inttoptr(args[0], context.get_value_type(
-                types.CPointer(types.float32)))
-        return sig, codegen
-
-    f32_at: Any = intrinsic(address_as_pointer)
 
     word, ftz_daz = _MXCSR_WORD, _FTZ_DAZ
 
@@ -252,8 +282,9 @@ def _build() -> dict[str, Any]:
         if kind == JOB_FORWARD:
             n, H = job[7], job[8]
             forward(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5], job[6], n, H,
-                    nb.carray(f32_at(job[9]), (H * H,)), np.empty(n * H, np.float32),
-                    job[10], job[11] != 0, job[12])
+                    nb.carray(f32_at(job[9]), ((H + job[13]) * H,)),
+                    np.empty(n * H, np.float32), job[10], job[11] != 0, job[12], job[13],
+                    job[14], job[15], job[16], job[17])
         elif kind == JOB_BACKWARD:
             n, H = job[15], job[16]
             backward(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5],
@@ -407,15 +438,41 @@ def _flat(a: Array) -> tuple[Array, int, int]:
     return np.lib.stride_tricks.as_strided(a, (size,), (4,)), s0, s1
 
 
-def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool) -> None:
+def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool,
+            W_joint: Array | None = None, x: Array | None = None) -> None:
     """The forward loop on ``Hbuf`` ``(T + 1, n, H)`` whose step slots hold the projections
-    ``A_t`` (and whose ``h0`` slot is set): as :func:`rnnlab.cell.forward` with ``A`` in place."""
+    ``A_t`` (and whose ``h0`` slot is set): as :func:`rnnlab.cell.forward` with ``A`` in place;
+    or, with ``W_joint`` (and ``x``), on the state view of a joint buffer (see
+    :func:`forward_job`)."""
     k = _kernels()
     assert k is not None and W_hh.flags.c_contiguous, "see supports()"
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
+    hf, h0, h1, W, kx = ops[:5]
+    k["forward"](hf, h0, h1, T, n, H, W, np.empty(n * H, np.float32), _KINDS[act_name],
+                 reverse, H, kx, *ops[5:])
+
+
+def _forward_operands(Hbuf: Array, W_hh: Array, reverse: bool, W_joint: Array | None,
+                      x: Array | None) -> tuple[Any, ...]:
+    """The flat state buffer, its strides, the weight matrix, the joint width ``kx`` and the
+    input block's address, size and strides (zeros without one)."""
     hf, h0, h1 = _flat(Hbuf)
-    k["forward"](hf, h0, h1, T, n, H, W_hh, np.empty(n * H, np.float32), _KINDS[act_name],
-                 reverse, H)
+    if W_joint is None:
+        assert x is None
+        return hf, h0, h1, W_hh, 0, 0, 0, 0, 0
+    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    kx = W_joint.shape[0] - H
+    assert not reverse and W_joint.shape[1] == H and kx > 0 and h1 >= H + kx
+    assert W_joint.flags.c_contiguous and W_joint.dtype == np.float32
+    xa = xsize = x0 = x1 = 0
+    if x is not None:
+        assert x.shape == (T, n, kx - 1), (x.shape, Hbuf.shape, kx)
+        xf, x0, x1 = _flat(x)
+        xa, xsize = xf.ctypes.data, xf.size
+    # the flat view reaches the [x_t | 1] part of the rows too
+    return (np.lib.stride_tricks.as_strided(Hbuf, (hf.size + kx,), (4,)), h0, h1, W_joint, kx,
+            xa, xsize, x0, x1)
 
 
 def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
@@ -440,15 +497,25 @@ def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
 
 
 def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool, flush: bool,
-                cb: int | None = None) -> NDArray[np.int64]:
+                cb: int | None = None, W_joint: Array | None = None,
+                x: Array | None = None) -> NDArray[np.int64]:
     """:func:`forward` as a job for :func:`run` (``W_hh`` C-contiguous, ``Hbuf``'s ``h0`` slot
     set); ``flush``: with subnormals flushed to zero (FTZ and DAZ) while it runs; ``cb``: the
-    step product in column blocks of this width (default: whole, see :func:`column_block`)."""
+    step product in column blocks of this width (default: whole, see :func:`column_block`).
+
+    ``W_joint = [W_hh; W_xh; b_h]`` ``(H + D + 1, H)``, C-contiguous: ``Hbuf`` is the ``(T + 1,
+    n, H)`` state view of a joint buffer whose rows continue with ``[x_t | 1]`` in slot ``t``
+    (forward direction only), and each step's product is the whole pre-activation ``Z_t``
+    (eq. 5): no projection in the slots.  ``x`` ``(T, n, D)`` float32 with contiguous rows (a
+    time-first view of a batch-first input): each step first copies its ``x_t`` into the joint
+    rows, just before its product reads them.
+    """
     assert W_hh.flags.c_contiguous and W_hh.dtype == np.float32, "see supports()"
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
-    hf, h0, h1 = _flat(Hbuf)
+    ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
+    hf, h0, h1, W, kx = ops[:5]
     return _job(JOB_FORWARD, flush, hf.ctypes.data, hf.size, h0, h1, T, n, H,
-                W_hh.ctypes.data, _KINDS[act_name], reverse, _block(cb, H))
+                W.ctypes.data, _KINDS[act_name], reverse, _block(cb, H), kx, *ops[5:])
 
 
 def _block(cb: int | None, H: int) -> int:

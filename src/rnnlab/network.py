@@ -117,10 +117,13 @@ def _check_batch_steps(B: int, T: int) -> None:
 def _prepare_input(
     X: ArrayLike, spec: RNNSpec, dtype: np.dtype, steps: int | None,
     out: Callable[[tuple[int, ...]], NDArray[Any] | None] | None = None,
+    copy: Callable[[Array, Array], object] = np.copyto,
 ) -> tuple[NDArray[Any], int, int]:
     """Validate ``X`` and return it time first: ``(T, B, D)`` floats or ``(T, B)`` ids.
 
-    ``out(shape)``, if given, returns a buffer to write the time-first copy into (or None).
+    ``out(shape)``, if given, returns a buffer to write the time-first copy into (or None);
+    ``copy(buffer, view)`` writes a dense input there (a workspace may defer it, see
+    :meth:`Workspace._copy_input`).
     """
     D = spec.input_size
     if spec.input_kind == "index":
@@ -170,7 +173,7 @@ def _prepare_input(
     buf = None if out is None else out((T, B, D))
     if buf is None:
         return np.ascontiguousarray(x.transpose(1, 0, 2)), B, T
-    np.copyto(buf, x.transpose(1, 0, 2))
+    copy(buf, x.transpose(1, 0, 2))
     return buf, B, T
 
 
@@ -275,7 +278,8 @@ def _with_ones(dtype: np.dtype, keep: list[Array]) -> Callable[[tuple[int, ...]]
 class _Buffers:
     """Every array one training step needs, for one (spec, B, T, dtype); see :class:`Workspace`."""
 
-    def __init__(self, spec: RNNSpec, B: int, T: int, dtype: np.dtype, input_grad: bool) -> None:
+    def __init__(self, spec: RNNSpec, B: int, T: int, dtype: np.dtype, input_grad: bool,
+                 joint: bool = False) -> None:
         H, nd, L, O = spec.hidden_size, spec.num_directions, spec.num_layers, spec.output_size
         D = spec.input_size
         index = spec.input_kind == "index"
@@ -285,8 +289,20 @@ class _Buffers:
         # dense inputs time first with a column of ones: [x_t | 1] [W_xh; b_h] (_project_into)
         self.x1: Array | None = None
         self.x: NDArray[Any]
+        # the joint buffer of the first layer (compiled jobs, one direction): slot t holds the
+        # row [H_{t-1} | x_t | 1], so that one product per step gives Z_t (eq. 5) and one
+        # product over all steps gives [dW_hh; dW_xh; db_h] (eq. 19) into `joint_grad`
+        self.joint: Array | None = None
+        self.joint_grad: Array | None = None
+        self.pending: Array | None = None      # the input the joint loop copies in (deferred)
         if index:
             self.x = np.empty((T, B), np.intp)
+        elif joint and nd == 1:
+            self.joint = np.zeros((T + 1, B, H + D + 1), dtype)
+            self.joint[:, :, H + D] = 1.0
+            self.hbufs[0] = self.joint[:, :, :H]
+            self.x1 = self.joint[:T, :, H:]
+            self.x = self.joint[:T, :, H:H + D]
         else:
             self.x1 = np.ones((T, B, D + 1), dtype)
             self.x = self.x1[:, :, :D]
@@ -308,6 +324,11 @@ class _Buffers:
         # the reverse direction's dX, for any layer's input width
         self.dx = np.empty(T * B * max(D, nd * H), dtype) if nd == 2 else None
         self.grads: Params = {k: np.empty(v, dtype) for k, v in shapes(spec).items()}
+        if self.joint is not None:
+            p = spec.layer_keys(0)[0]
+            G = self.joint_grad = np.empty((H + D + 1, H), dtype)
+            self.grads[f"{p}.W_hh"], self.grads[f"{p}.W_xh"] = G[:H], G[H:H + D]
+            self.grads[f"{p}.b_h"] = G[H + D]
 
     def input(self, shape: tuple[int, ...]) -> NDArray[Any] | None:
         return self.x if self.x.shape == shape else None
@@ -338,13 +359,22 @@ def _forward_core(
             idx = layer * nd + d
             rev = d == 1
             hb = np.empty((T + 1, B, H), dtype) if bufs is None else bufs.hbufs[idx]
-            A = _project_into(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"],
-                              cell.outputs(hb, rev), run,
-                              x1 if layer == 0 else None)                 # (T, B, H), in place
-            W_hh = params[f"{p}.W_hh"]
-            run.recurrence(B, _forward_rows(A, W_hh, act, h0_all[idx], rev, m_tb, hb,
-                                            run.compiled),
-                           _forward_job(W_hh, act, h0_all[idx], rev, m_tb, hb, run))
+            W_hh, W_xh, b_h = params[f"{p}.W_hh"], params[f"{p}.W_xh"], params[f"{p}.b_h"]
+            joint = False
+            if idx == 0 and bufs is not None and bufs.pending is not None:
+                x_in, bufs.pending = bufs.pending, None
+                joint = (bufs.joint is not None and x1 is bufs.x1
+                         and _joint_applies(act, m_tb, dtype, run))
+                if joint:
+                    _forward_joint(W_hh, W_xh, b_h, act, h0_all[0], hb, x_in, run)   # eq. (5)
+                else:
+                    np.copyto(bufs.x, x_in)               # the copy the workspace deferred
+            if not joint:
+                A = _project_into(inp, W_xh, b_h, cell.outputs(hb, rev), run,
+                                  x1 if layer == 0 else None)             # (T, B, H), in place
+                run.recurrence(B, _forward_rows(A, W_hh, act, h0_all[idx], rev, m_tb, hb,
+                                                run.compiled),
+                               _forward_job(W_hh, act, h0_all[idx], rev, m_tb, hb, run))
             hbufs.append(hb)
             outs.append(cell.outputs(hb, rev))
             finals.append(cell.final(hb, rev))
@@ -396,6 +426,35 @@ def _forward_job(W_hh: Array, act: activations.Activation, h0: Array, rev: bool,
         return _kernels.forward_job(hb[:, lo:hi], W, act.name, rev, flush,
                                     _kernels.column_block(hi - lo, W.shape[0]))
     return job
+
+
+def _joint_applies(act: activations.Activation, m_tb: Mask | None, dtype: np.dtype,
+                   run: Runner) -> bool:
+    """Whether the first layer runs on its joint buffer (see :class:`_Buffers`): the compiled
+    kernels cover the loop (else the joint buffer serves as the usual buffers, strided)."""
+    return run.compiled and _kernels.supports(act.name, dtype, m_tb is not None)
+
+
+def _forward_joint(W_hh: Array, W_xh: Array, b_h: Array, act: activations.Activation,
+                   h0: Array, hb: Array, x: Array, run: Runner) -> None:
+    """The first layer's forward loop on its joint buffer (``hb`` its state view): each step
+    copies its rows of ``x`` ``(T, B, D)`` into the joint rows, then its product
+    ``[H_{t-1} | x_t | 1] [W_hh; W_xh; b_h]`` is ``Z_t`` (eq. 5): no projection pass."""
+    W = np.ascontiguousarray(W_hh)
+    Wj = np.concatenate([W_hh, W_xh, b_h[None]])                         # (H + D + 1, H)
+    hb[0] = h0
+
+    def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
+        return _kernels.forward_job(hb[:, lo:hi], W, act.name, False, flush,
+                                    _kernels.column_block(hi - lo, W.shape[0]), Wj,
+                                    x[:, lo:hi])
+
+    B = hb.shape[1]
+    if run.jobs and run.splits(B):
+        run.recurrence(B, lambda lo, hi: None, job)
+    else:
+        with run.loop or nullcontext():
+            _kernels.forward(hb, W, act.name, False, Wj, x)
 
 
 def forward(
@@ -599,12 +658,29 @@ def _backward_core(
             hb = cache.hbufs[idx]
             W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
             dZ = np.empty((T, B, H), dtype) if bufs is None else bufs.dZ
+            joint = (idx == 0 and bufs is not None and bufs.joint is not None
+                     and cache.inputs[0] is bufs.x)
             db_parts: list[Array] = []          # the jobs' column sums of dZ, eq. (19)
             run.recurrence(B, _backward_rows(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
                                              dh0[idx], run.compiled),
                            _backward_job(dH, hb, W_hh, act, rev, dlast, cache.mask, dZ,
-                                         dh0[idx], run, db_parts))
+                                         dh0[idx], run, None if joint else db_parts))
             dZ2 = dZ.reshape(T * B, H)
+            if joint:
+                assert bufs is not None and bufs.joint is not None
+                # [dW_hh; dW_xh; db_h] = [H_{t-1} | x_t | 1]^T dZ over all steps, eq. (19),
+                # one product over the joint buffer (the gradients are views of its result)
+                assert bufs.joint_grad is not None
+                run.matmul(bufs.joint[:T].reshape(T * B, -1).T, dZ2, bufs.joint_grad)
+                for key in (f"{p}.W_hh", f"{p}.W_xh", f"{p}.b_h"):
+                    grads[key] = gout(key)
+                if need_dx:
+                    D_in = W_xh.shape[0]
+                    kept = bufs.d_inp[layer]
+                    buf = (np.empty((T * B, D_in), dtype) if kept is None
+                           else kept.reshape(T * B, -1))
+                    d_below = run.matmul(dZ2, W_xh.T, buf).reshape(T, B, -1)     # eq. (20)
+                continue
             # eq. (19); the step that read h0 adds nothing when h0 = 0 (the default): skipped
             rows = (slice(0, (T - 1) * B) if rev else slice(B, T * B)) if (
                 T > 1 and not cell.initial(hb, rev).any()) else slice(0, T * B)
@@ -656,11 +732,11 @@ def _backward_rows(dH: Array | None, hb: Array, W_hh: Array, act: activations.Ac
 
 def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: activations.Activation,
                   rev: bool, dlast: Array | None, mask: Mask | None, dZ: Array, dh0: Array,
-                  run: Runner, db_parts: list[Array],
+                  run: Runner, db_parts: list[Array] | None,
                   ) -> Callable[[int, int, bool], NDArray[np.int64]] | None:
-    """:func:`_backward_rows` as compiled jobs, or None where the kernels do not apply; each
-    job also sums its block of ``dZ`` over steps and rows into an array appended to
-    ``db_parts`` (in the order of the blocks), whose sum is the bias gradient."""
+    """:func:`_backward_rows` as compiled jobs, or None where the kernels do not apply; with
+    ``db_parts`` each job also sums its block of ``dZ`` over steps and rows into an array
+    appended to it (in the order of the blocks), whose sum is the bias gradient."""
     if not (run.jobs and dh0.flags.c_contiguous
             and _kernels.supports(act.name, hb.dtype, mask is not None)):
         return None
@@ -672,11 +748,14 @@ def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: activations.Act
             d.fill(0.0)
         else:
             np.copyto(d, dlast[lo:hi])
-        db_parts.append(np.zeros(W_T.shape[0], np.float32))
+        db = None
+        if db_parts is not None:
+            db = np.zeros(W_T.shape[0], np.float32)
+            db_parts.append(db)
         return _kernels.backward_job(hb[:, lo:hi], dZ[:, lo:hi],
                                      None if dH is None else dH[:, lo:hi], W_T, d, act.name,
                                      rev, flush, _kernels.column_block(hi - lo, W_T.shape[0]),
-                                     db_parts[-1])
+                                     db)
     return job
 
 
@@ -842,7 +921,10 @@ class Workspace:
     def _buffers(self, B: int, T: int, dtype: np.dtype) -> _Buffers:
         if self._bufs is None or self._bufs.key != (B, T, np.dtype(dtype)):
             self._bufs = None                      # free the old buffers before allocating
-            self._bufs = _Buffers(self.spec, B, T, dtype, self.want_input_grad)
+            spec = self.spec
+            joint = (self.compiled and np.dtype(dtype) == np.float32 and spec.num_directions == 1
+                     and spec.input_kind == "dense" and spec.setup != "one_to_many")
+            self._bufs = _Buffers(spec, B, T, dtype, self.want_input_grad, joint)
             self._tuner = None                     # new shapes: time the options again
         return self._bufs
 
@@ -874,6 +956,17 @@ class Workspace:
                              compiled=self.compiled)
             self._runners[option] = run
         return run
+
+    def _copy_input(self, dst: Array, src: Array) -> None:
+        """Write the time-first input into its buffer; into a joint buffer the forward loop
+        copies it, step by step just before each product reads it (see :class:`_Buffers`)."""
+        bufs = self._bufs
+        if (bufs is not None and bufs.joint is not None and dst is bufs.x
+                and src.dtype == dst.dtype and src.strides[2] == src.itemsize
+                and min(src.strides) >= 0):
+            bufs.pending = src
+        else:
+            np.copyto(dst, src)
 
     @property
     def thread_choice(self) -> ThreadOption | None:
@@ -920,7 +1013,8 @@ class Workspace:
             return self._buffers(shape[1], shape[0], dtype).input(shape)      # (T, B[, D])
 
         one_to_many = spec.setup == "one_to_many"
-        x_tb, B, T = _prepare_input(X, spec, dtype, steps, None if one_to_many else buffer_for)
+        x_tb, B, T = _prepare_input(X, spec, dtype, steps, None if one_to_many else buffer_for,
+                                    self._copy_input)
         bufs = self._buffers(B, T, dtype)
         m_bt = make_mask(B, T, mask=mask, lengths=lengths)
         m_tb = None if m_bt is None else np.ascontiguousarray(m_bt.T)

@@ -479,7 +479,7 @@ class Runner:
         ``job(lo, hi, flush)``, when given, makes the same loop as a compiled job
         (:mod:`rnnlab.kernels`), which a split then runs instead of ``fn``.
         """
-        if self.split <= 1 or B < 2 * _MIN_LOOP_ROWS:
+        if not self.splits(B):
             with self.loop or nullcontext():
                 fn(0, B)
             return
@@ -488,6 +488,10 @@ class Runner:
             self.run_jobs([job(lo, hi, self._flush_jobs) for lo, hi in pieces])
             return
         self._map(fn, pieces, self._flushes)
+
+    def splits(self, B: int) -> bool:
+        """Whether :meth:`recurrence` cuts a batch of ``B`` rows."""
+        return self.split > 1 and B >= 2 * _MIN_LOOP_ROWS
 
     def rows(self, n: int, flop_per_row: float, fn: Callable[[int, int], object],
              flush: bool = False) -> None:
