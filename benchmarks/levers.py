@@ -12,6 +12,8 @@ rounds (the first two untimed); the table gives the median step time and its rat
 * ``all``               everything on (what ``Workspace(spec)`` runs once its tuner picks the split)
 * ``Python pieces``     the pieces handed to the workers as Python callables (each worker takes
                         the GIL to start one) instead of compiled jobs served without the GIL
+* ``no joint buffer``   the first layer on separate state and input buffers: a projection
+                        product before the loop and separate weight-gradient products
 * ``no column blocks``  the loops' step product always whole (``kernels.column_block``)
 * ``no K split``        the weight gradients cut by output rows instead of along ``K``
 * ``products unflushed`` the products' jobs without FTZ/DAZ (the loops still flush)
@@ -33,7 +35,8 @@ from typing import Any
 
 from benchmarks.step import CONFIGS, LR, MAIN_CONFIGS, _problem
 
-VARIANTS = ("all", "Python pieces", "no column blocks", "no K split", "products unflushed")
+VARIANTS = ("all", "Python pieces", "no joint buffer", "no column blocks", "no K split",
+            "products unflushed")
 
 
 @contextmanager
@@ -75,6 +78,7 @@ def time_config(name: str, rounds: int, block: int) -> dict[str, float]:
     for v in VARIANTS:
         ws = network.Workspace(spec)
         ws._thread_option = lambda: ThreadOption(1, 1, split)
+        ws._joint_ok = v != "no joint buffer"
         spaces[v] = ws
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):

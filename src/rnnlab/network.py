@@ -449,12 +449,10 @@ def _forward_joint(W_hh: Array, W_xh: Array, b_h: Array, act: activations.Activa
                                     _kernels.column_block(hi - lo, W.shape[0]), Wj,
                                     x[:, lo:hi])
 
-    B = hb.shape[1]
-    if run.jobs and run.splits(B):
-        run.recurrence(B, lambda lo, hi: None, job)
-    else:
-        with run.loop or nullcontext():
-            _kernels.forward(hb, W, act.name, False, Wj, x)
+    def rows(lo: int, hi: int) -> None:
+        _kernels.forward(hb[:, lo:hi], W, act.name, False, Wj, x[:, lo:hi])
+
+    run.recurrence(hb.shape[1], rows, job)
 
 
 def forward(
@@ -913,6 +911,7 @@ class Workspace:
         self._bufs: _Buffers | None = None
         self._tuner: _ThreadTuner | None = None
         self._runners: dict[ThreadOption | None, Runner] = {}
+        self._joint_ok = True          # the first layer may run on a joint buffer (_Buffers)
         self.cache: Cache | None = None
         self.h0_grad: Array | None = None
         self.input_grad: Array | None = None
@@ -922,8 +921,9 @@ class Workspace:
         if self._bufs is None or self._bufs.key != (B, T, np.dtype(dtype)):
             self._bufs = None                      # free the old buffers before allocating
             spec = self.spec
-            joint = (self.compiled and np.dtype(dtype) == np.float32 and spec.num_directions == 1
-                     and spec.input_kind == "dense" and spec.setup != "one_to_many")
+            joint = (self._joint_ok and self.compiled and np.dtype(dtype) == np.float32
+                     and spec.num_directions == 1 and spec.input_kind == "dense"
+                     and spec.setup != "one_to_many")
             self._bufs = _Buffers(spec, B, T, dtype, self.want_input_grad, joint)
             self._tuner = None                     # new shapes: time the options again
         return self._bufs
