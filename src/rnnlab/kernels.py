@@ -143,7 +143,7 @@ def _build() -> dict[str, Any]:
         # hf: the state buffer (T + 1 slots of n rows), the projections in the step slots; or,
         # with kx > 0 (a joint buffer, forward direction only), rows [H_{t-1} | x_t | 1] of
         # width >= H + kx in slot t and W = [W_hh; W_xh; b_h] (H + kx, H): the step product is
-        # then Z_t itself, eq. (5), and the slots hold nothing to add
+        # then Z_t itself, eq. (39), and the slots hold nothing to add
         # with xa != 0 (joint buffer only) the loop first copies its input rows into the joint
         # rows, from the (T, n, kx - 1) block at xa (strides x0, x1)
         base, w, c = hf.ctypes.data, W.ctypes.data, tmp.ctypes.data

@@ -289,9 +289,9 @@ class _Buffers:
         # dense inputs time first with a column of ones: [x_t | 1] [W_xh; b_h] (_project_into)
         self.x1: Array | None = None
         self.x: NDArray[Any]
-        # the joint buffer of the first layer (compiled jobs, one direction): slot t holds the
-        # row [H_{t-1} | x_t | 1], so that one product per step gives Z_t (eq. 5) and one
-        # product over all steps gives [dW_hh; dW_xh; db_h] (eq. 19) into `joint_grad`
+        # the joint buffer of the first layer (compiled loops, one direction): slot t holds the
+        # rows [H_{t-1} | x_t | 1], so that one product per step gives Z_t and one product over
+        # all steps gives [dW_hh; dW_xh; db_h] into `joint_grad`, eq. (39)
         self.joint: Array | None = None
         self.joint_grad: Array | None = None
         self.pending: Array | None = None      # the input the joint loop copies in (deferred)
@@ -366,7 +366,7 @@ def _forward_core(
                 joint = (bufs.joint is not None and x1 is bufs.x1
                          and _joint_applies(act, m_tb, dtype, run))
                 if joint:
-                    _forward_joint(W_hh, W_xh, b_h, act, h0_all[0], hb, x_in, run)   # eq. (5)
+                    _forward_joint(W_hh, W_xh, b_h, act, h0_all[0], hb, x_in, run)  # eq. (39)
                 else:
                     np.copyto(bufs.x, x_in)               # the copy the workspace deferred
             if not joint:
@@ -437,9 +437,9 @@ def _joint_applies(act: activations.Activation, m_tb: Mask | None, dtype: np.dty
 
 def _forward_joint(W_hh: Array, W_xh: Array, b_h: Array, act: activations.Activation,
                    h0: Array, hb: Array, x: Array, run: Runner) -> None:
-    """The first layer's forward loop on its joint buffer (``hb`` its state view): each step
-    copies its rows of ``x`` ``(T, B, D)`` into the joint rows, then its product
-    ``[H_{t-1} | x_t | 1] [W_hh; W_xh; b_h]`` is ``Z_t`` (eq. 5): no projection pass."""
+    """The first layer's forward loop on its joint buffer (``hb`` its state view): the loop
+    copies its rows of ``x`` ``(T, B, D)`` into the joint rows, then each step's product
+    ``[H_{t-1} | x_t | 1] [W_hh; W_xh; b_h]`` is ``Z_t``, eq. (39): no projection pass."""
     W = np.ascontiguousarray(W_hh)
     Wj = np.concatenate([W_hh, W_xh, b_h[None]])                         # (H + D + 1, H)
     hb[0] = h0
@@ -666,7 +666,7 @@ def _backward_core(
             dZ2 = dZ.reshape(T * B, H)
             if joint:
                 assert bufs is not None and bufs.joint is not None
-                # [dW_hh; dW_xh; db_h] = [H_{t-1} | x_t | 1]^T dZ over all steps, eq. (19),
+                # [dW_hh; dW_xh; db_h] = [H_{t-1} | x_t | 1]^T dZ over all steps, eq. (39),
                 # one product over the joint buffer (the gradients are views of its result)
                 assert bufs.joint_grad is not None
                 run.matmul(bufs.joint[:T].reshape(T * B, -1).T, dZ2, bufs.joint_grad)
