@@ -850,7 +850,12 @@ class Workspace:
       there, and the weight gradients skip the slow path that subnormal products take on x86.
       Only numbers below ~1.2e-38 (float32) or ~2.2e-308 (float64) are affected, as with XLA's
       CPU kernels (a product that OpenBLAS runs on its own threads is not flushed there);
-    * the BLAS thread counts chosen by timing (``threads="auto"``, see :class:`_ThreadTuner`).
+    * the BLAS thread counts chosen by timing (``threads="auto"``, see :class:`_ThreadTuner`),
+      the batch split over threads among the options (:class:`rnnlab.parallel.Runner`);
+    * with the compiled kernels, float32 and one direction of dense inputs: the first layer on
+      a joint buffer of rows ``[H_{t-1} | x_t | 1]``, eq. (39) of docs/derivation.md (one
+      product per step, one for its three gradients, which are views of that product's
+      result).
 
     Inputs, targets, masks and parameters are validated on every call, as the public functions
     do.  The returned gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and
