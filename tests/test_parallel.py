@@ -262,3 +262,36 @@ def test_a_flushing_runner_flushes_subnormal_products(split: int) -> None:
             np.full(K, 1e-20, np.float32), b, v)
         assert (v == 0).all() if flush else (v > 0).all()
     assert np.float32(1e-39) * np.float32(1.0) != 0                # the mode was restored
+
+
+@_needs_kernels
+def test_two_threads_that_split_at_once_take_turns() -> None:
+    """Two workspaces in two threads share the process's workers (one job slot each): every
+    product and every Python piece must still come out right."""
+    from rnnlab import kernels
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((96, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 64)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    bad: list[str] = []
+
+    def work(k: int) -> None:
+        run = Runner(None, split=2, compiled=True)
+        for _ in range(200):
+            out = np.full((96, 64), np.nan, np.float32)
+            jobs = [kernels.gemm_job(a[lo:hi], b, out[lo:hi]) for lo, hi in spans(96, 2)]
+            run.run_jobs(jobs)                                  # type: ignore[arg-type]
+            if not np.allclose(out, want, rtol=1e-4, atol=1e-3):
+                bad.append(f"thread {k}: a job's product")
+            rows = np.zeros(64)
+            run.recurrence(64, lambda lo, hi: rows.__setitem__(slice(lo, hi), k + 1))
+            if not (rows == k + 1).all():
+                bad.append(f"thread {k}: a Python piece")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and not bad, bad[:3]

@@ -359,6 +359,9 @@ class _Pool:
     def _reset(self) -> None:
         """Forget every worker (a forked child has none of its parent's threads)."""
         self._lock = threading.Lock()
+        # held by a caller from its first post to its last wait: a worker has one job slot,
+        # so two threads that split at once (two workspaces) take turns
+        self.use = threading.Lock()
         self._queues: list[queue.SimpleQueue[_Piece | None]] = []
         n = 256
         self.posted = np.zeros(n, np.int64)
@@ -576,12 +579,13 @@ class Runner:
     def run_jobs(self, jobs: Sequence[NDArray[np.int64]]) -> None:
         """Run compiled jobs (:mod:`rnnlab.kernels`) at the same time: the last in the calling
         thread, the others on the workers; return when all have finished."""
-        posted = [(i, _POOL.post_job(i, job)) for i, job in enumerate(jobs[:-1])]
-        try:
-            _kernels.run(jobs[-1])
-        finally:
-            for i, number in posted:
-                _POOL.wait(i, number)
+        with _POOL.use:
+            posted = [(i, _POOL.post_job(i, job)) for i, job in enumerate(jobs[:-1])]
+            try:
+                _kernels.run(jobs[-1])
+            finally:
+                for i, number in posted:
+                    _POOL.wait(i, number)
 
     def column_sum(self, a: Array, out: Array) -> Array:
         """``np.sum(a, axis=0, out=out)`` for a 2-D ``a``, split by columns (same sums)."""
@@ -606,18 +610,20 @@ class Runner:
             run(0, *pieces[0])
             return
         posted = []
-        for i, (lo, hi) in enumerate(pieces[:-1]):
-            piece = _Piece(fn, lo, hi, contexts[i] if contexts is not None else nullcontext())
-            posted.append((i, _POOL.post(i, piece), piece))
         error: BaseException | None = None
-        try:
-            run(len(pieces) - 1, *pieces[-1])
-        except BaseException as exc:      # wait for the workers before raising: they write
-            error = exc                   # into the caller's buffers
-        for i, number, piece in posted:
-            _POOL.wait(i, number, piece)
-            if error is None and piece.error is not None:
-                error = piece.error
+        with _POOL.use:
+            for i, (lo, hi) in enumerate(pieces[:-1]):
+                piece = _Piece(fn, lo, hi,
+                               contexts[i] if contexts is not None else nullcontext())
+                posted.append((i, _POOL.post(i, piece), piece))
+            try:
+                run(len(pieces) - 1, *pieces[-1])
+            except BaseException as exc:  # wait for the workers before raising: they write
+                error = exc               # into the caller's buffers
+            for i, number, piece in posted:
+                _POOL.wait(i, number, piece)
+                if error is None and piece.error is not None:
+                    error = piece.error
         if error is not None:
             raise error
 
