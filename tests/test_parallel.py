@@ -285,7 +285,11 @@ def test_two_threads_that_split_at_once_take_turns() -> None:
             if not np.allclose(out, want, rtol=1e-4, atol=1e-3):
                 bad.append(f"thread {k}: a job's product")
             rows = np.zeros(64)
-            run.recurrence(64, lambda lo, hi: rows.__setitem__(slice(lo, hi), k + 1))
+
+            def fill(lo: int, hi: int, rows: np.ndarray = rows) -> None:
+                rows[lo:hi] = k + 1
+
+            run.recurrence(64, fill)
             if not (rows == k + 1).all():
                 bad.append(f"thread {k}: a Python piece")
 
