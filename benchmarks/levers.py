@@ -3,7 +3,7 @@
     python -m benchmarks.levers                      # configs a, b, c, d (~1.5 minutes)
     python -m benchmarks.levers --configs d --rounds 20
 
-Each variant is a :class:`rnnlab.network.Workspace` fixed on the batch split over the thread
+Each variant is a :class:`rnnlab.workspace.Workspace` fixed on the batch split over the thread
 budget (no tuner), with the compiled kernels (``rnnlab[fast]``), on the problems of
 :mod:`benchmarks.step` (the same parameters, batch and SGD step).  The variants take turns in
 one process, ``--block`` steps each (the first two of every block untimed), for ``--rounds``

@@ -4,7 +4,6 @@ from .network import (
     Cache,
     Gradients,
     Output,
-    Workspace,
     backward,
     forward,
     loss_and_grad,
@@ -12,6 +11,7 @@ from .network import (
 )
 from .params import init_params, shapes
 from .spec import RNNSpec
+from .workspace import Workspace
 
 __version__ = "0.1.0"
 

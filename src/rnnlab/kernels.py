@@ -3,7 +3,7 @@
 The loops of :func:`rnnlab.cell.forward` and :func:`rnnlab.cell.backward` (eqs. 5-6 and 16-17)
 compiled with Numba: one call runs every step of a block of batch rows, calling NumPy's own BLAS
 for the step product and doing the element-wise work in the same pass, without the interpreter
-and without holding the GIL.  So a :class:`rnnlab.network.Workspace` can run the rows of a batch
+and without holding the GIL.  So a :class:`rnnlab.workspace.Workspace` can run the rows of a batch
 on several threads at once (:class:`rnnlab.parallel.Runner`), which the NumPy loop cannot do
 well: each of its per-step NumPy calls must take the GIL back.
 
@@ -367,7 +367,7 @@ _compiled = False
 
 def compile() -> None:
     """Compile every kernel now (about a second, once per process) instead of at its first use,
-    as a JAX program is compiled ahead of time; :class:`rnnlab.network.Workspace` calls this."""
+    as a JAX program is compiled ahead of time; :class:`rnnlab.workspace.Workspace` calls this."""
     global _compiled
     if _compiled or not available():
         return

@@ -1,4 +1,4 @@
-"""How a :class:`~rnnlab.network.Workspace` call uses the cores (docs/performance.md).
+"""How a :class:`~rnnlab.workspace.Workspace` call uses the cores (docs/performance.md).
 
 * :class:`_BlasThreads` reads and sets NumPy's BLAS thread count (through the optional
   ``threadpoolctl``);
@@ -153,7 +153,7 @@ class _FlushDenormals:
 
 
 class ThreadOption(NamedTuple):
-    """How a :class:`~rnnlab.network.Workspace` call uses its thread budget.
+    """How a :class:`~rnnlab.workspace.Workspace` call uses its thread budget.
 
     ``loop`` BLAS threads for the recurrent loops, ``rest`` for everything else; with ``split > 1``
     the BLAS runs one thread and the work is split over ``split`` Python threads instead (the

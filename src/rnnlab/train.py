@@ -39,6 +39,7 @@ from .params import Params, check_params
 from .progress import Progress
 from .spec import RNNSpec
 from .trainconfig import ALGORITHMS, RESUME_KEYS, TrainConfig
+from .workspace import Workspace
 
 __all__ = [
     "ALGORITHMS",
@@ -270,13 +271,13 @@ def _gradient_function(cfg: TrainConfig) -> Callable[..., Any]:
     if cfg.algorithm == "bptt":
         # the fast path (docs/performance.md) with a fixed thread option: no tuner and no split,
         # so that a run and its resumed copy compute the same numbers, bit for bit
-        spaces: dict[RNNSpec, network.Workspace] = {}
+        spaces: dict[RNNSpec, Workspace] = {}
 
         def bptt(params: Params, X: Any, Y: Any, spec: RNNSpec, h0: Any, mask: Any,
                  steps: int | None) -> Any:
             ws = spaces.get(spec)
             if ws is None:
-                ws = spaces[spec] = network.Workspace(spec, threads=1)
+                ws = spaces[spec] = Workspace(spec, threads=1)
             loss, grads = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
             assert ws.logits is not None and ws.h0_grad is not None
             return (loss, network.Gradients(grads, None, ws.h0_grad),

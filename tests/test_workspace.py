@@ -1,9 +1,9 @@
 """The fast paths of issue 6 compute what the public functions compute (docs/performance.md).
 
-``network.Workspace`` (preallocated buffers, thread options, subnormals flushed), the in-place and
-blocked variants of ``cell.forward``/``cell.backward``, the sorted scatter-add of index inputs and
-the buffered softmax cross-entropy are checked against the public path, bit for bit where the
-operations are the same.
+``rnnlab.workspace.Workspace`` (preallocated buffers, thread options, subnormals flushed), the
+in-place and blocked variants of ``cell.forward``/``cell.backward``, the sorted scatter-add of
+index inputs and the buffered softmax cross-entropy are checked against the public path, bit for
+bit where the operations are the same.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rnnlab import RNNSpec, activations, cell, init_params, losses
+from rnnlab import RNNSpec, activations, cell, init_params, losses, parallel
 from rnnlab import network as net
 
 from conftest import SETUPS as GRID
@@ -83,15 +83,15 @@ def test_workspace_auto_threads_restores_the_blas_thread_count() -> None:
     spec = RNNSpec(3, 8, 2)
     params, X, Y, _, _ = problem(spec, 0, 6, 5, False)
     with threadpool_limits(2, user_api="blas"):
-        before = net._BLAS.get()
+        before = parallel._BLAS.get()
         ws = net.Workspace(spec)
         for _ in range(12):
             ws.value_and_grad(params, X, Y)
-        assert net._BLAS.get() == before
+        assert parallel._BLAS.get() == before
         assert ws.thread_choice in ws._tuner.options
-        with net._BLAS.limit(1):
-            assert net._BLAS.get() == 1
-        assert net._BLAS.get() == before
+        with parallel._BLAS.limit(1):
+            assert parallel._BLAS.get() == 1
+        assert parallel._BLAS.get() == before
 
 
 def test_workspace_results_are_overwritten_and_shapes_change() -> None:
@@ -157,7 +157,7 @@ def test_flushing_subnormals_changes_only_subnormal_numbers() -> None:
     ws = net.Workspace(spec, kernels=False)
     _, gw = ws.value_and_grad(params, X, Y)
     dZ = ws._bufs.dZ
-    if not net._FlushDenormals._probe():
+    if not parallel._FlushDenormals._probe():
         pytest.skip("no FTZ/DAZ on this platform")
     assert not np.any((dZ != 0) & (np.abs(dZ) < tiny))         # flushed: no subnormal left
     # numbers far from the subnormal range are untouched; near it they move by a few tiny
@@ -171,7 +171,7 @@ def test_flushing_subnormals_changes_only_subnormal_numbers() -> None:
 
 
 def test_flush_context_restores_the_environment() -> None:
-    f = net._FlushDenormals()
+    f = parallel._FlushDenormals()
     if not f.ok:
         pytest.skip("no FTZ/DAZ on this platform")
     with f:
