@@ -366,7 +366,7 @@ _compiled = False
 
 
 def compile() -> None:
-    """Compile every kernel now (about a second, once per process) instead of at its first use,
+    """Compile every kernel now (about 2 s, once per process) instead of at its first use,
     as a JAX program is compiled ahead of time; :class:`rnnlab.workspace.Workspace` calls this."""
     global _compiled
     if _compiled or not available():
@@ -387,7 +387,7 @@ _jobs_compiled = False
 
 
 def compile_jobs() -> None:
-    """Compile :func:`run` and :func:`serve` now (about 1.5 s, once per process): what a batch
+    """Compile :func:`run` and :func:`serve` now (about 3 s, once per process): what a batch
     split over threads needs (:class:`rnnlab.parallel.Runner` calls this)."""
     global _jobs_compiled
     if _jobs_compiled or not available():

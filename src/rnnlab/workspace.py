@@ -194,7 +194,7 @@ class Workspace:
         if self.compiled:
             _kernels.compile()
         if threads == "auto" and _kernels.available():
-            _kernels.compile_jobs()        # what a split may need (about 1.5 s, once)
+            _kernels.compile_jobs()        # what a split may need (about 3 s, once)
         self.want_input_grad = input_grad
         self.threads = threads
         self._flush = _FlushDenormals() if flush_denormals else None
