@@ -295,9 +295,10 @@ def _forward_core(
             W_hh, W_xh, b_h = params[f"{p}.W_hh"], params[f"{p}.W_xh"], params[f"{p}.b_h"]
             joint = False
             if idx == 0 and bufs is not None and bufs.pending is not None:
+                # the workspace deferred the input copy into the joint buffer (_copy_input):
+                # the compiled loop does it, or it is done here for the NumPy loops
                 x_in, bufs.pending = bufs.pending, None
-                joint = (bufs.joint is not None and x1 is bufs.x1
-                         and _joint_applies(act, m_tb, dtype, run))
+                joint = run.compiled and _kernels.supports(act.name, dtype, m_tb is not None)
                 if joint:
                     _forward_joint(W_hh, W_xh, b_h, act, h0_all[0], hb, x_in, run)  # eq. (39)
                 else:
@@ -359,13 +360,6 @@ def _forward_job(W_hh: Array, act: activations.Activation, h0: Array, rev: bool,
         return _kernels.forward_job(hb[:, lo:hi], W, act.name, rev, flush,
                                     _kernels.column_block(hi - lo, W.shape[0]))
     return job
-
-
-def _joint_applies(act: activations.Activation, m_tb: Mask | None, dtype: np.dtype,
-                   run: Runner) -> bool:
-    """Whether the first layer runs on its joint buffer (see :class:`_Buffers`): the compiled
-    kernels cover the loop (else the joint buffer serves as the usual buffers, strided)."""
-    return run.compiled and _kernels.supports(act.name, dtype, m_tb is not None)
 
 
 def _forward_joint(W_hh: Array, W_xh: Array, b_h: Array, act: activations.Activation,
@@ -598,39 +592,33 @@ def _backward_core(
                                          dh0[idx], run, None if joint else db_parts))
             dZ2 = dZ.reshape(T * B, H)
             if joint:
-                assert bufs is not None and bufs.joint is not None
+                assert bufs is not None and bufs.joint is not None and bufs.joint_grad is not None
                 # [dW_hh; dW_xh; db_h] = [H_{t-1} | x_t | 1]^T dZ over all steps, eq. (39),
                 # one product over the joint buffer (the gradients are views of its result)
-                assert bufs.joint_grad is not None
                 run.matmul(bufs.joint[:T].reshape(T * B, -1).T, dZ2, bufs.joint_grad)
                 for key in (f"{p}.W_hh", f"{p}.W_xh", f"{p}.b_h"):
                     grads[key] = gout(key)
-                if need_dx:
-                    D_in = W_xh.shape[0]
-                    kept = bufs.d_inp[layer]
-                    buf = (np.empty((T * B, D_in), dtype) if kept is None
-                           else kept.reshape(T * B, -1))
-                    d_below = run.matmul(dZ2, W_xh.T, buf).reshape(T, B, -1)     # eq. (20)
-                continue
-            # eq. (19); the step that read h0 adds nothing when h0 = 0 (the default): skipped
-            rows = (slice(0, (T - 1) * B) if rev else slice(B, T * B)) if (
-                T > 1 and not cell.initial(hb, rev).any()) else slice(0, T * B)
-            grads[f"{p}.W_hh"] = run.matmul(cell.previous(hb, rev).reshape(T * B, H)[rows].T,
-                                            dZ2[rows], gout(f"{p}.W_hh"))
-            # db_h = 1^T dZ over all steps, eq. (19): a matrix-vector product (BLAS) is 2-5x
-            # faster than NumPy's column sum here
-            if db_parts:
-                grads[f"{p}.b_h"] = np.sum(db_parts, axis=0, out=gout(f"{p}.b_h"))
             else:
-                ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
-                grads[f"{p}.b_h"] = run.vecmat(ones, dZ2, gout(f"{p}.b_h"))
-            if inp.ndim == 2:                                                   # ids, eq. (21)
-                ids, gW = inp.reshape(-1), gout(f"{p}.W_xh")
-                grads[f"{p}.W_xh"] = (_kernels.scatter_rows(ids, dZ2, gW) if run.compiled
-                                      else _scatter_rows(ids, dZ2, gW))
-                continue
-            grads[f"{p}.W_xh"] = run.matmul(inp.reshape(T * B, -1).T, dZ2,
-                                            gout(f"{p}.W_xh"))                  # eq. (19)
+                # eq. (19); the step that read h0 adds nothing when h0 = 0 (the default): skipped
+                rows = (slice(0, (T - 1) * B) if rev else slice(B, T * B)) if (
+                    T > 1 and not cell.initial(hb, rev).any()) else slice(0, T * B)
+                grads[f"{p}.W_hh"] = run.matmul(
+                    cell.previous(hb, rev).reshape(T * B, H)[rows].T, dZ2[rows],
+                    gout(f"{p}.W_hh"))
+                # db_h = 1^T dZ over all steps, eq. (19): the jobs' column sums, else a
+                # matrix-vector product (BLAS), 2-5x faster than NumPy's column sum here
+                if db_parts:
+                    grads[f"{p}.b_h"] = np.sum(db_parts, axis=0, out=gout(f"{p}.b_h"))
+                else:
+                    ones = np.ones(T * B, dtype) if bufs is None else bufs.ones
+                    grads[f"{p}.b_h"] = run.vecmat(ones, dZ2, gout(f"{p}.b_h"))
+                if inp.ndim == 2:                                               # ids, eq. (21)
+                    ids, gW = inp.reshape(-1), gout(f"{p}.W_xh")
+                    grads[f"{p}.W_xh"] = (_kernels.scatter_rows(ids, dZ2, gW) if run.compiled
+                                          else _scatter_rows(ids, dZ2, gW))
+                    continue
+                grads[f"{p}.W_xh"] = run.matmul(inp.reshape(T * B, -1).T, dZ2,
+                                                gout(f"{p}.W_xh"))              # eq. (19)
             if not need_dx:
                 continue
             D_in = W_xh.shape[0]

@@ -304,7 +304,7 @@ class _ThreadTuner:
 _MIN_LOOP_ROWS = 8            # batch rows per piece of a recurrent loop
 _MIN_PIECE_FLOP = 4e6         # multiply-adds x 2 per piece of a product
 _ROW_ALIGN = 16               # product pieces start at multiples of this row
-_MIN_JOB_FLOP = 1e6           # the same for a compiled job: its hand-off costs a microsecond
+_MIN_JOB_FLOP = 1e6           # the same for a compiled job: its hand-off costs a few us
 _K_SPLIT = 4                  # a product with K >= this x max(M, N) is cut along K
 
 
@@ -519,7 +519,9 @@ class Runner:
             flop = 2.0 * M * N * K
             if K >= _K_SPLIT * max(M, N):
                 parts = min(self.split, int(flop // _MIN_JOB_FLOP), K // _ROW_ALIGN)
-                if parts > 1 and self._matmul_k(a, b, out, spans(K, parts, _ROW_ALIGN)):
+                if parts > 1 and self._sum_of_parts(
+                        spans(K, parts, _ROW_ALIGN), out, lambda lo, hi, o: _kernels.gemm_job(
+                            a[:, lo:hi], b[lo:hi], o, self._flush_jobs)):
                     return out
             else:
                 parts = min(self.split, int(flop // _MIN_JOB_FLOP), M // _ROW_ALIGN)
@@ -542,25 +544,20 @@ class Runner:
         split along ``K`` into partial sums that are then added, when the pieces are jobs."""
         K, N = a.shape
         parts = min(self.split, int(2.0 * K * N // _MIN_JOB_FLOP), K // _ROW_ALIGN)
-        if self.jobs and parts > 1:
-            cut = spans(K, parts, _ROW_ALIGN)
-            outs = [out] + [self._partial(i, out.shape) for i in range(1, len(cut))]
-            jobs = [_kernels.vecmat_job(x[lo:hi], a[lo:hi], o, self._flush_jobs)
-                    for (lo, hi), o in zip(cut, outs, strict=True)]
-            if all(j is not None for j in jobs):
-                self.run_jobs(jobs)    # type: ignore[arg-type]
-                for o in outs[1:]:
-                    out += o
-                return out
+        if self.jobs and parts > 1 and self._sum_of_parts(
+                spans(K, parts, _ROW_ALIGN), out, lambda lo, hi, o: _kernels.vecmat_job(
+                    x[lo:hi], a[lo:hi], o, self._flush_jobs)):
+            return out
         with self._flush_products or nullcontext():
             return np.matmul(x, a, out=out)
 
-    def _matmul_k(self, a: Array, b: Array, out: Array, cut: list[tuple[int, int]]) -> bool:
-        """``out = a @ b`` as the sum of the products over the ``K`` pieces ``cut`` (False when
-        an operand does not suit the BLAS)."""
+    def _sum_of_parts(self, cut: list[tuple[int, int]], out: Array,
+                      make: Callable[[int, int, Array], NDArray[np.int64] | None]) -> bool:
+        """``out`` as the sum of the jobs ``make(lo, hi, part)`` over the pieces ``cut`` of the
+        inner dimension, the first writing ``out`` itself (False, nothing run, when a piece has
+        no job: an operand does not suit the BLAS)."""
         outs = [out] + [self._partial(i, out.shape) for i in range(1, len(cut))]
-        jobs = [_kernels.gemm_job(a[:, lo:hi], b[lo:hi], o, self._flush_jobs)
-                for (lo, hi), o in zip(cut, outs, strict=True)]
+        jobs = [make(lo, hi, o) for (lo, hi), o in zip(cut, outs, strict=True)]
         if any(j is None for j in jobs):
             return False
         self.run_jobs(jobs)    # type: ignore[arg-type]

@@ -63,27 +63,29 @@ class _Buffers:
         index = spec.input_kind == "index"
         self.key = (B, T, np.dtype(dtype))
         self.h0 = np.zeros((L * nd, B, H), dtype)
-        self.hbufs = [np.empty((T + 1, B, H), dtype) for _ in range(L * nd)]
         # dense inputs time first with a column of ones: [x_t | 1] [W_xh; b_h] (_project_into)
         self.x1: Array | None = None
         self.x: NDArray[Any]
-        # the joint buffer of the first layer (compiled loops, one direction): slot t holds the
-        # rows [H_{t-1} | x_t | 1], so that one product per step gives Z_t and one product over
-        # all steps gives [dW_hh; dW_xh; db_h] into `joint_grad`, eq. (39)
+        # the joint buffer of the first layer (dense inputs, one direction; Workspace._buffers
+        # decides): slot t holds the rows [H_{t-1} | x_t | 1], so that one product per step gives
+        # Z_t and one product over all steps gives [dW_hh; dW_xh; db_h] into `joint_grad`,
+        # eq. (39)
         self.joint: Array | None = None
         self.joint_grad: Array | None = None
         self.pending: Array | None = None      # the input the joint loop copies in (deferred)
-        if index:
-            self.x = np.empty((T, B), np.intp)
-        elif joint and nd == 1:
+        if joint:
+            assert nd == 1 and not index, "a joint buffer needs one direction of dense inputs"
             self.joint = np.zeros((T + 1, B, H + D + 1), dtype)
             self.joint[:, :, H + D] = 1.0
-            self.hbufs[0] = self.joint[:, :, :H]
             self.x1 = self.joint[:T, :, H:]
             self.x = self.joint[:T, :, H:H + D]
+        elif index:
+            self.x = np.empty((T, B), np.intp)
         else:
             self.x1 = np.ones((T, B, D + 1), dtype)
             self.x = self.x1[:, :, :D]
+        self.hbufs = [self.joint[:, :, :H] if i == 0 and self.joint is not None
+                      else np.empty((T + 1, B, H), dtype) for i in range(L * nd)]
         self.ones = np.ones(T * B, dtype)
         self.cat = [np.empty((T, B, nd * H), dtype) if nd == 2 else None for _ in range(L)]
         self.top = np.empty((B, nd * H), dtype)
@@ -122,9 +124,11 @@ class Workspace:
             loss, grads = ws.value_and_grad(params, X, Y)
             opt.update_(params, grads, state)
 
-    :meth:`value_and_grad` computes what :func:`value_and_grad` computes, by the same operations
-    on the same numbers (the gradients are the same bit for bit unless subnormal numbers occur,
-    see below; the loss value up to the order of its sum), with:
+    :meth:`value_and_grad` computes what :func:`value_and_grad` computes.  Without the compiled
+    kernels (``kernels=False``, float64, masks) it does so by the same operations on the same
+    numbers (the gradients are the same bit for bit unless subnormal numbers occur or a split
+    cuts a product, see below; the loss value up to the order of its sum); the kernels group
+    some sums differently (within float32 rounding, see ``kernels``).  It adds:
 
     * every array preallocated for the batch shape and reused by the next call;
     * no predictions ``y`` (the loss needs only the logits) and no ``dL/dX`` unless
@@ -168,7 +172,9 @@ class Workspace:
         apply (float32, no mask, tanh/relu/identity; needs the optional ``numba``):
         ``"auto"`` (default) when they are installed, ``True`` requires them, ``False`` never.
         With them a float32 ``tanh`` state is the rational approximation of eq. (38), within a
-        few ulp of ``np.tanh``; everything else is the same, bit for bit.
+        few ulp of ``np.tanh``, and the joint buffer (eq. 39) and a split (column blocks, sums
+        along ``K``, per-piece bias sums) add the same terms in other groupings: the gradients
+        are within float32 rounding of the float64 ones (tested).
     """
 
     def __init__(self, spec: RNNSpec, *, input_grad: bool = False,
@@ -248,8 +254,9 @@ class Workspace:
         return run
 
     def _copy_input(self, dst: Array, src: Array) -> None:
-        """Write the time-first input into its buffer; into a joint buffer the forward loop
-        copies it, step by step just before each product reads it (see :class:`_Buffers`)."""
+        """Write the time-first input into its buffer; into a joint buffer the compiled forward
+        loop copies it, each piece its own rows (see :class:`_Buffers`), so here it is only
+        kept (:func:`rnnlab.network._forward_core` copies it itself for the NumPy loops)."""
         bufs = self._bufs
         if (bufs is not None and bufs.joint is not None and dst is bufs.x
                 and src.dtype == dst.dtype and src.strides[2] == src.itemsize
