@@ -3,7 +3,7 @@
     python -m benchmarks.levers                      # configs a, b, c, d (~1.5 minutes)
     python -m benchmarks.levers --configs d --rounds 20
 
-Each variant is a :class:`rnnlab.workspace.Workspace` fixed on the batch split over the thread
+Each variant is a :class:`rnnlab.fast.workspace.Workspace` fixed on the batch split over the thread
 budget (no tuner), with the compiled kernels (``rnnlab[fast]``), on the problems of
 :mod:`benchmarks.step` (the same parameters, batch and SGD step).  The variants take turns in
 one process, ``--block`` steps each (the first two of every block untimed), for ``--rounds``
@@ -18,8 +18,8 @@ rounds (the first two untimed); the table gives the median step time and its rat
 * ``no K split``        the weight gradients cut by output rows instead of along ``K``
 * ``products unflushed`` the products' jobs without FTZ/DAZ (the loops still flush)
 
-The variants change module-level switches of :mod:`rnnlab.kernels` and :mod:`rnnlab.parallel`
-for the duration of their block (a benchmark's liberty, not an API).  A last line times the
+The variants change module-level switches of :mod:`rnnlab.fast.kernels` and
+:mod:`rnnlab.fast.pool` for the duration of their block (a benchmark's liberty, not an API).  A last line times the
 hand-off alone: the round trip of two trivial jobs (one on a worker) against two Python pieces.
 """
 
@@ -42,11 +42,11 @@ VARIANTS = ("all", "Python pieces", "no joint buffer", "no column blocks", "no K
 @contextmanager
 def _variant(name: str, ws: Any) -> Iterator[None]:
     """Turn one lever off for the duration of the block."""
-    from rnnlab import kernels, parallel
-    from rnnlab.parallel import ThreadOption
+    from rnnlab.fast import cpu, kernels, pool
+    from rnnlab.fast.tuner import ThreadOption
 
-    run = ws._runner(ThreadOption(1, 1, parallel._BLAS.get() or 1))
-    saved = (kernels.column_block, parallel._K_SPLIT, kernels.gemm_job, kernels.vecmat_job,
+    run = ws._runner(ThreadOption(1, 1, cpu.BLAS.get() or 1))
+    saved = (kernels.column_block, pool.K_SPLIT, kernels.gemm_job, kernels.vecmat_job,
              run.jobs)
     try:
         if name == "Python pieces":
@@ -54,29 +54,30 @@ def _variant(name: str, ws: Any) -> Iterator[None]:
         elif name == "no column blocks":
             kernels.column_block = lambda n, H: H
         elif name == "no K split":
-            parallel._K_SPLIT = 1 << 62
+            pool.K_SPLIT = 1 << 62
         elif name == "products unflushed":
             gemm, vecmat = saved[2], saved[3]
             kernels.gemm_job = lambda a, b, out, flush=False: gemm(a, b, out, False)
             kernels.vecmat_job = lambda x, a, out, flush=False: vecmat(x, a, out, False)
         yield
     finally:
-        (kernels.column_block, parallel._K_SPLIT, kernels.gemm_job, kernels.vecmat_job,
+        (kernels.column_block, pool.K_SPLIT, kernels.gemm_job, kernels.vecmat_job,
          run.jobs) = saved
 
 
 def time_config(name: str, rounds: int, block: int) -> dict[str, float]:
     """Median step time (s) of every variant on config ``name``."""
-    from rnnlab import network, optim, parallel
-    from rnnlab.parallel import ThreadOption
+    from rnnlab import Workspace, optim
+    from rnnlab.fast import cpu
+    from rnnlab.fast.tuner import ThreadOption
 
     spec, X, Y, params = _problem(CONFIGS[name])
     opt = optim.make("sgd", lr=LR)
     state = opt.init(params)
-    split = parallel._BLAS.get() or 1
+    split = cpu.BLAS.get() or 1
     spaces = {}
     for v in VARIANTS:
-        ws = network.Workspace(spec)
+        ws = Workspace(spec)
         ws._thread_option = lambda: ThreadOption(1, 1, split)
         ws._joint_ok = v != "no joint buffer"
         spaces[v] = ws
@@ -97,8 +98,8 @@ def handoff(n: int = 5000) -> tuple[float, float]:
     """Median round trip (s) of two trivial jobs, one on a worker, and of two Python pieces."""
     import numpy as np
 
-    from rnnlab import kernels
-    from rnnlab.parallel import Runner
+    from rnnlab.fast import kernels
+    from rnnlab.fast.pool import Runner
 
     a = np.ones((2, 2), np.float32)
     jobs = [kernels.gemm_job(a, a, np.empty((2, 2), np.float32)) for _ in range(2)]
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from rnnlab import kernels
+    from rnnlab.fast import kernels
 
     if not kernels.available():
         print(f"the compiled kernels are unavailable: {kernels.why_unavailable()}")

@@ -7,7 +7,7 @@
 A training step is forward, softmax cross-entropy, backpropagation through time and an SGD update
 of every parameter, in float32, one Elman layer (tanh) and a linear head:
 
-* ``rnnlab``      the fast path, :class:`rnnlab.workspace.Workspace` + ``opt.update_`` (with the
+* ``rnnlab``      the fast engine, :class:`rnnlab.fast.workspace.Workspace` + ``opt.update_`` (with the
                   compiled loops when numba is installed, ``rnnlab[fast]``);
 * ``rnnlab-api``  the three public calls, ``forward`` + ``loss_and_grad`` + ``backward``, then
                   ``opt.update_``, with no workspace (what the library did before issue 6);
@@ -142,12 +142,12 @@ def _sgd_step(cfg: Config, make: Callable[[Any], Callable[..., tuple[float, Any]
 
 
 def make_rnnlab(cfg: Config, threads: int) -> Step:
-    from rnnlab import network as net
+    from rnnlab import Workspace
 
     spaces: list[Any] = []
 
     def make(spec: Any) -> Callable[..., tuple[float, Any]]:
-        spaces.append(net.Workspace(spec))       # made (and its kernels compiled) at set-up
+        spaces.append(Workspace(spec))       # made (and its kernels compiled) at set-up
         return spaces[0].value_and_grad
 
     step = _sgd_step(cfg, make)
@@ -310,8 +310,8 @@ def _available(impl: str) -> str | None:
     """None when ``impl`` can run here, else why not."""
     import importlib.util
 
-    mod = {"torch": "torch", "jax": "jax", "tbptt": "rnnlab.tbptt",
-           "rtrl": "rnnlab.rtrl"}.get(impl)
+    mod = {"torch": "torch", "jax": "jax", "tbptt": "rnnlab.learning.tbptt",
+           "rtrl": "rnnlab.learning.rtrl"}.get(impl)
     if mod is not None and importlib.util.find_spec(mod) is None:
         if mod.startswith("rnnlab."):
             return f"{mod} does not exist in this rnnlab"

@@ -65,12 +65,45 @@ def relu_pattern(params: dict, spec: RNNSpec, cache: net.Cache, logits: np.ndarr
         inp = cache.inputs[layer]
         for d, p in enumerate(spec.layer_keys(layer)):
             hb = cache.hbufs[layer * nd + d]
-            A = net._project(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"])
+            A = net.project(inp, params[f"{p}.W_xh"], params[f"{p}.b_h"])
             Z = A + cell.previous(hb, d == 1) @ params[f"{p}.W_hh"]
             if cache.mask is not None:
                 Z = Z[cache.mask]
             signs.append((Z > 0).ravel())
     return np.packbits(np.concatenate(signs)).tobytes()
+
+
+def cell_problem(seed: int = 0, B: int = 4, T: int = 9, H: int = 5):
+    """(A, W_hh, h0, dH, mask) for one layer's recurrence in float64, time first; the mask has a
+    real first step and about 30 % padded steps."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((T, B, H))
+    W = rng.standard_normal((H, H)) * 0.5
+    h0 = rng.standard_normal((B, H))
+    dH = rng.standard_normal((T, B, H))
+    mask = rng.random((T, B)) > 0.3
+    mask[0] = True
+    return A, W, h0, dH, mask
+
+
+def assert_grads_close(got: dict, ref: dict, dtype: type, err: str = "") -> None:
+    """The fast engine's gradients against the reference's: the same keys in the same order,
+    and every array within rounding of the reference, scaled by its largest entry (float64:
+    1e-11, summation order; float32 against a float64 reference: 2e-5, float32 rounding and
+    the kernels' tanh, eq. 38)."""
+    assert list(got) == list(ref), err
+    tol = 1e-11 if np.dtype(dtype) == np.float64 else 2e-5
+    for k, v in ref.items():
+        assert got[k].shape == v.shape, (err, k)
+        assert_close(got[k], v, tol, f"{err} {k}")
+
+
+def assert_close(got: np.ndarray, ref: np.ndarray, tol: float, err: str = "") -> None:
+    """``max |got - ref| <= tol * max(|ref|) + tiny``: rounding relative to the array's scale."""
+    assert got.shape == ref.shape, (err, got.shape, ref.shape)
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    diff = float(np.abs(np.asarray(got, np.float64) - ref).max()) if ref.size else 0.0
+    assert diff <= tol * scale + 1e-30, f"{err}: max |diff| {diff:.3g} > {tol:g} x {scale:.3g}"
 
 
 @pytest.fixture

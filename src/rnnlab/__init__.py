@@ -1,6 +1,18 @@
-"""rnnlab: vanilla (Elman) recurrent networks and exact backpropagation through time, on NumPy."""
+"""rnnlab: vanilla (Elman) recurrent networks and exact backpropagation through time, on NumPy.
 
-from .network import (
+The package is laid out by floors (docs/architecture.md): ``core`` (the derivation in code, the
+reference engine), ``learning`` (gradient estimators: BPTT, truncated BPTT, RTRL), ``fast`` (the
+fast engine), ``train`` (optimizers, schedules, the loop, checkpoints), ``data``, ``interop``,
+``lab`` (experiment configs, runs, sweeps, figures), and the faces here (``RNN``, the
+scikit-learn estimators, the command line).  Short module names such as ``rnnlab.network`` or
+``rnnlab.optim`` stay public (:mod:`rnnlab.aliases`).
+"""
+
+from typing import Any
+
+from . import aliases
+from .core.engine import Reference
+from .core.network import (
     Cache,
     Gradients,
     Output,
@@ -9,29 +21,44 @@ from .network import (
     loss_and_grad,
     value_and_grad,
 )
-from .params import init_params, shapes
-from .spec import RNNSpec
-from .workspace import Workspace
+from .core.params import init_params, shapes
+from .core.spec import RNNSpec
+from .fast.workspace import Workspace
+from .version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = [
-    "Cache",
-    "Gradients",
-    "Output",
-    "RNNSpec",
-    "backward",
-    "forward",
-    "init_params",
-    "loss_and_grad",
-    "shapes",
-    "value_and_grad",
-    "Workspace",
-]
+aliases.install()
 
 from .estimators import NotFittedError, RNNClassifier, RNNRegressor  # noqa: E402
 from .model import RNN  # noqa: E402
 from .train import DivergenceError, History, TrainConfig, fit  # noqa: E402
 
-__all__ += ["DivergenceError", "History", "NotFittedError", "RNN", "RNNClassifier",
-            "RNNRegressor", "TrainConfig", "fit"]
+__all__ = [
+    "Cache",
+    "DivergenceError",
+    "Gradients",
+    "History",
+    "NotFittedError",
+    "Output",
+    "RNN",
+    "RNNClassifier",
+    "RNNRegressor",
+    "RNNSpec",
+    "Reference",
+    "TrainConfig",
+    "Workspace",
+    "backward",
+    "fit",
+    "forward",
+    "init_params",
+    "loss_and_grad",
+    "shapes",
+    "value_and_grad",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``rnnlab.network``, ``rnnlab.optim``, ...: the short module names (:mod:`rnnlab.aliases`)."""
+    if name in aliases.MODULES:
+        return aliases.module(name)
+    raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")

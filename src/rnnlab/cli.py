@@ -20,8 +20,7 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .config import (
+from .lab.config import (
     RUN_OWNED,
     ExperimentConfig,
     field_types,
@@ -29,6 +28,7 @@ from .config import (
     parse_assignment,
     parse_value,
 )
+from .version import __version__
 
 __all__ = ["cli", "main"]
 
@@ -57,24 +57,21 @@ class _Value(click.ParamType):
 
 
 def _choices() -> dict[str, Sequence[str]]:
-    import importlib
-
-    from . import losses, optim, schedules, spec
-    from .activations import ACTIVATIONS
-    from .config import DTYPES
+    from .core import losses, spec
+    from .core.activations import ACTIVATIONS
+    from .core.params import INITS
     from .data import registry
-    from .params import INITS
-    from .train import TrainConfig
+    from .lab.config import DTYPES
+    from .train import config as train
+    from .train import optim, schedules
 
-    train = importlib.import_module(TrainConfig.__module__)   # wherever TrainConfig lives
     return {"model.nonlinearity": list(ACTIVATIONS), "model.init": INITS,
             "model.dtype": DTYPES, "model.setup": spec.SETUPS, "model.loss": losses.LOSSES,
             "model.label_steps": spec.LABEL_STEPS, "data.dataset": registry.names(),
-            "train.algorithm": getattr(train, "ALGORITHMS", ()),
+            "train.algorithm": train.ALGORITHMS, "train.engine": train.ENGINES,
             "train.optimizer": sorted(optim.OPTIMIZERS),
             "train.schedule": sorted(schedules.SCHEDULES), "train.mode": ("auto", "min", "max"),
-            "train.on_nonfinite": getattr(train, "ON_NONFINITE", ()),
-            "train.progress": getattr(train, "PROGRESS", ())}
+            "train.on_nonfinite": train.ON_NONFINITE, "train.progress": train.PROGRESS}
 
 
 def _config_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -162,7 +159,7 @@ def cli() -> None:
 def train(config: str | None, sets: tuple[str, ...], runs_dir: str, resume: bool,
           overwrite: bool, **kw: Any) -> int:
     """Train one config; write runs/<name>/ (config, metrics, checkpoints, summary)."""
-    from .experiments import run
+    from .lab.experiments import run
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -218,7 +215,7 @@ def evaluate(run_dir: str, checkpoint: str, split: str, as_json: bool) -> int:
     """Evaluate a run's checkpoint on a split of its dataset."""
     import dataclasses
 
-    from .metrics import evaluate as evaluate_metrics
+    from .train.metrics import evaluate as evaluate_metrics
 
     cfg, model, ds = _load_model(run_dir, checkpoint)
     data = getattr(ds, split)
@@ -251,7 +248,7 @@ def sample(run_dir: str, prime: str | None, length: int, temperature: float, see
     """Generate text from a model trained on the 'text' dataset."""
     import numpy as np
 
-    from . import network
+    from .core import network
     from .data.text import generate_text
 
     cfg, model, ds = _load_model(run_dir, checkpoint)
@@ -300,7 +297,7 @@ def gradcheck(nonlinearity: str, loss: str, setup: str, label_steps: str, feed: 
               layers: int, bidirectional: bool, masked: bool, seed: int, tol: float,
               use_torch: bool) -> int:
     """Check backward against finite differences (and PyTorch) on a small float64 problem."""
-    from .experiments import gradient_check
+    from .lab.experiments import gradient_check
 
     rows, notes = gradient_check(nonlinearity=nonlinearity, loss=loss, setup=setup,
                         label_steps=label_steps, feed=feed, layers=layers,
@@ -364,8 +361,8 @@ def sweep(config: str | None, grid_items: tuple[str, ...], sets: tuple[str, ...]
 
     CONFIG is a TOML config, optionally with a [sweep] table (grid, variants, name).
     """
-    from . import sweep as sw
-    from .experiments import cell_function
+    from .lab import sweep as sw
+    from .lab.experiments import cell_function
 
     flags = _split_config_flags(kw)
     if config:
@@ -427,7 +424,7 @@ _out = click.option("--out", "-o", default=None, type=click.Path(dir_okay=False)
 @_out
 def plot_curves(paths: tuple[str, ...], out: str | None) -> int:
     """Learning curves (loss, accuracy) of one or more runs."""
-    from . import plots
+    from .lab import plots
 
     return _plot_done(plots.learning_curves(paths, _default_out(paths, "curves", out)))
 
@@ -438,7 +435,7 @@ def plot_curves(paths: tuple[str, ...], out: str | None) -> int:
 @click.option("--metric", default=None, help="Summary test metric (default test_accuracy_last).")
 def plot_timesteps(paths: tuple[str, ...], out: str | None, metric: str | None) -> int:
     """Test accuracy against T, a line per label, error bars over seeds."""
-    from . import plots
+    from .lab import plots
 
     return _plot_done(plots.accuracy_vs_steps(paths, _default_out(paths, "accuracy_vs_T", out),
                                               metric=metric))
@@ -454,7 +451,7 @@ def plot_timesteps(paths: tuple[str, ...], out: str | None, metric: str | None) 
 def plot_gradients(paths: tuple[str, ...], out: str | None, label: str | None, when: str,
                    layer: int) -> int:
     """||dL/dh_t|| against t on a log scale, a line per T."""
-    from . import plots
+    from .lab import plots
 
     return _plot_done(plots.gradient_norms(paths, _default_out(paths, "gradient_norms", out),
                                            label=label, when=when, layer=layer))
@@ -467,7 +464,7 @@ def plot_gradients(paths: tuple[str, ...], out: str | None, label: str | None, w
               help="Row of the diagnostics (default: the top layer).")
 def plot_activations(run_dir: str, out: str | None, layer: int | None) -> int:
     """Heat map of one test sequence's hidden activations over time."""
-    from . import plots
+    from .lab import plots
 
     return _plot_done(plots.activations(run_dir, _default_out([run_dir], "activations", out),
                                         layer=layer))
@@ -514,7 +511,7 @@ def experiment_timesteps(dataset: str, data_dir: str | None, steps: str | None, 
                          seeds: str, epochs: int | None, hidden_size: int, jobs: int,
                          cluster: str | None, out: str | None, overwrite: bool) -> int:
     """Seed 000: test accuracy against the number of time steps T (the main job)."""
-    from .experiments import timesteps
+    from .lab.experiments import timesteps
 
     res = timesteps(dataset, data_dir=data_dir,
                     steps=None if steps is None else _int_list(steps, "--steps"),

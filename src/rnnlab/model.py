@@ -22,12 +22,12 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import checkpoint, network
+from .core import network
+from .core.params import INITS, Params, check_params, init_params, num_parameters, shapes
+from .core.spec import RNNSpec
 from .data.base import Dataset
-from .metrics import evaluate
-from .params import INITS, Params, check_params, init_params, num_parameters, shapes
-from .spec import RNNSpec
-from .train import History, TrainConfig, fit, spec_for_dataset
+from .train import History, TrainConfig, checkpoint, fit, spec_for_dataset
+from .train.metrics import evaluate
 
 __all__ = ["RNN"]
 

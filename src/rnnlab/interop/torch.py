@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..params import Params, check_params
-from ..spec import RNNSpec
+from ..core.params import Params, check_params
+from ..core.spec import RNNSpec
 
 
 def _torch_name(key: str, rnn_prefix: str) -> tuple[str, str]:
@@ -87,7 +87,7 @@ def from_torch_state_dict(
     state_dict's.  Keys other than the RNN's and the head's are ignored; missing ones raise a
     ``KeyError``-free ``ValueError`` naming them.
     """
-    from ..params import shapes
+    from ..core.params import shapes
 
     sd = {k: _to_numpy(v) for k, v in state_dict.items()}
     params: Params = {}

@@ -1,0 +1,160 @@
+"""Output layers fused with their losses (docs/derivation.md, eqs. 8-14).
+
+Every function here works on the *scored rows* only: ``logits`` is ``(N, O)``, one row per
+(sequence, step) pair that carries a target, already gathered by the network.  Targets are either
+integer class labels ``(N,)`` (``softmax_ce`` only) or float arrays ``(N, O)``.
+
+The pairs, with ``z`` the logits and ``y_hat = g(z)``:
+
+==============  ===========  ==========================================  ==========================
+name            g            per-element loss                            dL/dz (before reduction)
+==============  ===========  ==========================================  ==========================
+softmax_ce      softmax      ``lse(z) - z[label]`` (eq. 9)               ``y_hat - y``    (eq. 10)
+sigmoid_bce     sigmoid      ``max(z,0) - z y + log1p(exp(-|z|))`` (11)  ``y_hat - y``    (eq. 12)
+identity_mse    identity     ``(z - y)^2``                 (eq. 13)      ``2 (z - y)``
+relu_mse        ReLU         ``(relu(z) - y)^2``           (eq. 14)      ``2 (y_hat - y) [z > 0]``
+==============  ===========  ==========================================  ==========================
+
+Reduction (eq. 15): ``"sum"`` adds every element; ``"mean"`` divides by the number of scored rows
+for ``softmax_ce`` (one distribution per row) and by rows x outputs for the element-wise losses,
+which is exactly ``torch.nn.functional.{cross_entropy, binary_cross_entropy_with_logits,
+mse_loss}`` with the same reduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.floating]
+LossName = Literal["softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"]
+Reduction = Literal["mean", "sum"]
+LOSSES: tuple[str, ...] = ("softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse")
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+
+
+def log_softmax(z: Array) -> Array:
+    """Row-wise log-softmax by log-sum-exp, eq. (8); ``z`` is ``(N, O)``."""
+    m = z.max(axis=-1, keepdims=True)
+    s = z - m
+    s -= np.log(np.exp(s).sum(axis=-1, keepdims=True))
+    return s
+
+
+def softmax(z: Array) -> Array:
+    """Row-wise softmax with max subtraction, eq. (8); ``z`` is ``(N, O)``."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def sigmoid(z: Array) -> Array:
+    """``1 / (1 + exp(-z))`` computed as ``(1 + tanh(z / 2)) / 2``, which never overflows."""
+    out = np.tanh(z * 0.5)
+    out += 1.0
+    out *= 0.5
+    return out
+
+
+def output(name: str, z: Array) -> Array:
+    """The network's prediction ``y_hat = g(z)`` for the output/loss pair ``name``."""
+    if name == "softmax_ce":
+        return softmax(z)
+    if name == "sigmoid_bce":
+        return sigmoid(z)
+    if name == "identity_mse":
+        return z.copy()
+    if name == "relu_mse":
+        return np.maximum(z, 0.0)
+    raise ValueError(f"unknown loss {name!r}; expected one of {list(LOSSES)}")
+
+
+@dataclass(frozen=True)
+class LossResult:
+    """Value and fused gradient of a loss on the scored rows.
+
+    Attributes
+    ----------
+    value : float
+        The reduced loss.
+    dz : ndarray, (N, O)
+        ``dL/dz`` for the same rows, reduction included.
+    """
+
+    value: float
+    dz: Array
+
+
+def denominator(name: str, z: Array, reduction: str) -> float:
+    if reduction == "sum":
+        return 1.0
+    n_rows, n_out = z.shape
+    return float(n_rows if name == "softmax_ce" else n_rows * n_out)
+
+
+def softmax_ce_labels(z: Array, y: NDArray[Any], denom: float, dz: Array, tmp: Array) -> float:
+    """Softmax cross-entropy against labels, eqs. (8)-(10) and (15), into buffers.
+
+    Writes ``dL/dz`` into ``dz`` and returns the reduced loss; ``tmp`` (shaped like ``z``) is
+    scratch.  The operations are those of :func:`log_softmax` and :func:`loss_and_grad`, so the
+    numbers are the same; only the temporaries are reused.
+    """
+    m = z.max(axis=-1, keepdims=True)
+    logp = np.subtract(z, m, out=tmp)
+    np.exp(logp, out=dz)
+    lse = dz.sum(axis=-1, keepdims=True)
+    logp -= np.log(lse, out=lse)                                # log y_hat, eq. (8)
+    np.exp(logp, out=dz)                                        # y_hat
+    rows = np.arange(z.shape[0])
+    value = -float(logp[rows, y].sum())                         # eq. (9)
+    dz[rows, y] -= 1.0                                          # eq. (10): y_hat - onehot(y)
+    if denom != 1.0:
+        dz /= denom
+    return value / denom
+
+
+def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossResult:
+    """Loss value and ``dL/dz`` of an output/loss pair (eqs. 9-15).
+
+    Parameters
+    ----------
+    name : {"softmax_ce", "sigmoid_bce", "identity_mse", "relu_mse"}
+    z : ndarray, (N, O)
+        Logits of the scored rows.
+    y : ndarray
+        ``(N,)`` integer labels in ``[0, O)`` for ``softmax_ce``, or ``(N, O)`` floats (soft labels
+        for ``softmax_ce``, probabilities in [0, 1] for ``sigmoid_bce``, values for the MSE pairs).
+        Validated by the caller (``network``).
+    reduction : {"mean", "sum"}
+    """
+    assert z.ndim == 2, z.shape
+    denom = denominator(name, z, reduction)
+    if name == "softmax_ce":
+        if y.ndim == 1:
+            dz = np.empty_like(z)
+            return LossResult(softmax_ce_labels(z, y, denom, dz, np.empty_like(z)), dz)
+        logp = log_softmax(z)                                   # (N, O), eq. (8)
+        dz = np.exp(logp)                                       # y_hat
+        value = -float((y * logp).sum())
+        dz -= y
+    elif name == "sigmoid_bce":
+        value = float((np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))).sum())  # (11)
+        dz = sigmoid(z)
+        dz -= y                                                 # eq. (12)
+    elif name == "identity_mse":
+        diff = z - y
+        value = float((diff * diff).sum())                      # eq. (13)
+        dz = np.multiply(diff, 2.0, out=diff)
+    elif name == "relu_mse":
+        yhat = np.maximum(z, 0.0)
+        diff = yhat - y
+        value = float((diff * diff).sum())                      # eq. (14)
+        dz = 2.0 * diff * (z > 0)
+    else:
+        raise ValueError(f"unknown loss {name!r}; expected one of {list(LOSSES)}")
+    if denom != 1.0:
+        dz /= denom
+    return LossResult(value / denom, dz)

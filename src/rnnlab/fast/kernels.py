@@ -1,0 +1,371 @@
+"""Compiled recurrent loops for the fast engine (optional: ``pip install 'rnnlab[fast]'``): the
+Python face of :mod:`rnnlab.fast.compiled`.
+
+The loops of :func:`rnnlab.fast.loops.forward_into` and :func:`rnnlab.fast.loops.backward_into`
+(eqs. 5-6 and 16-17) compiled with Numba: one call runs every step of a block of batch rows,
+calling NumPy's own BLAS for the step product and doing the element-wise work in the same pass,
+without the interpreter and without holding the GIL.  So a
+:class:`rnnlab.fast.workspace.Workspace` can run the rows of a batch on several threads at once
+(:class:`rnnlab.fast.pool.Runner`), which the NumPy loop cannot do well: each of its per-step
+NumPy calls must take the GIL back.
+
+What the kernels compute, against the NumPy loop:
+
+* ``relu`` and ``identity``: the same operations in the same order, so the same numbers, bit for
+  bit (tested).
+* ``tanh``: the state is ``tanh`` by a rational approximation, eq. (38) in docs/derivation.md
+  (the 13/6 interpolant of Eigen, which XLA's CPU backend also uses for float32), within a few
+  float32 ulp of the correctly rounded value and clamped to [-1, 1]; the backward pass is the NumPy
+  loop's, bit for bit, given the states.  Float32 only: in float64 the approximation would be
+  far from the precision asked for, and the NumPy loop runs.
+* Only float32, no masks, and ``tanh``/``relu``/``identity``; anything else runs the NumPy loop
+  (:func:`supports`).
+* :func:`scatter_rows`, the embedding gradient of index inputs (eq. 21), adds the rows in the
+  order ``np.add.at`` does, in any float dtype: the same numbers.
+
+*Jobs* are what a batch split over threads runs (:class:`rnnlab.fast.pool.Runner`): a loop on a
+block of rows (:func:`forward_job`, :func:`backward_job`), a product (:func:`gemm_job`,
+:func:`vecmat_job`), each an int64 array of addresses and sizes that :func:`run` executes and a
+worker thread serves (:func:`serve`), neither taking the GIL, optionally with subnormals flushed.
+Within a job the loops may cut the step product into column blocks (:func:`column_block`), sum
+the bias gradient as they go and skip the product of a zero ``h0``: the same mathematics, in
+sums whose order may differ from the NumPy loop's.
+
+The BLAS is NumPy's own (found through ``threadpoolctl``), so its thread count is the one
+:mod:`rnnlab.fast.pool` sets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import compiled
+from .compiled import (
+    JOB_BACKWARD,
+    JOB_FORWARD,
+    JOB_GEMM,
+    JOB_GEMV,
+    JOB_PYTHON,
+    JOB_SIZE,
+    KINDS,
+    NO_TRANS,
+    TRANS,
+)
+
+__all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "column_block",
+           "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "run", "scatter_rows",
+           "serve", "spin", "supports", "vecmat_job", "why_unavailable"]
+
+Array = NDArray[np.floating]
+
+_lock = threading.Lock()
+_built: dict[str, Any] | None = None
+_why_not: str | None = None
+
+
+def available() -> bool:
+    """True when the kernels can run here (Numba, threadpoolctl and NumPy's cblas found)."""
+    return _kernels() is not None
+
+
+_compiled = False
+
+
+def compile() -> None:
+    """Compile every kernel now (about 2 s, once per process) instead of at its first use,
+    as a JAX program is compiled ahead of time; :class:`rnnlab.fast.workspace.Workspace` calls
+    this."""
+    global _compiled
+    if _compiled or not available():
+        return
+    f32 = np.float32
+    Hb = np.zeros((2, 1, 1), f32)
+    W = np.zeros((1, 1), f32)
+    forward(Hb, W, "tanh", False)
+    for dH in (None, np.zeros((1, 1, 1), f32)):
+        backward(Hb, np.zeros((1, 1, 1), f32), dH, W, np.ones((1, 1), f32), "tanh", False)
+    for dt in (np.float32, np.float64):
+        scatter_rows(np.zeros(1, np.intp), np.zeros((1, 1), dt), np.zeros((1, 1), dt))
+    spin(np.ones(1, np.int64), 0, 1, 1)
+    _compiled = True
+
+
+_jobs_compiled = False
+
+
+def compile_jobs() -> None:
+    """Compile :func:`run` and :func:`serve` now (about 3 s, once per process): what a batch
+    split over threads needs (:class:`rnnlab.fast.pool.Runner` calls this)."""
+    global _jobs_compiled
+    if _jobs_compiled or not available():
+        return
+    a = np.ones((2, 2), np.float32)
+    job = gemm_job(a, a, np.empty((2, 2), np.float32))
+    assert job is not None
+    run(job)
+    serve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, JOB_SIZE), np.int64), 0,
+          0, 1)
+    k = _kernels()
+    assert k is not None
+    k["products"](2, 2, 2, 1, a, a, np.empty((2, 2), np.float32))
+    _jobs_compiled = True
+
+
+def why_unavailable() -> str | None:
+    """Why :func:`available` is False (None when it is True or has not been asked)."""
+    return _why_not
+
+
+def _kernels() -> dict[str, Any] | None:
+    global _built, _why_not
+    if _built is None and _why_not is None:
+        with _lock:
+            if _built is None and _why_not is None:
+                try:
+                    _built = compiled.build()
+                except Exception as exc:   # no numba, no threadpoolctl, no cblas, no libc...:
+                    _why_not = f"{type(exc).__name__}: {exc}"   # the NumPy loops run instead
+    return _built
+
+
+def supports(act_name: str, dtype: np.dtype, masked: bool) -> bool:
+    """Whether the kernels cover this loop (else the NumPy loop runs)."""
+    return (act_name in KINDS and np.dtype(dtype) == np.float32 and not masked
+            and available())
+
+
+def _flat(a: Array) -> tuple[Array, int, int]:
+    """A float32 ``(steps, rows, H)`` block with contiguous rows as a flat view from its first
+    element, and its step and row strides in elements (element ``(t, i, j)`` is
+    ``flat[t * s0 + i * s1 + j]``)."""
+    assert a.dtype == np.float32 and a.strides[2] == 4, (a.dtype, a.strides)
+    assert a.strides[0] % 4 == 0 and a.strides[1] % 4 == 0 and min(a.strides) >= 0
+    s0, s1 = a.strides[0] // 4, a.strides[1] // 4
+    size = (a.shape[0] - 1) * s0 + (a.shape[1] - 1) * s1 + a.shape[2]
+    return np.lib.stride_tricks.as_strided(a, (size,), (4,)), s0, s1
+
+
+def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool,
+            W_joint: Array | None = None, x: Array | None = None) -> None:
+    """The forward loop on ``Hbuf`` ``(T + 1, n, H)`` whose step slots hold the projections
+    ``A_t`` (and whose ``h0`` slot is set), as :func:`rnnlab.fast.loops.forward_into`;
+    or, with ``W_joint`` (and ``x``), on the state view of a joint buffer (see
+    :func:`forward_job`)."""
+    k = _kernels()
+    assert k is not None and W_hh.flags.c_contiguous, "see supports()"
+    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
+    hf, h0, h1, W, kx = ops[:5]
+    k["forward"](hf, h0, h1, T, n, H, W, np.empty(n * H, np.float32), KINDS[act_name],
+                 reverse, H, kx, *ops[5:])
+
+
+def _forward_operands(Hbuf: Array, W_hh: Array, reverse: bool, W_joint: Array | None,
+                      x: Array | None) -> tuple[Any, ...]:
+    """The flat state buffer, its strides, the weight matrix, the joint width ``kx`` and the
+    input block's address, size and strides (zeros without one)."""
+    hf, h0, h1 = _flat(Hbuf)
+    if W_joint is None:
+        assert x is None
+        return hf, h0, h1, W_hh, 0, 0, 0, 0, 0
+    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    kx = W_joint.shape[0] - H
+    assert not reverse and W_joint.shape[1] == H and kx > 0 and h1 >= H + kx
+    assert W_joint.flags.c_contiguous and W_joint.dtype == np.float32
+    xa = xsize = x0 = x1 = 0
+    if x is not None:
+        assert x.shape == (T, n, kx - 1), (x.shape, Hbuf.shape, kx)
+        xf, x0, x1 = _flat(x)
+        xa, xsize = xf.ctypes.data, xf.size
+    # the flat view reaches the [x_t | 1] part of the rows too
+    return (np.lib.stride_tricks.as_strided(Hbuf, (hf.size + kx,), (4,)), h0, h1, W_joint, kx,
+            xa, xsize, x0, x1)
+
+
+def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
+             act_name: str, reverse: bool) -> None:
+    """The backward loop of :func:`rnnlab.fast.loops.backward_into` without a mask: writes ``dZ``
+    ``(T, n, H)`` and turns ``dnext`` ``(n, H)`` from ``dL/dH_T`` into ``dL/dh0``."""
+    k = _kernels()
+    assert k is not None and W_T.flags.c_contiguous and dnext.flags.c_contiguous
+    T, n, H = dZ.shape
+    hf, h0, h1 = _flat(Hbuf)
+    gf, g0, g1 = _flat(dZ)
+    df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
+    k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
+                  dnext.reshape(-1), KINDS[act_name], reverse, H, dnext.reshape(-1), False)
+
+
+def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
+    job = np.zeros(JOB_SIZE, np.int64)
+    job[0], job[1] = kind, flush
+    job[2:2 + len(slots)] = slots
+    return job
+
+
+def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool, flush: bool,
+                cb: int | None = None, W_joint: Array | None = None,
+                x: Array | None = None) -> NDArray[np.int64]:
+    """:func:`forward` as a job for :func:`run` (``W_hh`` C-contiguous, ``Hbuf``'s ``h0`` slot
+    set); ``flush``: with subnormals flushed to zero (FTZ and DAZ) while it runs; ``cb``: the
+    step product in column blocks of this width (default: whole, see :func:`column_block`).
+
+    ``W_joint = [W_hh; W_xh; b_h]`` ``(H + D + 1, H)``, C-contiguous: ``Hbuf`` is the ``(T + 1,
+    n, H)`` state view of a joint buffer whose rows continue with ``[x_t | 1]`` in slot ``t``
+    (forward direction only), and each step's product is the whole pre-activation ``Z_t``
+    (eq. 39): no projection in the slots.  ``x`` ``(T, n, D)`` float32 with contiguous rows (a
+    time-first view of a batch-first input): the job first copies it into the joint rows.
+    """
+    assert W_hh.flags.c_contiguous and W_hh.dtype == np.float32, "see supports()"
+    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
+    ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
+    hf, h0, h1, W, kx = ops[:5]
+    return _job(JOB_FORWARD, flush, hf.ctypes.data, hf.size, h0, h1, T, n, H,
+                W.ctypes.data, KINDS[act_name], reverse, _block(cb, H), kx, *ops[5:])
+
+
+def _block(cb: int | None, H: int) -> int:
+    assert cb is None or 1 <= cb <= H, (cb, H)
+    return H if cb is None else cb
+
+
+def backward_job(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
+                 act_name: str, reverse: bool, flush: bool, cb: int | None = None,
+                 db: Array | None = None) -> NDArray[np.int64]:
+    """:func:`backward` as a job for :func:`run` (``dnext`` C-contiguous, ``dL/dH_T`` in it;
+    ``flush`` and ``cb`` as for :func:`forward_job`); with ``db`` ``(H,)`` (float32,
+    contiguous), the column sums of the block's ``dZ`` are added to it (the bias gradient,
+    eq. 19, while each row is in the cache)."""
+    assert W_T.flags.c_contiguous and dnext.flags.c_contiguous and W_T.dtype == np.float32
+    assert db is None or (db.shape == (dZ.shape[2],) and db.flags.c_contiguous
+                          and db.dtype == np.float32)
+    T, n, H = dZ.shape
+    hf, h0, h1 = _flat(Hbuf)
+    gf, g0, g1 = _flat(dZ)
+    df, d0, d1 = (gf, 0, 0) if dH is None else _flat(dH)      # unread without dH
+    return _job(JOB_BACKWARD, flush, hf.ctypes.data, hf.size, h0, h1, gf.ctypes.data, gf.size,
+                g0, g1, df.ctypes.data, df.size, d0, d1, dH is not None, n, H, T,
+                W_T.ctypes.data, dnext.ctypes.data, KINDS[act_name], reverse, _block(cb, H),
+                0 if db is None else db.ctypes.data)
+
+
+def _operand(a: Array) -> tuple[int, int] | None:
+    """``(transpose flag, leading dimension)`` of a float32 matrix as a row-major BLAS operand,
+    or None when its strides do not allow one."""
+    (r, c), (s0, s1) = a.shape, a.strides
+    if a.dtype != np.float32 or r < 1 or c < 1 or s0 % 4 or s1 % 4 or r == c == 1:
+        return None
+    if (s1 == 4 or c == 1) and (r == 1 or s0 >= 4 * c):     # rows (a single row: any s0)
+        return NO_TRANS, c if r == 1 else s0 // 4
+    if (s0 == 4 or r == 1) and (c == 1 or s1 >= 4 * r):     # columns: a transposed matrix
+        return TRANS, r if c == 1 else s1 // 4
+    return None
+
+
+def gemm_job(a: Array, b: Array, out: Array, flush: bool = False) -> NDArray[np.int64] | None:
+    """``out = a @ b`` (float32, 2-D) as a job for :func:`run`, or None when an operand's strides
+    do not suit the BLAS (``out`` needs contiguous rows); ``flush`` as for
+    :func:`forward_job`."""
+    oa, ob, oc = _operand(a), _operand(b), _operand(out)
+    if oa is None or ob is None or oc is None or oc[0] != NO_TRANS:
+        return None
+    (M, K), N = a.shape, b.shape[1]
+    assert b.shape[0] == K and out.shape == (M, N), (a.shape, b.shape, out.shape)
+    return _job(JOB_GEMM, flush, oa[0], ob[0], M, N, K, a.ctypes.data, oa[1], b.ctypes.data,
+                ob[1], out.ctypes.data, oc[1])
+
+
+def vecmat_job(x: Array, a: Array, out: Array,
+               flush: bool = False) -> NDArray[np.int64] | None:
+    """``out = x @ a`` (float32; ``x`` ``(K,)``, ``a`` ``(K, N)`` with contiguous rows) as a job
+    for :func:`run` (BLAS ``gemv``), or None when the strides do not suit the BLAS; ``flush``
+    as for :func:`forward_job`."""
+    if not (x.dtype == a.dtype == out.dtype == np.float32 and x.ndim == out.ndim == 1
+            and x.strides[0] % 4 == 0 and out.strides[0] % 4 == 0 and x.strides[0] > 0
+            and out.strides[0] > 0):
+        return None
+    oa = _operand(a)
+    if oa is None or oa[0] != NO_TRANS:
+        return None
+    (K, N) = a.shape
+    assert x.shape == (K,) and out.shape == (N,), (x.shape, a.shape, out.shape)
+    return _job(JOB_GEMV, flush, K, N, a.ctypes.data, oa[1], x.ctypes.data, x.strides[0] // 4,
+                out.ctypes.data, out.strides[0] // 4)
+
+
+_blocks: dict[tuple[int, int], int] = {}
+
+
+def column_block(n: int, H: int) -> int:
+    """The fastest column-block width for the loops' step product ``(n, H) x (H, H)`` on one
+    BLAS thread, timed once per shape and process (a few milliseconds).
+
+    OpenBLAS runs a product it deems small (about 10^6 multiply-adds on this machine's kernel)
+    without packing its operands; a step product just above that size, as the character model's
+    16-row pieces (16 x 256 x 256), ran in 18 us as column blocks against 25 us whole (measured).
+    The blocks may round differently from the whole product, so the compiled jobs use this
+    and :func:`forward`/:func:`backward` do not.
+    """
+    key = (n, H)
+    if key not in _blocks:
+        k = _kernels()
+        assert k is not None, "see available()"
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, H)).astype(np.float32)
+        W = rng.standard_normal((H, H)).astype(np.float32)
+        c = np.empty((n, H), np.float32)
+        reps = max(1, int(2e7 // (2 * n * H * H)))            # ~0.1-0.2 ms per timing
+        cands = [H] + [cb for cb in (H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
+        best: dict[int, float] = {}
+        for cb in cands:
+            k["products"](n, H, cb, reps, a, W, c)             # warm
+        for _ in range(5):
+            for cb in cands:
+                t = time.perf_counter()
+                k["products"](n, H, cb, reps, a, W, c)
+                dt = time.perf_counter() - t
+                best[cb] = min(best.get(cb, dt), dt)
+        # a block must win clearly: otherwise whole (the NumPy loop's numbers for relu)
+        fastest = min(best, key=best.__getitem__)
+        _blocks[key] = fastest if best[fastest] < 0.9 * best.get(H, np.inf) else H
+    return _blocks[key]
+
+
+def run(job: NDArray[np.int64]) -> None:
+    """Run one job in the calling thread, without the GIL."""
+    k = _kernels()
+    assert k is not None and job.shape == (JOB_SIZE,) and job[0] != JOB_PYTHON
+    k["run"](job)
+
+
+def serve(posted: NDArray[np.int64], finished: NDArray[np.int64], jobs: NDArray[np.int64],
+          i: int, taken: int, limit: int) -> tuple[int, bool]:
+    """Worker ``i``'s loop, without the GIL: whenever ``posted[i]`` exceeds ``taken``, run the job
+    ``jobs[i]`` and set ``finished[i]``; return ``(taken, True)`` when the next is a Python piece
+    (kind ``JOB_PYTHON``), ``(taken, False)`` after ``limit`` idle polls (about 0.2 us each)."""
+    k = _kernels()
+    assert k is not None, "see available()"
+    taken, python = k["serve"](posted, finished, jobs, i, taken, limit)
+    return int(taken), bool(python)
+
+
+def spin(counters: NDArray[np.int64], i: int, target: int, limit: int) -> bool:
+    """Poll, without the GIL, until ``counters[i] >= target`` (True) or ``limit`` polls passed
+    (False); :mod:`rnnlab.fast.pool`'s workers wait like this between the pieces of one call."""
+    k = _kernels()
+    assert k is not None, "see available()"
+    return bool(k["spin"](counters, i, target, limit))
+
+
+def scatter_rows(ids: NDArray[np.intp], rows: Array, out: Array) -> Array:
+    """``out[v] = sum of rows[r] with ids[r] == v`` in the order of ``r`` (as ``np.add.at``);
+    ``rows`` ``(N, H)`` and ``out`` ``(V, H)`` C-contiguous, ``ids`` validated."""
+    k = _kernels()
+    assert k is not None and rows.flags.c_contiguous and out.flags.c_contiguous
+    k["scatter"](ids, rows, out)
+    return out

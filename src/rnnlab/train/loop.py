@@ -1,0 +1,529 @@
+"""The training loop: minibatches, gradient algorithms, metrics, early stopping, checkpoints.
+
+::
+
+    cfg = TrainConfig(epochs=20, batch_size=64, lr=1e-2, checkpoint_dir="runs/a",
+                      log_path="runs/a/log.jsonl", patience=3)
+    history = fit(params, spec, registry.load("digits", steps=8), cfg)
+    history = fit(params, spec, dataset, cfg.replace(epochs=40), resume=True)   # continue
+
+``fit`` updates ``params`` (a dict) in place.  Every source of randomness is one
+``numpy.random.Generator`` seeded from ``TrainConfig.seed`` and saved in each checkpoint with the
+optimizer state and the position in the epoch, so a resumed run repeats an uninterrupted run bit
+for bit (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..core import network
+from ..core.params import Params, check_params
+from ..core.spec import RNNSpec
+from ..data.base import Dataset
+from ..learning import ONLINE
+from . import checkpoint, optim
+from .config import ALGORITHMS, RESUME_KEYS, TrainConfig
+from .files import finite_or_none, prepare_dir, write_log
+from .history import DivergenceError, History
+from .metrics import Accumulator, EarlyStopping, metric_names
+from .progress import Progress
+from .signals import StopFlag, catch
+from .splits import TrainData, as_data, check_fits, spec_for_dataset
+from .steps import gradient_function
+
+__all__ = [
+    "ALGORITHMS",
+    "DivergenceError",
+    "History",
+    "TrainConfig",
+    "fit",
+    "spec_for_dataset",
+]
+
+
+def _all_finite(arrays: Mapping[str, NDArray[Any]]) -> bool:
+    return all(np.isfinite(a).all() for a in arrays.values())
+
+
+@dataclass
+class _EpochStats:
+    """Running totals of one training epoch (JSON-serialisable for mid-epoch checkpoints)."""
+
+    acc: Accumulator
+    loss_sum: float = 0.0
+    count: int = 0          # applied minibatches
+    norm_sum: float = 0.0
+    skipped: int = 0
+    seqs: int = 0
+    lr: float = math.nan
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("loss_sum", "count", "norm_sum", "skipped", "seqs",
+                                           "lr", "seconds")}
+        return {**d, "acc": self.acc.state_dict()}
+
+    @classmethod
+    def from_state(cls, spec: RNNSpec, d: Mapping[str, Any]) -> _EpochStats:
+        st = cls(Accumulator.from_state(spec, d["acc"]))
+        for k, v in d.items():
+            if k != "acc":
+                setattr(st, k, v)
+        return st
+
+
+def _encode_array(a: NDArray[Any] | None) -> dict[str, Any] | None:
+    # float32/float64 -> Python float -> JSON repr -> back: exact
+    return None if a is None else {"dtype": str(a.dtype), "shape": list(a.shape),
+                                   "data": a.ravel().tolist()}
+
+
+def _decode_array(d: Mapping[str, Any] | None) -> NDArray[Any] | None:
+    if d is None:
+        return None
+    return np.array(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+
+
+class _Loop:
+    """One call of :func:`fit`: set-up, optional resume, the epochs."""
+
+    def __init__(self, params: Params, spec: RNNSpec, cfg: TrainConfig, train: TrainData,
+                 val: TrainData | None, test: TrainData | None, *,
+                 callback: Callable[[dict[str, Any]], None] | None, stream: IO[str]) -> None:
+        self.params, self.spec, self.cfg = params, spec, cfg
+        self.dtype = check_params(params, spec)
+        self.train, self.val, self.test = train, val, test
+        if cfg.stateful and spec.bidirectional:
+            raise ValueError("stateful=True carries final states forward in time; it cannot be "
+                             "used with a bidirectional network")
+        if cfg.stateful and len(train) < cfg.batch_size:
+            raise ValueError(f"stateful training reads batch_size={cfg.batch_size} streams of "
+                             f"windows; the train split has only {len(train)} sequences")
+        for name, d in (("train", train), ("val", val), ("test", test)):
+            if d is not None:
+                check_fits(params, spec, d, name)
+        self.grad_fn = gradient_function(cfg)
+        self.opt, self.sched = cfg.make_optimizer(), cfg.make_schedule()
+        self.opt_state: dict[str, Any] = self.opt.init(params)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.eval_bs = cfg.eval_batch_size or max(cfg.batch_size, 256)
+        self.names = metric_names(spec)
+        self.callback = callback
+        available = ["train_loss"] + [f"train_{m}" for m in ("accuracy", "perplexity")
+                                      if m in self.names]
+        if val is not None:
+            available += [f"val_{m}" for m in self.names]
+        self.stopper: EarlyStopping | None = None
+        if cfg.monitor in available:
+            self.stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)
+        elif cfg.patience is not None:
+            why = " (there is no validation split)" if val is None else ""
+            raise ValueError(f"monitor {cfg.monitor!r} is not computed for this run{why}; "
+                             f"available: {available}")
+        self.ckpt_dir = None if cfg.checkpoint_dir is None else prepare_dir(cfg.checkpoint_dir)
+        self.log_path = None
+        if cfg.log_path is not None:
+            self.log_path = Path(cfg.log_path)
+            if self.log_path.is_dir():
+                raise IsADirectoryError(f"log_path {cfg.log_path!r} is a directory; expected a "
+                                        "file path")
+            try:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot create the directory of log_path "
+                                         f"{cfg.log_path!r}: {exc.strerror}") from None
+        self.history = History(monitor=self.stopper.monitor if self.stopper else None)
+        self.epoch = self.step = self.batch = 0     # completed epochs / steps / batches of epoch
+        self.partial: _EpochStats | None = None
+        self.hidden: NDArray[Any] | None = None
+        self.last_ckpt: tuple[str, int, int] | None = None     # path, epoch, step
+        self.finished_early = False
+        self.flag = StopFlag()
+        self.progress = Progress(cfg.progress, stream, cfg.epochs)
+
+    # ------------------------------------------------------------------------ checkpoints
+
+    def _config(self) -> dict[str, Any]:
+        return {**self.cfg.to_dict(), "spec": self.spec.to_dict(), "dtype": str(self.dtype)}
+
+    def resume(self, resume: bool | str | os.PathLike[str]) -> None:
+        if resume is True or resume == "auto":
+            if self.ckpt_dir is None:
+                raise ValueError(f"resume={resume!r} needs checkpoint_dir in the config (or pass "
+                                 "the checkpoint's path)")
+            path = self.ckpt_dir / "last.npz"
+            if resume == "auto" and not path.exists():
+                return
+        elif isinstance(resume, str | os.PathLike):
+            path = Path(resume)
+        else:
+            raise TypeError(f"resume must be True, 'auto' or a path; got {resume!r}")
+        ck = checkpoint.load(path)
+        checkpoint.check_compatible(ck, self.params, self._config(), config_keys=RESUME_KEYS)
+        shape = ck.extra.get("train_shape")
+        if shape is not None and shape != list(self.train.X.shape):
+            raise ValueError(f"checkpoint {path} was trained on a train split of shape "
+                             f"{tuple(shape)}; this one is {self.train.X.shape} (resuming needs "
+                             "the same data)")
+        slots = {"step", *self.opt.slots()}
+        if ck.opt_state is None or set(ck.opt_state) != slots:
+            got = None if ck.opt_state is None else sorted(ck.opt_state)
+            raise ValueError(f"checkpoint {path} holds optimizer state {got}; "
+                             f"{self.opt!r} needs {sorted(slots)}")
+        for k in self.params:
+            self.params[k] = np.array(ck.params[k], copy=True)
+        self.opt_state = {s: v if s == "step" else {k: np.array(a, copy=True)
+                                                     for k, a in v.items()}
+                          for s, v in ck.opt_state.items()}
+        self.rng = checkpoint.restore_rng(ck)
+        self.epoch, self.step = ck.epoch, ck.step
+        x = ck.extra
+        self.batch = int(x.get("batch_in_epoch", 0))
+        if x.get("partial") is not None:
+            self.partial = _EpochStats.from_state(self.spec, x["partial"])
+        self.hidden = _decode_array(x.get("hidden"))
+        self.history.epochs = [dict(r) for r in x.get("history", [])]
+        self.history.skipped = int(x.get("skipped", 0))
+        if self.stopper is not None and x.get("early_stopping") is not None:
+            self.stopper.load_state_dict(x["early_stopping"])
+        self.finished_early = x.get("status") == "early_stopped"
+        self.last_ckpt = (str(path), ck.epoch, ck.step)
+
+    def _save(self, name: str, rng: np.random.Generator, stats: _EpochStats | None,
+              status: str = "running") -> str:
+        assert self.ckpt_dir is not None
+        extra = {
+            "batch_in_epoch": self.batch,
+            "partial": None if stats is None else stats.state_dict(),
+            "hidden": _encode_array(self.hidden) if stats is not None else None,
+            "history": self.history.epochs,
+            "early_stopping": None if self.stopper is None else self.stopper.state_dict(),
+            "skipped": self.history.skipped,
+            "status": status,
+            "train_shape": list(self.train.X.shape),
+        }
+        path = checkpoint.save(self.ckpt_dir / name, params=self.params,
+                               opt_state=self.opt_state, rng=rng, epoch=self.epoch,
+                               step=self.step, config=self._config(), extra=extra)
+        if name == "last.npz":
+            self.last_ckpt = (str(path), self.epoch, self.step)
+            self.history.checkpoint = str(path)
+        return str(path)
+
+    # ------------------------------------------------------------------------ the run
+
+    def run(self) -> History:
+        if self.log_path is not None:
+            write_log(self.log_path, self.history.epochs, "w")
+        with catch(self.flag):
+            try:
+                self._epochs()
+            finally:
+                self.progress.close()
+        h = self.history
+        h.epoch, h.step = self.epoch, self.step
+        if self.stopper is not None:
+            h.best_value, h.best_epoch = self.stopper.best, self.stopper.best_epoch
+        if h.status in ("completed", "early_stopped") and self.test is not None:
+            h.test = {f"test_{k}": v for k, v in self._evaluate(self.test).items()}
+        return h
+
+    def _plan(self) -> list[NDArray[np.intp]]:
+        """This epoch's minibatches as index arrays (draws the permutation from the run's rng)."""
+        n, B = len(self.train), self.cfg.batch_size
+        if self.cfg.stateful:        # row b reads windows b*L, b*L+1, ...: chunk k continues k-1
+            L = n // B
+            base = np.arange(B) * L
+            return [base + k for k in range(L)]
+        order = self.rng.permutation(n) if self.cfg.shuffle else np.arange(n)
+        return [order[i:i + B] for i in range(0, n, B)]
+
+    def _epochs(self) -> None:
+        if self.finished_early:
+            self.history.status = "early_stopped"
+            return
+        for e in range(self.epoch, self.cfg.epochs):
+            epoch_rng = copy.deepcopy(self.rng)     # the state this epoch's order comes from
+            batches = self._plan()
+            if self.partial is not None:
+                stats, self.partial = self.partial, None
+            else:
+                stats, self.batch, self.hidden = _EpochStats(Accumulator(self.spec)), 0, None
+            self.progress.start(e + 1, len(batches), self.batch)
+            for b in range(self.batch, len(batches)):
+                t0 = time.perf_counter()
+                self._step(batches[b], stats, e, b, len(batches))
+                stats.seconds += time.perf_counter() - t0
+                self.batch = b + 1
+                if self.flag.signum is not None:
+                    return self._interrupted(epoch_rng, stats, e, len(batches))
+            stop = self._end_epoch(e, stats)
+            if self.flag.signum is not None and e + 1 < self.cfg.epochs and not stop:
+                return self._interrupted(self.rng, None, e, len(batches))
+            if stop:
+                self.history.status = "early_stopped"
+                self.history.message = (
+                    f"early stopping after epoch {e + 1}: {self.cfg.monitor} did not improve "
+                    f"for {self.cfg.patience} evaluation(s); best {self.history.best_value} "
+                    f"at epoch {self.stopper.best_epoch if self.stopper else None}")
+                return
+        return
+
+    def _interrupted(self, rng: np.random.Generator, stats: _EpochStats | None, e: int,
+                     n: int) -> None:
+        name = signal.Signals(self.flag.signum).name if self.flag.signum else "a signal"
+        where = f"step {self.step} (epoch {e + 1}, batch {self.batch} of {n})"
+        if stats is None:
+            where = f"step {self.step} (end of epoch {e + 1})"
+        if self.ckpt_dir is not None:
+            path = self._save("last.npz", rng, stats)
+            saved = f"checkpoint saved to {path}; continue with fit(..., resume=True)"
+        else:
+            saved = "no checkpoint_dir is set, so nothing was saved"
+        self.history.status = "interrupted"
+        self.history.message = f"interrupted by {name} after {where}; {saved}"
+
+    def _step(self, idx: NDArray[np.intp], st: _EpochStats, e: int, b: int, n: int) -> None:
+        """One minibatch: its gradient and update (never applied when non-finite), then the
+        epoch's running totals."""
+        X, Y, M = self.train.take(idx)
+        steps = Y.shape[1] if self.spec.setup == "one_to_many" else None
+        lr = self.sched(self.opt_state["step"])
+        h0 = self.hidden if self.cfg.stateful else None
+        if self.cfg.algorithm in ONLINE:
+            loss, out, bad = self._online_step(X, Y, M, steps, lr, h0)
+            norm = math.nan
+        else:
+            loss, out, norm, bad = self._batch_step(X, Y, M, steps, lr, h0)
+        self.history.step_losses.append(loss)
+        if bad is not None:
+            if self.cfg.on_nonfinite == "stop":
+                self._diverged(bad, e, b, n)
+            st.skipped += 1
+            self.history.skipped += 1
+        else:
+            st.loss_sum += loss
+            st.count += 1
+            st.norm_sum += norm
+            st.acc.add(out.logits, Y, M, loss=False)
+        st.seqs += len(X)
+        st.lr = lr
+        self.step += 1
+        if self.cfg.stateful:
+            h = out.h_n
+            self.hidden = h if np.isfinite(h).all() else None
+        if self.progress.enabled:
+            info = {"loss": f"{st.loss_sum / st.count:.4f}" if st.count else "nan"}
+            if "accuracy" in self.names:
+                info["acc"] = f"{st.acc.result()['accuracy']:.3f}"
+            info["seq/s"] = f"{st.seqs / max(st.seconds, 1e-9):.0f}"
+            self.progress.update(info)
+
+    def _batch_step(self, X: Any, Y: Any, M: Any, steps: int | None, lr: float, h0: Any
+                    ) -> tuple[float, Any, float, str | None]:
+        """Gradient, clipping and one optimizer update, applied only when everything is finite:
+        ``(loss, output, gradient norm, what was not finite or None)``."""
+        params = self.params
+        # overflow warnings are expected on a diverging step: finiteness is checked below
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, g, out = self.grad_fn(params, X, Y, self.spec, h0, M, steps)
+            loss = float(loss)
+            grads = g.params
+            if self.cfg.clip_norm is not None:
+                grads, norm = optim.clip_grad_norm(grads, self.cfg.clip_norm)
+            else:
+                norm = optim.global_norm(grads)
+            new_p, new_s = params, self.opt_state
+            if math.isfinite(loss) and math.isfinite(norm):
+                new_p, new_s = self.opt.update(params, grads, self.opt_state, lr=lr)
+        if not math.isfinite(loss):
+            return loss, out, norm, f"loss ({loss})"
+        if not math.isfinite(norm):
+            return loss, out, norm, f"gradient (global norm {norm})"
+        if not _all_finite(new_p):
+            return loss, out, norm, "parameters after the update"
+        params.update(new_p)
+        self.opt_state.clear()
+        self.opt_state.update(new_s)
+        return loss, out, norm, None
+
+    def _online_step(self, X: Any, Y: Any, M: Any, steps: int | None, lr: float, h0: Any
+                     ) -> tuple[float, Any, str | None]:
+        """An online rule's updates along the minibatch, undone when anything is non-finite:
+        ``(loss, output, what was not finite or None)``."""
+        params = self.params
+        saved_p = {k: v.copy() for k, v in params.items()}
+        saved_s = copy.deepcopy(self.opt_state)
+        kw = {} if steps is None else {"steps": steps}
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, out = self.grad_fn(params, X, Y, self.spec, opt=self.opt,
+                                     opt_state=self.opt_state, lr=lr, h0=h0, mask=M, **kw)
+        loss = float(loss)
+        bad = (f"loss ({loss})" if not math.isfinite(loss) else
+               "parameters after the online updates" if not _all_finite(params) else None)
+        if bad is not None:                     # undo: the bad updates are never kept
+            for k in params:
+                params[k] = saved_p[k]
+            self.opt_state.clear()
+            self.opt_state.update(saved_s)
+        return loss, out, bad
+
+    def _diverged(self, what: str, e: int, b: int, n: int) -> None:
+        step = self.step + 1
+        if self.last_ckpt is not None:
+            path, ce, cs = self.last_ckpt
+            tail = f"last good checkpoint: {path} (epoch {ce}, step {cs})"
+        elif self.ckpt_dir is not None:
+            tail = f"no checkpoint has been written to {self.ckpt_dir} yet"
+        else:
+            tail = "there is no checkpoint (checkpoint_dir is not set)"
+        msg = (f"training diverged: non-finite {what} at step {step} (epoch {e + 1}, batch "
+               f"{b + 1} of {n}); the update was not applied; {tail}. Try a smaller lr, "
+               "clip_norm, or on_nonfinite='skip'")
+        h = self.history
+        h.status, h.message, h.epoch, h.step = "diverged", msg, self.epoch, self.step
+        h.checkpoint = None if self.last_ckpt is None else self.last_ckpt[0]
+        raise DivergenceError(msg, step=step, epoch=e + 1, checkpoint=h.checkpoint, history=h)
+
+    def _evaluate(self, d: TrainData) -> dict[str, float]:
+        acc = Accumulator(self.spec)
+        if not self.cfg.stateful:
+            for start in range(0, len(d), self.eval_bs):
+                X, Y, M = d.take(slice(start, start + self.eval_bs))
+                steps = Y.shape[1] if self.spec.setup == "one_to_many" else None
+                out, _ = network.forward(self.params, X, self.spec, mask=M, steps=steps)
+                acc.add(out.logits, Y, M)
+            return acc.result()
+        # stateful: `rows` streams of consecutive windows (batch_size of them, as in training),
+        # state carried; the < rows windows left over continue the last stream one by one
+        rows = min(self.cfg.eval_batch_size or self.cfg.batch_size, len(d))
+        L = len(d) // rows
+        h: NDArray[Any] | None = None
+        for k in range(L):
+            X, Y, M = d.take(np.arange(rows) * L + k)
+            out, _ = network.forward(self.params, X, self.spec, h0=h, mask=M)
+            acc.add(out.logits, Y, M)
+            h = out.h_n
+        h_tail = None if h is None else h[:, -1:]
+        for i in range(rows * L, len(d)):
+            X, Y, M = d.take(slice(i, i + 1))
+            out, _ = network.forward(self.params, X, self.spec, h0=h_tail, mask=M)
+            acc.add(out.logits, Y, M)
+            h_tail = out.h_n
+        return acc.result()
+
+    def _end_epoch(self, e: int, st: _EpochStats) -> bool:
+        cfg = self.cfg
+        train_loss = st.loss_sum / st.count if st.count else math.nan
+        rec: dict[str, Any] = {"epoch": e + 1, "step": self.step, "lr": st.lr,
+                               "train_loss": train_loss}
+        if "accuracy" in self.names:
+            rec["train_accuracy"] = st.acc.result()["accuracy"]
+        if "perplexity" in self.names and self.spec.reduction == "mean":
+            rec["train_perplexity"] = math.exp(train_loss) if train_loss < 700 else math.inf
+        rec["train_grad_norm"] = st.norm_sum / st.count if st.count else math.nan
+        rec["train_skipped"] = st.skipped
+        if self.val is not None and ((e + 1) % cfg.eval_every == 0 or e + 1 == cfg.epochs):
+            rec.update({f"val_{k}": v for k, v in self._evaluate(self.val).items()})
+        rec["time"] = st.seconds
+        rec["seq_per_s"] = st.seqs / st.seconds if st.seconds > 0 else None
+        rec = {k: finite_or_none(v) for k, v in rec.items()}
+        improved = stop = False
+        if self.stopper is not None and cfg.monitor in rec:
+            value = rec[cfg.monitor]
+            improved = self.stopper.update(math.nan if value is None else value, e + 1)
+            stop = self.stopper.should_stop
+        self.epoch, self.batch = e + 1, 0
+        self.hidden = None
+        self.history.epochs.append(rec)
+        if self.ckpt_dir is not None:
+            status = "early_stopped" if stop else "running"
+            if improved:
+                self._save("best.npz", self.rng, None, status)
+            if (e + 1) % cfg.checkpoint_every == 0 or e + 1 == cfg.epochs or stop:
+                self._save("last.npz", self.rng, None, status)
+        if self.log_path is not None:
+            write_log(self.log_path, [rec], "a")
+        self.progress.end(rec)
+        if self.callback is not None:
+            self.callback(rec)
+        return stop
+
+
+def fit(
+    params: Params,
+    spec: RNNSpec,
+    data: Any,
+    config: TrainConfig | None = None,
+    *,
+    val: Any = None,
+    test: Any = None,
+    resume: bool | str | os.PathLike[str] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    stream: IO[str] | None = None,
+) -> History:
+    """Train ``params`` (updated in place) on ``data``.
+
+    Parameters
+    ----------
+    params : dict
+        The network's parameters (:func:`rnnlab.init_params`); after every applied update the
+        dict's entries are the new arrays.
+    spec : RNNSpec
+    data : Dataset, Split or tuple
+        A :class:`rnnlab.data.Dataset` (its train split is trained on, val evaluated each epoch,
+        test at the end), or the training split as a ``Split`` / ``(X, y)`` / ``(X, y, mask)``.
+    config : TrainConfig, optional
+    val, test : Split or tuple, optional
+        Override or supply the validation / test splits.
+    resume : bool, "auto" or path, optional
+        Continue from a checkpoint: a path, True for ``checkpoint_dir/last.npz``, or ``"auto"``
+        to resume from it if it exists.  Shapes and the trajectory-defining config fields
+        (:data:`RESUME_KEYS`) must match, else ValueError.
+    callback : callable, optional
+        Called with each epoch's record after it is logged.
+    stream : file, optional
+        Where the progress bar writes (default ``sys.stderr``).
+
+    Returns
+    -------
+    History
+        ``status`` is ``"interrupted"`` after SIGINT/SIGTERM (the step in flight is finished and
+        a checkpoint saved if ``checkpoint_dir`` is set), else ``"completed"`` or
+        ``"early_stopped"``.
+
+    Raises
+    ------
+    DivergenceError
+        A non-finite loss, gradient or update with ``on_nonfinite="stop"``; the message names the
+        step and the last good checkpoint.
+    """
+    cfg = TrainConfig() if config is None else config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig; got {type(cfg).__name__}")
+    if not isinstance(spec, RNNSpec):
+        raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
+    check_params(params, spec)
+    ds = data if isinstance(data, Dataset) else None
+    train = as_data(ds.train if ds is not None else data, "train")
+    assert train is not None
+    val_d = as_data(val if val is not None else (ds.val if ds is not None else None), "val")
+    test_d = as_data(test if test is not None else (ds.test if ds is not None else None), "test")
+    loop = _Loop(params, spec, cfg, train, val_d, test_d, callback=callback,
+                 stream=sys.stderr if stream is None else stream)
+    if resume:
+        loop.resume(resume)
+    return loop.run()

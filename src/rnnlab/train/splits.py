@@ -1,0 +1,88 @@
+"""The splits :func:`rnnlab.fit` reads, and the spec a dataset calls for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..core import network
+from ..core.params import Params
+from ..core.spec import RNNSpec
+from ..data.base import Dataset
+
+__all__ = ["TrainData", "as_data", "check_fits", "spec_for_dataset"]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainData:
+    """One split as :func:`rnnlab.fit` reads it: inputs, targets and an optional mask, rows
+    aligned."""
+
+    X: NDArray[Any]
+    y: NDArray[Any]
+    mask: NDArray[np.bool_] | None
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def take(self, idx: Any) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.bool_] | None]:
+        return self.X[idx], self.y[idx], None if self.mask is None else self.mask[idx]
+
+
+def as_data(obj: Any, name: str) -> TrainData | None:
+    """A Dataset split, a ``Split`` or an ``(X, y[, mask])`` tuple as :class:`TrainData` (None for
+    None, or an empty split other than ``"train"``)."""
+    if obj is None:
+        return None
+    if hasattr(obj, "X") and hasattr(obj, "y"):
+        X, y, mask = obj.X, obj.y, getattr(obj, "mask", None)
+    elif isinstance(obj, tuple | list) and len(obj) in (2, 3):
+        X, y, mask = obj[0], obj[1], obj[2] if len(obj) == 3 else None
+    else:
+        raise TypeError(f"{name} must be a Dataset, a Split or a tuple (X, y[, mask]); got "
+                        f"{type(obj).__name__}")
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: X and y must have the same number of sequences (first axis); "
+                         f"got X {X.shape} and y {y.shape}")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.ndim != 2 or mask.shape[0] != X.shape[0]:
+            raise ValueError(f"{name}: mask must be (N, T) bool with N = {X.shape[0]}; got "
+                             f"{mask.shape} {mask.dtype}")
+    if X.shape[0] == 0:
+        if name == "train":
+            raise ValueError("the train split has no sequences")
+        return None
+    return TrainData(X, y, mask)
+
+
+def spec_for_dataset(ds: Dataset, hidden_size: int, **kwargs: Any) -> RNNSpec:
+    """The :class:`RNNSpec` that fits ``ds``: sizes, input kind, set-up and loss from its task.
+
+    ``sequence_*`` tasks read the last step (many-to-one), ``step_*`` tasks every step
+    (many-to-many); classification uses the dataset's loss, regression its ``sigmoid_bce`` or
+    ``identity_mse``.  ``kwargs`` go to RNNSpec (num_layers, nonlinearity, ...).
+    """
+    setup = "many_to_one" if ds.task.startswith("sequence") else "many_to_many"
+    loss = ds.loss
+    if ds.task.endswith("regression") and ds.loss != "sigmoid_bce":
+        loss = "identity_mse"
+    return RNNSpec(input_size=ds.input_size, hidden_size=hidden_size,
+                   output_size=ds.output_size, setup=kwargs.pop("setup", setup),
+                   loss=kwargs.pop("loss", loss), input_kind=ds.input_kind, **kwargs)
+
+
+def check_fits(params: Params, spec: RNNSpec, data: TrainData, name: str) -> None:
+    """Run the model on one sequence of ``data`` so mismatches surface before training."""
+    X, y, mask = data.take(slice(0, 1))
+    steps = y.shape[1] if spec.setup == "one_to_many" else None
+    try:
+        out, _ = network.forward(params, X, spec, mask=mask, steps=steps)
+        network.loss_and_grad(spec, out, y, mask=mask)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"the {name} split does not fit the model ({spec.setup}, "
+                        f"loss={spec.loss}): {exc}") from None
