@@ -42,7 +42,7 @@ from .metrics import Accumulator, EarlyStopping, metric_names
 from .progress import Progress
 from .signals import StopFlag, catch
 from .splits import TrainData, as_data, check_fits, spec_for_dataset
-from .steps import gradient_function
+from .steps import gradient_function, rule_rng
 
 __all__ = [
     "ALGORITHMS",
@@ -115,7 +115,8 @@ class _Loop:
         for name, d in (("train", train), ("val", val), ("test", test)):
             if d is not None:
                 check_fits(params, spec, d, name)
-        self.grad_fn = gradient_function(cfg)
+        self.rule_rng = rule_rng(cfg)          # a stochastic rule's random signs (UORO, KF-RTRL)
+        self.grad_fn = gradient_function(cfg, self.rule_rng)
         self.opt, self.sched = cfg.make_optimizer(), cfg.make_schedule()
         self.opt_state: dict[str, Any] = self.opt.init(params)
         self.rng = np.random.default_rng(cfg.seed)
@@ -195,6 +196,11 @@ class _Loop:
         if x.get("partial") is not None:
             self.partial = _EpochStats.from_state(self.spec, x["partial"])
         self.hidden = _decode_array(x.get("hidden"))
+        if self.rule_rng is not None:
+            if x.get("rule_rng") is None:
+                raise ValueError(f"checkpoint {path} holds no state of the rule's Generator "
+                                 f"(algorithm {self.cfg.algorithm!r} draws random numbers)")
+            self.rule_rng.bit_generator.state = x["rule_rng"]
         self.history.epochs = [dict(r) for r in x.get("history", [])]
         self.history.skipped = int(x.get("skipped", 0))
         if self.stopper is not None and x.get("early_stopping") is not None:
@@ -214,6 +220,8 @@ class _Loop:
             "skipped": self.history.skipped,
             "status": status,
             "train_shape": list(self.train.X.shape),
+            # where a stochastic rule's Generator stands after the last completed step
+            "rule_rng": None if self.rule_rng is None else self.rule_rng.bit_generator.state,
         }
         path = checkpoint.save(self.ckpt_dir / name, params=self.params,
                                opt_state=self.opt_state, rng=rng, epoch=self.epoch,

@@ -10,8 +10,10 @@ fast one by default, the reference one for teaching and checking; both keep the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
+import numpy as np
 from numpy.typing import NDArray
 
 from ..core import network
@@ -19,10 +21,14 @@ from ..core.engine import Engine, Reference
 from ..core.params import Params
 from ..core.spec import RNNSpec
 from ..fast.workspace import Workspace
-from ..learning import ONLINE, RULES
+from ..learning import ONLINE, RULES, STOCHASTIC
 from .config import TrainConfig
 
-__all__ = ["ENGINES", "StepOutput", "gradient_function"]
+__all__ = ["ENGINES", "RULE_STREAM", "StepOutput", "gradient_function", "rule_rng"]
+
+RULE_STREAM = 17
+"""The spawn key of the rule's Generator: ``SeedSequence(seed, spawn_key=(RULE_STREAM,))``, a
+stream independent of the run's shuffling Generator (``default_rng(seed)``)."""
 
 
 def _fast(spec: RNNSpec) -> Engine:
@@ -42,11 +48,28 @@ class StepOutput(NamedTuple):
     h_n: NDArray[Any]
 
 
-def gradient_function(cfg: TrainConfig) -> Callable[..., Any]:
+def rule_rng(cfg: TrainConfig) -> np.random.Generator | None:
+    """The Generator of a stochastic rule (:data:`rnnlab.learning.STOCHASTIC`), seeded from
+    ``cfg.seed``; None for the deterministic algorithms."""
+    if cfg.algorithm not in STOCHASTIC:
+        return None
+    return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(RULE_STREAM,)))
+
+
+def gradient_function(cfg: TrainConfig, rng: np.random.Generator | None = None
+                      ) -> Callable[..., Any]:
     """``f(params, X, Y, spec, h0, mask, steps) -> (loss, Gradients, StepOutput or Output)`` for
-    the batch algorithms, or the online rule itself (:data:`rnnlab.learning.ONLINE`)."""
+    the batch algorithms, or the online rule itself (:data:`rnnlab.learning.ONLINE`) with
+    ``cfg.algorithm_kwargs``.
+
+    ``rng`` is the Generator a stochastic rule draws from (default: :func:`rule_rng`); the
+    trainer keeps it to save its state in checkpoints.
+    """
+    options: dict[str, Any] = dict(cfg.algorithm_kwargs)
+    if cfg.algorithm in STOCHASTIC:
+        options["rng"] = rule_rng(cfg) if rng is None else rng
     if cfg.algorithm in ONLINE:
-        return ONLINE[cfg.algorithm]
+        return partial(ONLINE[cfg.algorithm], **options) if options else ONLINE[cfg.algorithm]
     if cfg.algorithm == "bptt":
         make = ENGINES[cfg.engine]
         engines: dict[RNNSpec, Engine] = {}
@@ -63,9 +86,9 @@ def gradient_function(cfg: TrainConfig) -> Callable[..., Any]:
                     StepOutput(logits, engine.h_n()))
         return bptt
     rule = RULES[cfg.algorithm]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = options
     if cfg.algorithm == "tbptt":
-        extra = {"k1": cfg.k1, "k2": cfg.k1 if cfg.k2 is None else cfg.k2}
+        extra = {**options, "k1": cfg.k1, "k2": cfg.k1 if cfg.k2 is None else cfg.k2}
 
     def batch_rule(params: Params, X: Any, Y: Any, spec: RNNSpec, h0: Any, mask: Any,
                    steps: int | None) -> Any:
