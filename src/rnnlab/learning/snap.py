@@ -17,7 +17,8 @@ any optimizer), where each unit's row of the pattern is stored compactly.
 
 Storage, one recurrent layer: ``(H, B, H + D + 1, p)``: for unit ``j`` the ``p`` units of its
 pattern row (padded to the longest row), so one step is one batched ``(B (H + D + 1), p) x
-(p, p)`` product per unit (one GEMM over all rows when the pattern is full).
+(p, p)`` product per unit (one GEMM over all rows when the pattern is full); SnAp-1 keeps its
+diagonal as ``(B, H + D + 1, H)``, updated element-wise.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ class SnApTracker(Tracker):
         self.p = self.idx.shape[1]
         self.full = self.p == H and bool(self.valid.all())
         self.units = np.arange(H)
-        shape = (H, B, H + D + 1, self.p)
+        # SnAp-1 keeps s[b, i, j] = S[b, (i, j), j]: (B, H + D + 1, H), the layout of the joint
+        # gradient; otherwise unit j's row of the pattern: (H, B, H + D + 1, p)
+        shape = (B, H + D + 1, H) if self.p == 1 else (H, B, H + D + 1, self.p)
         self.S = np.zeros(shape, dt)                     # S_{-1} = 0, eq. (29)
         self.S_new = np.empty(shape, dt)
         self.ubuf = np.empty((B, H + D + 1), dt)
@@ -152,11 +155,17 @@ class SnApTracker(Tracker):
     def update(self, params: Mapping[str, Array], pad: Rows | None) -> None:
         W = params["l0.W_hh"]
         S, S_new = self.S, self.S_new
+        if self.p == 1:                                  # SnAp-1: only W_hh[j, j] survives
+            np.multiply(S, np.diagonal(W), out=S_new)
+            S_new += self.u(0, self.ubuf)[:, :, None]    # u_t ⊗ I on the diagonal
+            S_new *= self.fp[0][:, None, :]
+            if pad is not None:                          # eq. (30)
+                S_new[pad] = S[pad]
+            self.S, self.S_new = S_new, S
+            return
         H, B, R, p = S.shape
         if self.full:                                    # the pattern is everything: RTRL, (27)
             np.matmul(S.reshape(H * B * R, H), W, out=S_new.reshape(H * B * R, H))
-        elif p == 1:                                     # SnAp-1: only W_hh[j, j] survives
-            np.multiply(S, np.diagonal(W)[:, None, None, None], out=S_new)
         else:                                            # unit j: (B R, p) x (p, p)
             W_sub = W[self.idx[:, :, None], self.idx[:, None, :]] * self.mask2
             np.matmul(S.reshape(H, B * R, p), W_sub, out=S_new.reshape(H, B * R, p))
@@ -169,6 +178,12 @@ class SnApTracker(Tracker):
         self.S, self.S_new = S_new, S
 
     def contract(self, G: Array, grads: Params) -> None:
+        if self.p == 1:
+            gj = np.einsum("bij,bj->ij", self.S, G)                 # Σ_b s[b] ⊙ G[b]
+            if self.sparse:
+                gj[:self.H] *= self.conn
+            unpack_joint(gj, 0, self.H, grads)
+            return
         Gt = G[:, self.idx].transpose(1, 0, 2)[:, :, :, None]        # (H, B, p, 1)
         g = np.matmul(self.S, Gt)[..., 0].sum(axis=1)               # (H, H + D + 1)
         gj = np.ascontiguousarray(g.T)                              # joint rows (i), units (j)

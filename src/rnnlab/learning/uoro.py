@@ -2,14 +2,14 @@
 eqs. 45-47).
 
 UORO keeps a rank-one estimate of the influence matrix of each sequence,
-``S_t[b] ≈ ṽ_t[b] ⊗ θ̃_t[b]``: a tangent ``ṽ`` over the states of every layer ``(B, L, H)``, and
-a row ``θ̃`` over every recurrent parameter (per layer in the joint layout of eq. 39,
+``S_t[b] ≈ θ̃_t[b] ⊗ ṽ_t[b]``: a tangent ``ṽ`` over the states of every layer ``(B, L, H)``, and
+a vector ``θ̃`` over every recurrent parameter (per layer in the joint layout of eq. 39,
 ``(B, H + D_l + 1, H)``).  At every step, with independent random signs ``ν`` ``(B, L, H)``::
 
     ṽ ← ρ0 · J_t ṽ + ρ1 · ν              J_t ṽ: the forward-mode product through one step (eq. 45)
     θ̃ ← θ̃ / ρ0 + (νᵀ ∂F/∂θ) / ρ1         νᵀ ∂F/∂θ: the backward product through one step
 
-and ``E[ṽ ⊗ θ̃] = S_t`` exactly (eq. 47), so the gradient estimate ``Σ_t (G_t · ṽ_t) θ̃_t`` is
+and ``E[θ̃ ⊗ ṽ] = S_t`` exactly (eq. 47), so the gradient estimate ``Σ_t (G_t · ṽ_t) θ̃_t`` is
 unbiased.  Both products are the ones BPTT and RTRL do for one step, so a step costs
 ``O(B (H^2 + |θ|))`` and the memory is ``O(B |θ|)``, like BPTT's for one step.  UORO is defined for
 any state transition, so stacked layers are supported (the state is every layer's ``H^l_t``).
@@ -42,11 +42,19 @@ from .walk import (
 
 Array = NDArray[np.floating]
 
-__all__ = ["UOROTracker", "online_update", "value_and_grad"]
+__all__ = ["FOLD", "UOROTracker", "online_update", "value_and_grad"]
+
+FOLD = 1e8
+"""The scale ``c`` of ``θ̃ = c Θ`` is folded back into ``Θ`` when it leaves ``[1/FOLD, FOLD]``."""
 
 
 class UOROTracker(Tracker):
-    """The rank-one estimate ``ṽ ⊗ θ̃`` of every sequence, eqs. (45)-(46)."""
+    """The rank-one estimate ``θ̃ ⊗ ṽ`` of every sequence, eqs. (45)-(46).
+
+    ``θ̃`` is kept as ``c Θ`` with a scale ``c`` per sequence, so that dividing it by ``ρ0`` is
+    one multiplication of ``c``, and adding ``δθ / ρ1`` (an outer product ``u ⊗ δ`` per layer) is
+    one pass over ``Θ``; ``‖δθ‖ = (Σ_l ‖u^l‖² ‖δ^l‖²)^(1/2)`` needs no pass at all.
+    """
 
     def __init__(self, spec: RNNSpec, batch: Batch, rng: np.random.Generator) -> None:
         super().__init__(spec, batch)
@@ -54,8 +62,9 @@ class UOROTracker(Tracker):
         self.rng = rng
         self.v = np.zeros((B, L, H), dt)                      # ṽ_{-1} = 0: S_{-1} = 0 (eq. 29)
         self.v_new = np.empty((B, L, H), dt)
-        self.theta = [np.zeros((B, H + D + 1, H), dt) for D in self.D]
-        self.dtheta = [np.empty((B, H + D + 1, H), dt) for D in self.D]
+        self.theta = [np.zeros((B, H + D + 1, H), dt) for D in self.D]     # Θ
+        self.c = np.ones(B, dt)                                # θ̃ = c Θ
+        self.buf = [np.empty((B, H + D + 1, H), dt) for D in self.D]
         self.ubuf = [np.empty((B, H + D + 1), dt) for D in self.D]
 
     def update(self, params: Mapping[str, Array], pad: Rows | None) -> None:
@@ -68,37 +77,43 @@ class UOROTracker(Tracker):
                 jv += v_new[:, layer - 1] @ params[f"{p}.W_xh"]
             np.multiply(jv, fp[layer], out=v_new[:, layer])
         nu = random_signs(self.rng, (B, L, H), self.dtype)
-        delta = nu[:, L - 1] * fp[L - 1]                      # νᵀ ∂F/∂θ, top down (eq. 45)
+        deltas: list[Array] = [nu[:, 0]] * L                  # νᵀ ∂F/∂θ, top down (eq. 45):
+        delta = nu[:, L - 1] * fp[L - 1]                      # δθ^l = u^l ⊗ δ^l
+        us = [self.u(layer, self.ubuf[layer]) for layer in range(L)]
+        sq_dtheta = np.zeros(B, self.dtype)
         for layer in range(L - 1, -1, -1):
-            u = self.u(layer, self.ubuf[layer])
-            np.multiply(u[:, :, None], delta[:, None, :], out=self.dtheta[layer])
+            deltas[layer] = delta
+            sq_dtheta += np.einsum("bi,bi->b", us[layer], us[layer]) * np.einsum(
+                "bh,bh->b", delta, delta)
             if layer > 0:
                 delta = (nu[:, layer - 1] + delta @ params[f"l{layer}.W_xh"].T) * fp[layer - 1]
-        norm_theta = np.sqrt(sum(np.einsum("bij,bij->b", t, t) for t in self.theta))
-        norm_dtheta = np.sqrt(sum(np.einsum("bij,bij->b", d, d) for d in self.dtheta))
+        norm_theta = np.abs(self.c) * np.sqrt(sum(np.einsum("bij,bij->b", t, t)
+                                                  for t in self.theta))
         norm_v = np.sqrt(np.einsum("blh,blh->b", v_new, v_new))
-        norm_nu = np.sqrt(L * H)
         rho0 = np.sqrt(norm_theta / (norm_v + EPS)) + EPS     # eq. (46)
-        rho1 = np.sqrt(norm_dtheta / (norm_nu + EPS)) + EPS
-        keep_v = None if pad is None else v[pad].copy()
-        keep_t = None if pad is None else [t[pad].copy() for t in self.theta]
+        rho1 = np.sqrt(np.sqrt(sq_dtheta) / (np.sqrt(L * H) + EPS)) + EPS
+        c_new = self.c / rho0                                 # θ̃ / ρ0
+        a = 1.0 / (rho1 * c_new)                              # + δθ / ρ1 = c_new (Θ + a δθ)
         v_new *= rho0[:, None, None]
         nu *= rho1[:, None, None]
         v_new += nu
-        inv0, inv1 = (1.0 / rho0)[:, None, None], (1.0 / rho1)[:, None, None]
-        for t, d in zip(self.theta, self.dtheta, strict=True):
-            t *= inv0
-            d *= inv1
-            t += d
         if pad is not None:                                   # eq. (30): padded rows carry it
-            assert keep_v is not None and keep_t is not None
-            v_new[pad] = keep_v
-            for t, kt in zip(self.theta, keep_t, strict=True):
-                t[pad] = kt
+            v_new[pad] = v[pad]
+            a[pad] = 0.0
+            c_new[pad] = self.c[pad]
+        for t, buf, u, d in zip(self.theta, self.buf, us, deltas, strict=True):
+            np.multiply((a[:, None] * u)[:, :, None], d[:, None, :], out=buf)
+            t += buf
+        far = np.flatnonzero((np.abs(c_new) > FOLD) | (np.abs(c_new) < 1.0 / FOLD))
+        if far.size:                                          # fold the scale back in
+            for t in self.theta:
+                t[far] *= c_new[far, None, None]
+            c_new[far] = 1.0
+        self.c = c_new
         self.v, self.v_new = v_new, v
 
     def contract(self, G: Array, grads: Params) -> None:
-        c = np.einsum("bh,bh->b", G, self.v[:, -1])           # G_t · ṽ_t (top layer), eq. (41)
+        c = np.einsum("bh,bh->b", G, self.v[:, -1]) * self.c  # (G_t · ṽ_t) c, eq. (41)
         for layer, t in enumerate(self.theta):
             unpack_joint(np.tensordot(c, t, axes=1), layer, self.H, grads)
 
