@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 EPS = 1e-7
-"""The ``ε`` of UORO's and KF-RTRL's variance-reduction factors (eqs. 45 and 48): it keeps them
+"""The ``ε`` of UORO's and KF-RTRL's variance-reduction factors (eqs. 46 and 48): it keeps them
 finite when a norm is 0 (at the first step, where the estimate starts from 0) and changes neither
 the expectation nor, in practice, the variance."""
 
