@@ -36,7 +36,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, 
 _FLAGS: dict[str, list[str]] = {
     "data.seed": ["--data-seed"], "train.seed": ["--seed"], "data.steps": ["--steps", "-T"],
     "data.options": ["--option"], "train.optimizer_kwargs": ["--optimizer-kwarg"],
-    "train.schedule_kwargs": ["--schedule-kwarg"], "model.hidden_size": ["--hidden-size",
+    "train.schedule_kwargs": ["--schedule-kwarg"],
+    "train.algorithm_kwargs": ["--algorithm-kwarg"], "model.hidden_size": ["--hidden-size",
                                                                          "--hidden"],
     "model.num_layers": ["--num-layers", "--layers"],
 }
@@ -518,6 +519,41 @@ def experiment_timesteps(dataset: str, data_dir: str | None, steps: str | None, 
                     methods=[m.strip() for m in methods.split(",") if m.strip()],
                     seeds=_int_list(seeds, "--seeds"), epochs=epochs, hidden_size=hidden_size,
                     jobs=jobs, cluster=cluster, out=out, overwrite=overwrite, echo=_echo)
+    return 1 if res["report"].failed else 0
+
+
+@experiment.command("online-rules")
+@click.option("--quick", is_flag=True,
+              help="4 epochs of 160 windows, one seed: a few minutes (the full run: ~30-60).")
+@click.option("--tasks", default="add,mimic,xor", show_default=True, metavar="T1,T2,...",
+              help="Of: add, mimic (Marschall et al.'s families), xor.")
+@click.option("--methods", default="bptt,tbptt,rtrl,uoro,kf_rtrl,snap1,rflo,eprop",
+              show_default=True, metavar="M1,M2,...")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Default 0,1,2 (--quick: 0).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Default 25 (--quick: 4).")
+@click.option("--online", is_flag=True,
+              help="The online form of the rules that have one (an update at every step) "
+                   "instead of one update per window.")
+@click.option("--jobs", "-j", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--cluster", default=None, metavar="local-dask|tcp://HOST:PORT|FILE")
+@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
+              help="Default runs/online-rules[-quick][-online].")
+@click.option("--overwrite", is_flag=True, help="Forget earlier results and run again.")
+def experiment_online_rules(quick: bool, tasks: str, methods: str, seeds: str | None,
+                            epochs: int | None, online: bool, jobs: int, cluster: str | None,
+                            out: str | None, overwrite: bool) -> int:
+    """Online learning rules side by side (docs/online.md): learning curves, gradient
+    alignment, time and memory per step."""
+    from .lab.online import online_rules
+
+    res = online_rules(
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        seeds=_int_list(seeds or ("0" if quick else "0,1,2"), "--seeds"), quick=quick,
+        epochs=epochs, online=online, jobs=jobs, cluster=cluster, out=out,
+        overwrite=overwrite, echo=_echo)
     return 1 if res["report"].failed else 0
 
 
