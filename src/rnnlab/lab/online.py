@@ -111,7 +111,7 @@ rnnlab's cell (eq. 55), so neither is a line of its own."""
 
 
 def settings_for(quick: bool, *, epochs: int | None = None, hidden_size: int = 32,
-                 batch_size: int = 16, lr: float = 3e-3, online: bool = False
+                 batch_size: int = 16, lr: float = 5e-3, online: bool = False
                  ) -> dict[str, Any]:
     """The settings every cell shares (the ``--quick`` variant: fewer and shorter streams)."""
     return {
