@@ -22,8 +22,9 @@ batch, the GFLOP/s they imply and their fraction of the GEMM ceiling (NumPy's fl
 2048^3 under the same thread cap, measured in the same run); the peak of ``tracemalloc`` during
 one call from a fresh start (every array the call makes; the fast engine's buffers are made in
 that call) and the entries eq. (56) says the rule keeps, in MiB.  The rules whose work is
-element-wise (UORO, SnAp-1, RFLO) are bound by memory traffic, not by flops: their fraction of
-the GEMM ceiling is small by construction; RTRL, KF-RTRL and SnAp-n are GEMMs.
+element-wise (UORO, SnAp-1) are bound by memory traffic, not by flops: their fraction of
+the GEMM ceiling is small by construction; RTRL, KF-RTRL and SnAp-n are GEMMs, and so are e-prop
+and RFLO with ``alpha = 1`` (the default: their trace is ``u_t ⊗ f'(Z_t)``).
 """
 
 from __future__ import annotations
@@ -87,9 +88,7 @@ def formula(rule: str, cfg: Config, p: int = 1) -> tuple[float, float, str]:
     if rule == "snap2-sparse":
         return (B * (fwd + 2.0 * theta * p * p), B * 2.0 * theta * p,
                 f"2|θ|p²; 2|θ|p, p={p}")
-    if rule == "rflo":
-        return B * (fwd + 4 * theta), B * 2 * theta, "6|θ|; 2|θ|"
-    return B * (fwd + 2 * theta), B * (H + D + 1), "4|θ|; H+D+1"        # e-prop
+    return B * (fwd + 2 * theta), B * (H + D + 1), "4|θ|; H+D+1"   # e-prop, RFLO with α = 1
 
 
 def _problem(cfg: Config) -> tuple[Any, dict[str, np.ndarray], np.ndarray, np.ndarray,

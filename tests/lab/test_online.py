@@ -82,3 +82,18 @@ def test_cli_runs_and_refuses(tmp_path, capsys):
     rc = main(["experiment", "online-rules", "--methods", "bogus", "--out", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown task(s) [] or method(s) ['bogus']" in err
+
+
+def test_the_sweep_file_of_the_add_task():
+    from pathlib import Path
+
+    from rnnlab.lab.sweep import config_cells, load_sweep
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "add-task-rules.toml"
+    base, axes, variants, _ = load_sweep(path)
+    cells = config_cells(base, axes, variants)
+    assert len(cells) == 16
+    algos = {c["train.algorithm"] for c in cells}
+    assert algos == {"bptt", "rtrl", "uoro", "kf_rtrl", "snap", "rflo", "eprop", "uoro_online"}
+    cfg = base.with_overrides(cells[-1])
+    assert cfg.train.algorithm_kwargs == {"every": 5} and cfg.train.stateful

@@ -145,9 +145,7 @@ def cost_formula(method: str, H: int, D: int, T: int) -> tuple[float, float]:
         return fwd + 2.0 * H**3 + 2.0 * theta, 2.0 * H * H + H + D + 1
     if m.algorithm == "snap":
         return fwd + 4.0 * theta, 2.0 * theta
-    if m.algorithm == "rflo":
-        return fwd + 4.0 * theta, 2.0 * theta
-    return fwd + 2.0 * theta, H + D + 1.0                     # e-prop
+    return fwd + 2.0 * theta, H + D + 1.0                     # e-prop, and RFLO with α = 1
 
 
 # ----------------------------------------------------------------------------- one cell

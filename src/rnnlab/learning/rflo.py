@@ -15,9 +15,10 @@ by its leak ``(1 - α) I``), which leaves one local trace per weight and sequenc
 
 with ``u_t = [H_{t-1} | X_t | 1]`` (eq. 40), ``P`` ``(B, H + D + 1, H)`` in the joint layout
 (eq. 39) and ``G_t = (dL/dz_t) F`` (eq. 44).  ``O(B H (H + D))`` time and memory per step.  With
-``α = 1`` the trace is memoryless and RFLO with symmetric feedback is truncated BPTT(1; 1), and
-equal to e-prop with ``decay = 0`` (:mod:`rnnlab.learning.eprop`).  Defined for one recurrent
-layer.
+``α = 1`` the trace is memoryless, ``P_t = u_t ⊗ f'(Z_t)``, kept as its two factors (the
+contraction is then one ``(H + D + 1, B) x (B, H)`` product); RFLO with symmetric feedback is then
+truncated BPTT(1; 1), and equal to e-prop with ``decay = 0`` (:mod:`rnnlab.learning.eprop`).
+Defined for one recurrent layer.
 
 The trainer (:func:`rnnlab.fit`) and the rest of rnnlab compute the vanilla cell, ``α = 1``; a
 leaky network (``alpha < 1``) is available through these functions, which run eq. (52) themselves
@@ -75,9 +76,12 @@ class RFLOTracker(Tracker):
         super().__init__(spec, batch)
         B, H, D, dt = batch.B, spec.hidden_size, spec.input_size, batch.dtype
         self.alpha = alpha
-        self.P = np.zeros((B, H + D + 1, H), dt)
+        # α = 1: the trace is u_t ⊗ f'(Z_t) itself; keep its two factors, not the product
+        shape = (B, H + D + 1, 0 if alpha == 1.0 else H)
+        self.P = np.zeros(shape, dt)
+        self.imm = np.empty(shape, dt)
         self.ubuf = np.empty((B, H + D + 1), dt)
-        self.imm = np.empty((B, H + D + 1, H), dt)
+        self.ut = np.zeros((B, H + D + 1), dt)
 
     def forward(self, params: Mapping[str, Array], x_t: NDArray[Any], pad: Rows | None) -> None:
         if self.alpha == 1.0:
@@ -98,19 +102,24 @@ class RFLOTracker(Tracker):
 
     def update(self, params: Mapping[str, Array], pad: Rows | None) -> None:
         u = self.u(0, self.ubuf)
+        if self.alpha == 1.0:                                         # P_t = u_t ⊗ f'(Z_t)
+            if pad is not None:                                       # eq. (30); f' is carried
+                u[pad] = self.ut[pad]
+            self.ut, self.ubuf = u, self.ut
+            return
         keep = None if pad is None else self.P[pad].copy()
         np.multiply(u[:, :, None], self.fp[0][:, None, :], out=self.imm)   # u_t ⊗ f'(Z_t)
-        if self.alpha == 1.0:
-            self.P, self.imm = self.imm, self.P
-        else:
-            self.P *= 1.0 - self.alpha                                # eq. (53)
-            self.imm *= self.alpha
-            self.P += self.imm
+        self.P *= 1.0 - self.alpha                                    # eq. (53)
+        self.imm *= self.alpha
+        self.P += self.imm
         if pad is not None:                                           # eq. (30)
             assert keep is not None
             self.P[pad] = keep
 
     def contract(self, G: Array, grads: Params) -> None:
+        if self.alpha == 1.0:                                         # Σ_b u ⊗ (G ⊙ f'): a GEMM
+            unpack_joint(self.ut.T @ (G * self.fp[0]), 0, self.H, grads)
+            return
         unpack_joint(np.einsum("bij,bj->ij", self.P, G), 0, self.H, grads)   # eq. (53)
 
 

@@ -156,7 +156,7 @@ class SnApTracker(Tracker):
         W = params["l0.W_hh"]
         S, S_new = self.S, self.S_new
         if self.p == 1:                                  # SnAp-1: only W_hh[j, j] survives
-            np.multiply(S, np.diagonal(W), out=S_new)
+            np.multiply(S, np.ascontiguousarray(np.diagonal(W)), out=S_new)
             S_new += self.u(0, self.ubuf)[:, :, None]    # u_t ⊗ I on the diagonal
             S_new *= self.fp[0][:, None, :]
             if pad is not None:                          # eq. (30)
