@@ -536,14 +536,16 @@ def experiment_timesteps(dataset: str, data_dir: str | None, steps: str | None, 
 @click.option("--online", is_flag=True,
               help="The online form of the rules that have one (an update at every step) "
                    "instead of one update per window.")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Adam's learning rate, every method alike (default 5e-3; --online: 5e-4).")
 @click.option("--jobs", "-j", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--cluster", default=None, metavar="local-dask|tcp://HOST:PORT|FILE")
 @click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
               help="Default runs/online-rules[-quick][-online].")
 @click.option("--overwrite", is_flag=True, help="Forget earlier results and run again.")
 def experiment_online_rules(quick: bool, tasks: str, methods: str, seeds: str | None,
-                            epochs: int | None, online: bool, jobs: int, cluster: str | None,
-                            out: str | None, overwrite: bool) -> int:
+                            epochs: int | None, online: bool, lr: float | None, jobs: int,
+                            cluster: str | None, out: str | None, overwrite: bool) -> int:
     """Online learning rules side by side (docs/online.md): learning curves, gradient
     alignment, time and memory per step."""
     from .lab.online import online_rules
@@ -552,7 +554,7 @@ def experiment_online_rules(quick: bool, tasks: str, methods: str, seeds: str | 
         tasks=[t.strip() for t in tasks.split(",") if t.strip()],
         methods=[m.strip() for m in methods.split(",") if m.strip()],
         seeds=_int_list(seeds or ("0" if quick else "0,1,2"), "--seeds"), quick=quick,
-        epochs=epochs, online=online, jobs=jobs, cluster=cluster, out=out,
+        epochs=epochs, online=online, lr=lr, jobs=jobs, cluster=cluster, out=out,
         overwrite=overwrite, echo=_echo)
     return 1 if res["report"].failed else 0
 

@@ -111,15 +111,23 @@ rnnlab's cell (eq. 55), so neither is a line of its own."""
 
 
 def settings_for(quick: bool, *, epochs: int | None = None, hidden_size: int = 32,
-                 batch_size: int = 16, lr: float = 5e-3, online: bool = False
+                 batch_size: int = 16, lr: float | None = None, online: bool = False
                  ) -> dict[str, Any]:
-    """The settings every cell shares (the ``--quick`` variant: fewer and shorter streams)."""
+    """The settings every cell shares (the ``--quick`` variant: fewer and shorter streams).
+
+    ``lr`` defaults to 5e-3 for one update per window and 5e-4 for an update at every step.
+    """
+    if lr is None:
+        lr = 5e-4 if online else 5e-3
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not (
+            math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
     return {
         "epochs": epochs if epochs is not None else (4 if quick else 25),
         "n_train": 160 if quick else 320,          # windows per epoch (batch_size streams)
         "n_val": 32, "n_test": 64,
-        "hidden_size": hidden_size, "batch_size": batch_size, "lr": lr, "optimizer": "adam",
-        "online": online, "dtype": "float32",
+        "hidden_size": hidden_size, "batch_size": batch_size, "lr": float(lr),
+        "optimizer": "adam", "online": online, "dtype": "float32",
     }
 
 
@@ -365,9 +373,10 @@ def tables(summaries: Sequence[Mapping[str, Any]], tasks: Sequence[str], methods
 
 
 def figure(summaries: Sequence[Mapping[str, Any]], tasks: Sequence[str], methods: Sequence[str],
-           out: str | os.PathLike[str]) -> list[Path]:
+           out: str | os.PathLike[str], *, dpi: int = 110,
+           formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Learning curves (top row) and gradient alignment (bottom row), one column per task,
-    mean over seeds with the range shaded; writes PNG and SVG."""
+    mean over seeds with the range shaded; writes ``out`` in ``formats``."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -412,9 +421,9 @@ def figure(summaries: Sequence[Mapping[str, Any]], tasks: Sequence[str], methods
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fmt in ("png", "svg"):
+    for fmt in formats:
         target = p.with_name(f"{p.name}.{fmt}")
-        fig.savefig(target, format=fmt, dpi=110, bbox_inches="tight")
+        fig.savefig(target, format=fmt, dpi=dpi, bbox_inches="tight")
         paths.append(target)
     return paths
 
@@ -430,6 +439,7 @@ def online_rules(
     quick: bool = False,
     epochs: int | None = None,
     online: bool = False,
+    lr: float | None = None,
     jobs: int = 2,
     cluster: str | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -454,7 +464,7 @@ def online_rules(
                          f"methods: {list(METHODS)}")
     if not tasks or not methods or not seeds:
         raise ValueError("online-rules needs at least one task, one method and one seed")
-    settings = settings_for(quick, epochs=epochs, online=online)
+    settings = settings_for(quick, epochs=epochs, online=online, lr=lr)
     name = "online-rules" + ("-quick" if quick else "") + ("-online" if online else "")
     out_dir = Path(out) if out is not None else Path("runs") / name
     # RTRL first: the longest cells start early, so the workers finish together
