@@ -140,8 +140,8 @@ def feedback_matrix(feedback: object, feedback_seed: object, spec: RNNSpec, dtyp
         raise ValueError(f"{algorithm}: feedback must be 'symmetric', 'random' or an (O, H) = "
                          f"({O}, {H}) array; got {feedback!r}")
     arr = np.asarray(feedback)
-    if arr.shape != (O, H) or not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(
-            arr.dtype, np.integer):
+    real = np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    if arr.shape != (O, H) or not real:
         raise ValueError(f"{algorithm}: a feedback matrix must be a real (O, H) = ({O}, {H}) "
                          f"array (it maps dL/dz to the hidden units); got {arr.dtype} {arr.shape}")
     if not np.isfinite(arr).all():
