@@ -269,9 +269,15 @@ class RNN:
         """A model from a PyTorch module or state dict (:func:`rnnlab.interop.torch.from_torch`,
         whose keyword arguments ``head``, ``head_reads``, ``rnn_prefix``, ``head_prefix`` and
         RNNSpec fields pass through); the dtype is the module's."""
+        import warnings
+
         from .interop.torch import from_torch
 
-        params, spec = from_torch(source, spec, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params, spec = from_torch(source, spec, **kwargs)
+        for w in caught:                    # point them at the caller of this method
+            warnings.warn(w.message, w.category, stacklevel=2)
         return cls.from_spec(spec, params)
 
     def export_onnx(self, path: str | os.PathLike[str], *, lengths: bool = False,

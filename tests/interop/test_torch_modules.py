@@ -93,6 +93,14 @@ def test_round_trip_through_our_module_is_exact():
     model = RNN.from_torch(module)
     assert model.spec == spec and model.dtype == np.float32
     assert isinstance(model.to_torch(), RNNModule)
+    # the ElmanRNN alone (sigmoid: no nn.RNN) with its head, as a user's module would hold it
+    again, spec3 = rt.from_torch(module.rnn, head=module.fc, loss="sigmoid_bce",
+                                 setup="many_to_many")
+    assert spec3 == spec and all(np.array_equal(again[k], params[k]) for k in params)
+    # a bidirectional many-to-one state dict: the convention is asked for there too
+    sd = rt.to_torch_state_dict(params, RNNSpec(4, 6, 3, num_layers=2, bidirectional=True))
+    with pytest.warns(UserWarning, match="Say which with head_reads="):
+        rt.from_torch(sd)
 
 
 class UserModel(nn.Module):
