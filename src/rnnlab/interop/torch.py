@@ -151,8 +151,8 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError:
-        raise ImportError("this needs PyTorch: pip install torch (rnnlab is tested with "
-                          "torch==2.13.0)") from None
+        raise ImportError("this needs PyTorch: pip install 'rnnlab[torch]' (rnnlab is tested "
+                          "with torch==2.13.0)") from None
     return torch
 
 
