@@ -533,6 +533,143 @@ def datasets() -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+
+EXPORT_FORMATS = ("onnx", "torch", "safetensors")
+EXPORT_TOLERANCE = 1e-4     # float32 runtimes against rnnlab's forward, relative to the scale
+
+
+def _export_source(run: str, checkpoint: str) -> tuple[Any, Path]:
+    """(RNN, checkpoint file) of a run directory's checkpoint, or of a checkpoint file."""
+    from .model import RNN
+
+    p = Path(run)
+    if p.is_file():
+        ckpt = p
+    elif p.is_dir():
+        if not (p / "config.toml").is_file() and not (p / "checkpoints").is_dir():
+            raise FileNotFoundError(f"{run!r} is not a run directory (no config.toml, no "
+                                    "checkpoints/) nor a checkpoint file")
+        ckpt = Path(checkpoint) if checkpoint not in ("last", "best") else \
+            p / "checkpoints" / f"{checkpoint}.npz"
+    else:
+        raise FileNotFoundError(f"{run!r} does not exist (expected a run directory or a "
+                                "checkpoint file)")
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
+    return RNN.load(ckpt), ckpt
+
+
+def _differences_text(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1e}" for k, v in d.items())
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--format", "-f", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
+              help="onnx: the RNN operator, head and output activation (needs rnnlab[onnx]); "
+              "torch: a torch.save file of the PyTorch module's state dict and the spec; "
+              "safetensors: the parameters with the spec in the metadata.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The file to write.")
+@click.option("--checkpoint", default="last", show_default=True,
+              help="'last', 'best' or a checkpoint file (RUN may also be a checkpoint file).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--lengths", is_flag=True,
+              help="onnx: a 'lengths' input (B,) int64 for variable-length sequences.")
+@click.option("--initial-state", is_flag=True,
+              help="onnx: an 'h0' input (num_layers * directions, B, H).")
+@click.option("--opset", default=None, type=click.IntRange(min=1),
+              help="onnx: the opset (default 17).")
+@click.option("--identity", default="Affine", show_default=True,
+              type=click.Choice(["Affine", "LeakyRelu"]),
+              help="onnx: how nonlinearity=identity is spelt in the RNN operator.")
+@click.option("--layout", default="rnnlab", show_default=True,
+              type=click.Choice(["rnnlab", "torch"]),
+              help="safetensors: rnnlab's keys (l0.W_xh ...) or the PyTorch module's "
+              "(rnn.weight_ih_l0 ...).")
+@click.option("--verify/--no-verify", default=None,
+              help="Run the written file (onnx: in onnxruntime; torch: in PyTorch) on random "
+              "inputs against rnnlab's forward, or read it back (safetensors). Default: when "
+              "the runtime is installed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the verification's random inputs.")
+def export(run: str, fmt: str, output: str, checkpoint: str, overwrite: bool, lengths: bool,
+           initial_state: bool, opset: int | None, identity: str, layout: str,
+           verify: bool | None, seed: int) -> int:
+    """Write a run's model as ONNX, PyTorch or safetensors (docs/interop.md).
+
+    RUN is a run directory (its --checkpoint) or a checkpoint file. Exit code 1 when the
+    verification finds a difference above 1e-4 of the outputs' scale.
+    """
+    import importlib.util
+
+    import numpy as np
+
+    if fmt != "onnx" and (lengths or initial_state or opset is not None):
+        raise click.UsageError("--lengths, --initial-state and --opset are for --format onnx")
+    if fmt != "safetensors" and layout != "rnnlab":
+        raise click.UsageError("--layout is for --format safetensors")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{output!r} exists; pass --overwrite to replace it")
+    model, ckpt = _export_source(run, checkpoint)
+    runtime = {"onnx": "onnxruntime", "torch": "torch", "safetensors": "safetensors"}[fmt]
+    if verify is None:
+        verify = importlib.util.find_spec(runtime) is not None
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, float] | None = None
+    if fmt == "onnx":
+        from .interop import onnx as rx
+        from .interop import verify as check
+
+        path = model.export_onnx(out, lengths=lengths, initial_state=initial_state,
+                                 opset=opset, identity=identity, overwrite=True)
+        names = rx.input_names(model.spec, lengths=lengths, initial_state=initial_state)
+        _echo(f"wrote {path} (ONNX opset {opset or rx.DEFAULT_OPSET}, "
+              f"{path.stat().st_size / 1024:.1f} KiB) from {ckpt}: inputs {', '.join(names)}; "
+              "outputs y, logits, h_n")
+        if verify:
+            batch = check.random_batch(model.spec, rng, lengths=lengths,
+                                       initial_state=initial_state)
+            diffs = check.onnx_file(path, model.params, model.spec, batch)
+    elif fmt == "torch":
+        from .interop import torch as rt
+        from .interop import verify as check
+
+        path = rt.save(model.params, model.spec, out, overwrite=True)
+        _echo(f"wrote {path} (torch.save of the state dict and spec, "
+              f"{path.stat().st_size / 1024:.1f} KiB) from {ckpt}")
+        if verify:
+            params, spec = rt.load(path)
+            batch = check.random_batch(model.spec, rng, lengths=True, initial_state=True)
+            diffs = check.torch_module(rt.to_torch(params, spec), model.params, model.spec,
+                                       batch)
+    else:
+        from .interop import safetensors as rst
+
+        path = model.save_safetensors(out, layout=layout, overwrite=True)
+        _echo(f"wrote {path} (safetensors, {layout} layout, "
+              f"{path.stat().st_size / 1024:.1f} KiB) from {ckpt}")
+        if verify:
+            params, spec = rst.load(path)
+            same = spec == model.spec and all(
+                np.array_equal(params[k], v) and params[k].dtype == v.dtype
+                for k, v in model.params.items())
+            _echo("verified: read back, the same spec and bit-identical parameters" if same
+                  else "verification FAILED: the file reads back differently")
+            return 0 if same else 1
+    if diffs is None:
+        _echo(f"not verified ({runtime} is not installed or --no-verify)")
+        return 0
+    worst = max(diffs.values())
+    ok = worst <= EXPORT_TOLERANCE
+    _echo(f"{'verified' if ok else 'verification FAILED'} in {runtime} against rnnlab's "
+          f"forward on random inputs: max difference relative to scale "
+          f"{_differences_text(diffs)} ({'<=' if ok else '>'} {EXPORT_TOLERANCE:.0e})")
+    return 0 if ok else 1
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

@@ -255,6 +255,63 @@ class RNN:
         return to_torch_state_dict(self.params, self.spec, rnn_prefix=rnn_prefix,
                                    head_prefix=head_prefix)
 
+    # ------------------------------------------------------------------------ interop
+
+    def to_torch(self, *, dtype: Any = None, device: Any = None) -> Any:
+        """A PyTorch module computing this network (:func:`rnnlab.interop.torch.to_torch`):
+        ``module(X, h0=None, lengths=None, steps=None)`` returns ``(y, logits, h_n)``."""
+        from .interop.torch import to_torch
+
+        return to_torch(self.params, self.spec, dtype=dtype, device=device)
+
+    @classmethod
+    def from_torch(cls, source: Any, spec: RNNSpec | None = None, **kwargs: Any) -> RNN:
+        """A model from a PyTorch module or state dict (:func:`rnnlab.interop.torch.from_torch`,
+        whose keyword arguments ``head``, ``head_reads``, ``rnn_prefix``, ``head_prefix`` and
+        RNNSpec fields pass through); the dtype is the module's."""
+        import warnings
+
+        from .interop.torch import from_torch
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params, spec = from_torch(source, spec, **kwargs)
+        for w in caught:                    # point them at the caller of this method
+            warnings.warn(w.message, w.category, stacklevel=2)
+        return cls.from_spec(spec, params)
+
+    def export_onnx(self, path: str | os.PathLike[str], *, lengths: bool = False,
+                    initial_state: bool = False, opset: int | None = None,
+                    identity: str = "Affine", overwrite: bool = True) -> Path:
+        """Write the network as an ONNX file (:func:`rnnlab.interop.onnx.export`): inputs ``X``
+        (and ``steps``, ``lengths``, ``h0`` as asked), outputs ``y``, ``logits``, ``h_n``."""
+        from .interop import onnx as rx
+
+        return rx.export(self.params, self.spec, path, lengths=lengths,
+                         initial_state=initial_state,
+                         opset=rx.DEFAULT_OPSET if opset is None else opset, identity=identity,
+                         overwrite=overwrite)
+
+    def save_safetensors(self, path: str | os.PathLike[str], *, layout: str = "rnnlab",
+                         metadata: Mapping[str, str] | None = None,
+                         overwrite: bool = True) -> Path:
+        """Write the parameters and the spec as a safetensors file
+        (:func:`rnnlab.interop.safetensors.save`)."""
+        from .interop import safetensors as rst
+
+        return rst.save(self.params, self.spec, path, layout=layout, metadata=metadata,
+                        overwrite=overwrite)
+
+    @classmethod
+    def load_safetensors(cls, path: str | os.PathLike[str], spec: RNNSpec | None = None,
+                         *, layout: str | None = None) -> RNN:
+        """A model from a safetensors file (:func:`rnnlab.interop.safetensors.load`); ``spec``
+        is needed only for a file without rnnlab's metadata."""
+        from .interop import safetensors as rst
+
+        params, spec = rst.load(path, spec, layout=layout)
+        return cls.from_spec(spec, params)
+
     # ------------------------------------------------------------------------ training, files
 
     def fit(self, data: Any, config: TrainConfig | None = None, *, val: Any = None,
