@@ -66,7 +66,7 @@ expected_failed_checks=EXPECTED_FAILED_CHECKS)``)."""
 def _sample_weight(sample_weight: ArrayLike, n: int) -> NDArray[np.float64]:
     """``(n,)`` finite weights ``>= 0`` (a scalar is every sequence's weight)."""
     if isinstance(sample_weight, numbers.Real):
-        w = np.full(n, float(sample_weight))            # type: ignore[arg-type]
+        w = np.full(n, float(sample_weight))
     else:
         w = check_array(sample_weight, ensure_2d=False, dtype=np.float64,
                         ensure_all_finite=True, input_name="sample_weight")
@@ -90,7 +90,7 @@ def _seeds(random_state: Any) -> tuple[int, int]:
             raise ValueError(f"random_state must be None, an int, a numpy Generator or "
                              f"RandomState; got {random_state!r}")
         rng = (random_state if isinstance(random_state, np.random.Generator)
-               else np.random.default_rng(random_state))
+               else np.random.default_rng(None if random_state is None else int(random_state)))
         a, b = rng.integers(0, 2**31 - 1, size=2)
     return int(a), int(b)
 
@@ -105,6 +105,8 @@ class _RNNEstimator(BaseEstimator):
     model_: RNN
     history_: History
     n_iter_: int
+    _seeds: tuple[int, int]
+    _opt_state: dict[str, Any] | None
 
     def __init__(
         self,
@@ -224,7 +226,7 @@ class _RNNEstimator(BaseEstimator):
             raise ValueError(f"mask must be (N, T) = {X.shape[:2]} bool; got {m.shape} {m.dtype}")
         return m
 
-    def _logits(self, X: ArrayLike, mask: ArrayLike | None) -> NDArray[np.float64]:
+    def _logits(self, X: ArrayLike, mask: ArrayLike | None) -> NDArray[np.floating]:
         """The logits in float64, from float64 copies of the trained weights: a sequence's
         prediction does not depend on which other sequences share its batch (float32 products
         round differently with the batch's size and order)."""
@@ -367,6 +369,8 @@ class RNNClassifier(ClassifierMixin, _RNNEstimator):
     one label per step.  Continuous targets are refused (``Unknown label type``), as are NaN
     labels.  scikit-learn's ``check_estimator`` passes except :data:`EXPECTED_FAILED_CHECKS`.
     """
+
+    classes_: NDArray[Any]
 
     def __init__(
         self,
