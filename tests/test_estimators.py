@@ -284,3 +284,16 @@ def test_validation_fraction_and_patience():
     h = clf.history_
     assert "val_loss" in h.epochs[0] and h.monitor == "val_loss"
     assert h.status == "early_stopped" and clf.n_iter_ == len(h.epochs) < 50
+
+
+def test_import_rnnlab_needs_no_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sklearn'] = None; import rnnlab; "
+            "assert issubclass(rnnlab.NotFittedError, ValueError)\n"
+            "try:\n    rnnlab.RNNClassifier\nexcept ImportError as e:\n    print(e)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "pip install 'rnnlab[sklearn]'" in res.stdout

@@ -528,6 +528,10 @@ def sweep(config: str | None, grid_items: tuple[str, ...], sets: tuple[str, ...]
                           meta={"base": base.to_dict()}, echo=_echo,
                           check=partial(check_data, base))
     _echo("\n" + sw.results_table(report.records))
+    paths = sorted({str(r["summary"].get("fast_path", "on")) for r in report.records
+                    if isinstance(r.get("summary"), dict)})
+    if paths:
+        _echo("fast path: " + "; ".join(paths), 2)
     done = len(report.records) - len(report.failed)
     _echo(f"{done} of {len(report.records)} cells done ({report.skipped} from earlier runs), "
           f"{len(report.failed)} failed, {sw.format_duration(report.wall_time_s)}; results in "
