@@ -29,6 +29,7 @@ every checkpoint, so a resumed run continues with it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -200,10 +201,14 @@ class EarlyStopping(Callback):
         When training ends (this callback stops it, or the last epoch is done), put back the
         parameters of the best epoch, before the test split is evaluated and the last
         checkpoint written.
+    verbose : int
+        1: say on stderr when it stops.
     """
 
     def __init__(self, monitor: str = "val_loss", *, patience: int = 5, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best_weights: bool = False) -> None:
+                 mode: str = "auto", restore_best_weights: bool = False,
+                 verbose: int = 0) -> None:
+        self.verbose = int(verbose)
         resolve_mode(monitor, mode)
         self.monitor = monitor
         self.tracker = _Tracker(monitor, mode, _count("patience", patience, 1),
@@ -225,6 +230,10 @@ class EarlyStopping(Callback):
         if self.tracker.should_stop:
             self.stopped_epoch = epoch
             self._restore()
+            if self.verbose:
+                print(f"Epoch {epoch}: early stopping (best {self.monitor} "
+                      f"{self.tracker.best} at epoch {self.tracker.best_epoch})",
+                      file=sys.stderr)
             raise StopTraining(f"{self.monitor} did not improve for {self.tracker.patience} "
                                f"evaluation(s); best {self.tracker.best} at epoch "
                                f"{self.tracker.best_epoch}")
@@ -269,11 +278,14 @@ class ReduceLROnPlateau(Callback):
     min_lr : float
         Lower bound of the base rate.
     mode : {"auto", "min", "max"}
+    verbose : int
+        1: say on stderr when it lowers the rate.
     """
 
     def __init__(self, monitor: str = "val_loss", *, factor: float = 0.1, patience: int = 10,
                  min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
-                 mode: str = "auto") -> None:
+                 mode: str = "auto", verbose: int = 0) -> None:
+        self.verbose = int(verbose)
         resolve_mode(monitor, mode)
         self.monitor = monitor
         self.factor = _number("factor", factor, minimum=1e-12, below=1.0)
@@ -304,6 +316,9 @@ class ReduceLROnPlateau(Callback):
             t.lr_scale = scale
             self.reductions.append((epoch, base * scale))
             self.cooldown_left = self.cooldown
+            if self.verbose:
+                print(f"Epoch {epoch}: ReduceLROnPlateau reducing the learning rate to "
+                      f"{base * scale:.4g}", file=sys.stderr)
         self.tracker.wait = 0
         return None
 

@@ -35,12 +35,6 @@ class Progress:
             except ImportError:     # plain fallback
                 self._tqdm = None
 
-    def note(self, text: str) -> None:
-        """A line of its own (start-up, why the fast path is off), whatever the mode but off."""
-        if self.bar or self.lines:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
     def start(self, epoch: int, total: int, done: int) -> None:
         if self.bar and self._tqdm is not None:
             self._bar = self._tqdm(total=total, initial=done, desc=f"epoch {epoch}/{self.epochs}",
