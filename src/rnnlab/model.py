@@ -316,14 +316,18 @@ class RNN:
 
     def fit(self, data: Any, config: TrainConfig | None = None, *, val: Any = None,
             test: Any = None, resume: bool | str | os.PathLike[str] | None = None,
-            callback: Any = None, stream: IO[str] | None = None, **overrides: Any) -> History:
-        """Train with :func:`rnnlab.train.fit`; ``overrides`` replace fields of ``config``
-        (``model.fit(ds, epochs=5, lr=1e-2)``).  Returns (and keeps) the History."""
+            callback: Any = None, callbacks: Any = None, sample_weight: Any = None,
+            opt_state: Any = None, stream: IO[str] | None = None,
+            **overrides: Any) -> History:
+        """Train with :func:`rnnlab.train.fit` (``callbacks``, ``sample_weight``, ``opt_state``
+        as there); ``overrides`` replace fields of ``config`` (``model.fit(ds, epochs=5,
+        lr=1e-2)``).  Returns (and keeps) the History."""
         cfg = TrainConfig() if config is None else config
         if overrides:
             cfg = cfg.replace(**overrides)
         self.history = fit(self.params, self.spec, data, cfg, val=val, test=test, resume=resume,
-                           callback=callback, stream=stream)
+                           callback=callback, callbacks=callbacks, sample_weight=sample_weight,
+                           opt_state=opt_state, stream=stream)
         return self.history
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -18,8 +18,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from .spec import RNNSpec
 
-__all__ = ["as_float_array", "check_h0", "check_steps", "check_targets", "make_mask",
-           "target_lead", "time_first", "time_first_mask"]
+__all__ = ["as_float_array", "check_h0", "check_sample_weight", "check_steps", "check_targets",
+           "make_mask", "target_lead", "time_first", "time_first_mask"]
 
 Array = NDArray[np.floating]
 Mask = NDArray[np.bool_]
@@ -190,3 +190,21 @@ def target_lead(spec: RNNSpec, B: int, T: int) -> tuple[int, ...]:
     many-to-many and one-to-many, ``(B,)`` for a sequence target (many-to-one, whichever steps
     score it)."""
     return (B, T) if spec.setup != "many_to_one" else (B,)
+
+
+def check_sample_weight(w: ArrayLike | None, spec: RNNSpec, B: int, T: int, dtype: np.dtype
+                        ) -> Array | None:
+    """Per-sequence loss weights ``(B,)``, or per (sequence, step) ``(B, T)`` for set-ups that
+    score every step: finite, ``>= 0``, cast to ``dtype`` (eq. 15 with weights)."""
+    if w is None:
+        return None
+    arr = as_float_array("sample_weight", w, dtype)
+    shapes = [(B,)] + ([(B, T)] if spec.per_step_output else [])
+    if arr.shape not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"sample_weight must have shape {want} (one weight per sequence"
+                         + (", or per sequence and step" if spec.per_step_output else "")
+                         + f"); got {arr.shape}")
+    if (arr < 0).any():
+        raise ValueError(f"sample_weight must be >= 0; got a minimum of {arr.min()!r}")
+    return arr

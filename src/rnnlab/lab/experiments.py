@@ -43,7 +43,8 @@ from ..train.metrics import evaluate, metric_names
 from ..version import __version__
 from .config import ExperimentConfig, dumps_toml, load_config
 
-__all__ = ["METHODS", "run", "run_cell", "timesteps", "timesteps_cells", "versions"]
+__all__ = ["METHODS", "check_data", "run", "run_cell", "run_dir_of", "timesteps", "timesteps_cells",
+           "versions"]
 
 DIAGNOSTIC_SEQUENCES = 128
 
@@ -239,6 +240,8 @@ def _summary(cfg: ExperimentConfig, ds: Any, spec: RNNSpec, params: Any, h: Hist
         "best_epoch": h.best_epoch,
         "final": h.epochs[-1] if h.epochs else None,
         "test": dict(test),
+        "startup_s": h.startup_s,
+        "fast_path": "on" if h.fast_path is None else f"off: {h.fast_path}",
         "wall_time_s": wall,
         "train_time_s": train_time,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -269,6 +272,30 @@ def cell_function(base: ExperimentConfig, out_dir: str | os.PathLike[str]
                   ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     """A picklable ``f(cell) -> summary`` for :func:`rnnlab.sweep.run_sweep`."""
     return partial(run_cell, base=base.to_dict(), out_dir=os.fspath(out_dir))
+
+
+def check_data(base: ExperimentConfig, cells: Sequence[Mapping[str, Any]]) -> None:
+    """Load the data of every distinct dataset the cells read (one cell each), so that missing
+    files or a failed download stop a sweep once, before any cell runs (``run_sweep(...,
+    check=)``); the files a download fetches are then in the cache for every worker."""
+    seen: set[str] = set()
+    for cell in cells:
+        cfg = base.with_overrides({k: v for k, v in cell.items() if k != "name"})
+        d = cfg.data
+        key = json.dumps([d.dataset, d.data_dir, d.options], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            d.load()
+
+
+def run_dir_of(out_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
+    """A finished sweep record's run directory (the name its summary gives, which stays right
+    when the naming of cells changes)."""
+    from .sweep import cell_name
+
+    summary = record.get("summary")
+    name = summary.get("name") if isinstance(summary, Mapping) else None
+    return Path(out_dir) / "runs" / (str(name) if name else cell_name(record["cell"]))
 
 
 # ----------------------------------------------------------------------------- seed 000
@@ -404,7 +431,8 @@ def timesteps(
     t0 = time.perf_counter()
     report = sweep.run_sweep(cell_function(base, out_dir), cells, out_dir, jobs=jobs,
                              cluster=cluster, overwrite=overwrite, echo=echo,
-                             meta={"base": base.to_dict(), "experiment": "timesteps"})
+                             meta={"base": base.to_dict(), "experiment": "timesteps"},
+                             check=partial(check_data, base))
     summaries = [r["summary"] for r in report.records if r["status"] == "done"]
     if report.failed:
         echo(f"{len(report.failed)} run(s) failed: " + "; ".join(
@@ -416,8 +444,7 @@ def timesteps(
     chance = summaries[0].get("baselines", {}).get("accuracy_chance")
     if chance is not None:
         echo(f"chance: {chance:.3f}")
-    run_dirs = [out_dir / "runs" / sweep.cell_name(r["cell"]) for r in report.records
-                if r["status"] == "done"]
+    run_dirs = [run_dir_of(out_dir, r) for r in report.records if r["status"] == "done"]
     figs = plots.accuracy_vs_steps(run_dirs, out_dir / "accuracy_vs_T")
     gl = METHODS[methods[0]].label
     figs += plots.gradient_norms([d for d in run_dirs if (d / "diagnostics.npz").exists()],

@@ -51,8 +51,11 @@ __all__ = [
     "cell_hash",
     "cell_name",
     "expand",
+    "format_duration",
     "grid",
+    "results_table",
     "run_sweep",
+    "shown_keys",
 ]
 
 RESULTS = "results.jsonl"
@@ -79,21 +82,52 @@ def cell_hash(cell: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(cell).encode()).hexdigest()[:16]
 
 
+# short names of config keys, for run-folder names, tables and figure legends
+SHORT_KEYS: dict[str, str] = {"data.steps": "T", "train.seed": "seed", "model.hidden_size": "H",
+          "model.num_layers": "L", "train.lr": "lr", "train.batch_size": "B",
+          "train.epochs": "ep", "data.seed": "dseed", "train.k1": "k1", "train.k2": "k2",
+          "train.clip_norm": "clip"}
+
+
+def _slug(text: str, limit: int, lower: bool = True) -> str:
+    """Letters (lower-case unless ``lower=False``), digits, ``.`` and ``-``; cut at a ``-`` to
+    at most ``limit``."""
+    s = re.sub(r"[^A-Za-z0-9.]+", "-", text.lower() if lower else text).strip("-.")
+    if len(s) > limit:
+        cut = s[:limit + 1].rsplit("-", 1)[0] if "-" in s[:limit + 1] else s[:limit]
+        s = cut.strip("-.")
+    return s
+
+
 def cell_name(cell: Mapping[str, Any]) -> str:
-    """A readable directory name: the cell's ``name`` if it has one, else its values
-    (``steps=8_seed=1``), then ``-<hash8>``; at most ~80 characters."""
+    """A short, safe and unique directory name: a readable part, then ``-<hash8>``.
+
+    The readable part is the cell's ``name`` if it has one, else its label (a slug of at most 24
+    characters, lower case) and its other values with short keys (``T8``, ``seed1``, ``H32``,
+    ``lr0.01``; string values as they are when there is no label), in letters, digits, ``.`` and
+    ``-``, at most 48 characters: ``tanh-label-at-the-last-T64-seed0-1a2b3c4d``.  The hash of
+    the whole cell keeps names unique.
+    """
+    h = cell_hash(cell)[:8]
     if isinstance(cell.get("name"), str):
-        text = re.sub(r"[^A-Za-z0-9._=+,-]+", "-", cell["name"]).strip("-_.")[:70]
-        return f"{text}-{cell_hash(cell)[:8]}" if text else cell_hash(cell)
-    parts = []
+        text = _slug(cell["name"], 48, lower=False)
+        return f"{text}-{h}" if text else cell_hash(cell)
+    parts: list[str] = []
+    label = cell.get("label")
+    if isinstance(label, str) and _slug(label, 24):
+        parts.append(_slug(label, 24))
     for k, v in cell.items():
-        short = k.rsplit(".", 1)[-1]
-        if short == "label":
-            parts.append(str(v))
-        elif not isinstance(v, Mapping | list):
-            parts.append(f"{short}={v}")
-    text = re.sub(r"[^A-Za-z0-9._=+,-]+", "-", "_".join(parts)).strip("-_.")[:70]
-    return f"{text}-{cell_hash(cell)[:8]}" if text else cell_hash(cell)
+        if k in ("label", "name") or isinstance(v, Mapping | list) or v is None:
+            continue
+        short = SHORT_KEYS.get(k, k.rsplit(".", 1)[-1].replace("_", ""))
+        if isinstance(v, bool):
+            parts.append(short if v else f"no{short}")
+        elif isinstance(v, int | float):
+            parts.append(f"{short}{v:g}" if isinstance(v, float) else f"{short}{v}")
+        elif isinstance(v, str) and not isinstance(label, str):
+            parts.append(_slug(v, 16))
+    text = _slug("-".join(p for p in parts if p), 48, lower=False)
+    return f"{text}-{h}" if text else cell_hash(cell)
 
 
 def grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -225,14 +259,17 @@ def _error(exc: BaseException) -> str:
 
 
 class _Driver:
-    """Turns worker outcomes into results lines and progress messages."""
+    """Turns worker outcomes into results lines and progress messages (with an ETA)."""
 
     def __init__(self, results: ResultsFile, cells: Sequence[Mapping[str, Any]],
                  done_before: int, echo: Callable[[str], None] | None) -> None:
         self.results, self.total, self.count = results, len(cells), done_before
         self.echo = echo
-        self.shown = _shown_keys(cells)
+        self.shown = shown_keys(cells)
         self.records: dict[str, dict[str, Any]] = {}
+        self.t0 = time.perf_counter()
+        self.todo = self.total - done_before      # cells this session runs
+        self.finished = 0                         # of them, ended (done or not)
 
     def finish(self, h: str, cell: Mapping[str, Any], outcome: Mapping[str, Any] | None,
                error: str | None, attempts: int) -> None:
@@ -253,13 +290,19 @@ class _Driver:
         self.records[h] = rec
         if rec["status"] == "done":
             self.count += 1
+        self.finished += 1
         if self.echo is not None:
-            self.echo(_progress_line(rec, self.count, self.total, self.shown))
+            line = _progress_line(rec, self.count, self.total, self.shown)
+            left = self.todo - self.finished
+            if left > 0:            # wall time per finished cell (parallel workers included)
+                elapsed = time.perf_counter() - self.t0
+                line += f"  ETA {format_duration(elapsed / self.finished * left)}"
+            self.echo(line)
 
 
-def _shown_keys(cells: Sequence[Mapping[str, Any]]) -> list[str]:
+def shown_keys(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     """The keys worth printing: those that vary, minus those an earlier shown key determines
-    (a method's overrides follow from its label)."""
+    (a method's overrides follow from its label); all keys if none varies."""
     keys = list(dict.fromkeys(k for c in cells for k in c))
 
     def val(c: Mapping[str, Any], k: str) -> str:
@@ -274,6 +317,49 @@ def _shown_keys(cells: Sequence[Mapping[str, Any]]) -> list[str]:
         if not determined:
             shown.append(k)
     return shown or keys
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _test_metrics(summary: Any) -> dict[str, float]:
+    """The test metrics a table shows: the last-step accuracy/loss where recorded, else the
+    first two."""
+    if not isinstance(summary, Mapping) or not isinstance(summary.get("test"), Mapping):
+        return {}
+    test = summary["test"]
+    keys = ([k for k in test if k.endswith("accuracy_last")]
+            or [k for k in ("test_accuracy", "test_mse", "test_perplexity", "test_loss")
+                if k in test][:2] or list(test)[:2])
+    return {k: test[k] for k in keys if isinstance(test[k], int | float)}
+
+
+def results_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """One line per cell: the keys that vary, the status, the test metrics and the time."""
+    if not records:
+        return "(no cells)"
+    shown = shown_keys([r["cell"] for r in records])
+    metrics = list(dict.fromkeys(k for r in records for k in _test_metrics(r.get("summary"))))
+    head = [k.rsplit(".", 1)[-1] for k in shown] + ["status"] + metrics + ["time"]
+    rows = []
+    for r in records:
+        row = [str(r["cell"].get(k, "")) for k in shown] + [str(r.get("status", ""))]
+        tm = _test_metrics(r.get("summary"))
+        row += [f"{tm[m]:.4f}" if m in tm else "-" for m in metrics]
+        row.append(format_duration(r["elapsed_s"]) if "elapsed_s" in r else "-")
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    return "\n".join(lines)
 
 
 def _progress_line(rec: Mapping[str, Any], count: int, total: int, shown: Sequence[str]) -> str:
@@ -371,9 +457,9 @@ def _connect(cluster: str, jobs: int, timeout: float) -> tuple[Any, Any]:
 
 def _run_dask(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driver, jobs: int,
               retries: int, cluster: str, timeout: float) -> None:
+    client, local = _connect(cluster, jobs, timeout)   # first: its ImportError names the extra
     from distributed import as_completed
 
-    client, local = _connect(cluster, jobs, timeout)
     try:
         ac = as_completed()
         pending: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -435,6 +521,7 @@ def run_sweep(
     meta: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] | None = None,
     timeout: float = 60.0,
+    check: Callable[[list[dict[str, Any]]], Any] | None = None,
 ) -> SweepReport:
     """Run ``fn(cell)`` for every cell not yet done in ``out/results.jsonl``.
 
@@ -460,9 +547,13 @@ def run_sweep(
         Settings every cell shares (the base config): stored in ``sweep.json``; resuming with
         different ones is a ValueError.
     echo : callable, optional
-        Receives one progress line per finished cell.
+        Receives one progress line per finished cell, with an estimate of the time left.
     timeout : float
         Seconds to wait when connecting to a Dask cluster.
+    check : callable, optional
+        ``check(cells)`` with the cells about to run, before any of them starts (e.g. that their
+        data is there); an exception it raises stops the sweep with that one error instead of
+        one failure per cell.
 
     Returns
     -------
@@ -483,6 +574,8 @@ def run_sweep(
     results = ResultsFile(out_dir / RESULTS)
     done = results.done()
     todo = [(h, c) for h, c in unique.items() if h not in done]
+    if todo and check is not None:
+        check([c for _, c in todo])
     drv = _Driver(results, list(unique.values()), len(unique) - len(todo), echo)
     if echo is not None and len(todo) < len(unique):
         echo(f"{len(unique) - len(todo)} of {len(unique)} cells already done in "

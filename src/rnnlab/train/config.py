@@ -23,9 +23,11 @@ ALGORITHMS: tuple[str, ...] = ("bptt", "tbptt", "rtrl", "rtrl_online")
 ENGINES: tuple[str, ...] = ("fast", "reference")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
 PROGRESS: tuple[str, ...] = ("auto", "on", "off")
-# config fields that shape the trajectory: a resumed run must agree on them (docs/training.md)
+TRACKING: tuple[str, ...] = ("tensorboard",)
+# config fields that shape the trajectory: a resumed run must agree on them (docs/training.md);
+# `lr` may change (continuing with a smaller rate is a common, deliberate choice)
 RESUME_KEYS: tuple[str, ...] = (
-    "batch_size", "optimizer", "optimizer_kwargs", "lr", "schedule", "schedule_kwargs",
+    "batch_size", "optimizer", "optimizer_kwargs", "schedule", "schedule_kwargs",
     "clip_norm", "algorithm", "k1", "k2", "stateful", "shuffle", "seed", "on_nonfinite",
     "monitor", "mode", "min_delta", "spec", "dtype",
 )
@@ -122,6 +124,13 @@ class TrainConfig:
         Progress bar on stderr; ``"auto"`` shows it only when stderr is a terminal.
     log_path : str, optional
         JSONL file that receives one line of metrics per epoch.
+    tracking : {"tensorboard"}, optional
+        Also write every epoch's metrics (and the config, and the final test metrics as
+        hyper-parameter results) to an experiment tracker: ``"tensorboard"`` writes TensorBoard
+        event files (needs ``pip install 'rnnlab[tracking]'``).
+    tracking_dir : str, optional
+        Where the tracker writes (default: ``tensorboard/`` beside ``log_path``, else beside
+        ``checkpoint_dir``).
     """
 
     epochs: int = 10
@@ -150,6 +159,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     progress: str = "auto"
     log_path: str | None = None
+    tracking: str | None = None
+    tracking_dir: str | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -208,7 +219,9 @@ class TrainConfig:
         if isinstance(self.progress, bool):
             put("progress", "on" if self.progress else "off")
         _choice("progress", self.progress, PROGRESS)
-        for name in ("checkpoint_dir", "log_path"):
+        if self.tracking is not None:
+            _choice("tracking", self.tracking, TRACKING)
+        for name in ("checkpoint_dir", "log_path", "tracking_dir"):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, str | os.PathLike):

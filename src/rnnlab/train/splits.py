@@ -24,12 +24,39 @@ class TrainData:
     X: NDArray[Any]
     y: NDArray[Any]
     mask: NDArray[np.bool_] | None
+    weight: NDArray[np.floating] | None = None
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
     def take(self, idx: Any) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.bool_] | None]:
         return self.X[idx], self.y[idx], None if self.mask is None else self.mask[idx]
+
+    def take_weight(self, idx: Any) -> NDArray[np.floating] | None:
+        return None if self.weight is None else self.weight[idx]
+
+    def with_weight(self, sample_weight: Any) -> TrainData:
+        """This split with loss weights: ``(N,)`` per sequence or ``(N, T)`` per step, finite and
+        ``>= 0`` (docs/derivation.md, eq. 15w)."""
+        if sample_weight is None:
+            return self
+        w = np.asarray(sample_weight)
+        if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_) \
+                or np.issubdtype(w.dtype, np.complexfloating):
+            raise TypeError(f"sample_weight must be a real numeric array; got dtype {w.dtype}")
+        n = len(self)
+        T = self.X.shape[1] if self.X.ndim >= 2 else None
+        if w.shape != (n,) and not (T is not None and w.shape == (n, T)):
+            raise ValueError(f"sample_weight must have shape ({n},), one weight per training "
+                             f"sequence{f', or ({n}, {T}) per step' if T else ''}; got "
+                             f"{w.shape}")
+        w = w.astype(np.float64)
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("sample_weight must be finite and >= 0")
+        if not (w > 0).any():
+            raise ValueError("sample_weight is 0 for every training sequence: nothing to learn "
+                             "from")
+        return TrainData(self.X, self.y, self.mask, w)
 
 
 def as_data(obj: Any, name: str) -> TrainData | None:
