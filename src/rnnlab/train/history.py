@@ -37,6 +37,16 @@ class History:
     status : {"completed", "early_stopped", "interrupted", "diverged"}
     epoch, step : int
         Completed epochs and minibatches.
+    monitor, best_value, best_epoch
+        The metric early stopping watches (``TrainConfig.monitor``), its best value and epoch.
+    weights : {"best", "last"}
+        Which parameters the run ended with: the best epoch's (restored,
+        ``TrainConfig.restore_best``) or the last epoch's; ``weights_epoch`` is that epoch.
+        ``test`` metrics are those of these weights.
+    health : list of dict
+        Training-health warnings (loss spikes, a loss stuck at chance, gradients vanishing or
+        exploding through time): ``{"epoch", "step", "kind", "message"}``, also in the epoch
+        records' ``health`` field (rnnlab.train.health).
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -51,6 +61,9 @@ class History:
     checkpoint: str | None = None
     test: dict[str, float] | None = None
     message: str = ""
+    weights: str = "last"
+    weights_epoch: int | None = None
+    health: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def interrupted(self) -> bool:
