@@ -51,7 +51,7 @@ class _RNNEstimator:
         algorithm: str = "bptt",
         k1: int | None = None,
         k2: int | None = None,
-        init: str = "pytorch",
+        init: str = "keras",
         dtype: str = "float32",
         validation_fraction: float | None = None,
         patience: int | None = None,

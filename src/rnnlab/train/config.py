@@ -134,7 +134,7 @@ class TrainConfig:
         JSONL file that receives one line of metrics per epoch.
     """
 
-    epochs: int = 10
+    epochs: int = 50
     batch_size: int = 32
     optimizer: str = "adam"
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
