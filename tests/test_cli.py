@@ -82,8 +82,14 @@ def test_flags_override_set_which_overrides_the_file(tmp_path, capsys):
 
 
 def test_evaluate(trained, capsys):
+    """The default checkpoint is the weights the run ended with (summary.json's weights)."""
+    weights = json.loads((trained / "summary.json").read_text())["weights"]
     rc, out, _ = run(capsys, "evaluate", str(trained))
-    assert rc == 0 and "digits (last) on digits test (359 sequences): loss" in out
+    assert rc == 0 and f"digits ({weights}) on digits test (359 sequences): loss" in out
+    summary = json.loads((trained / "summary.json").read_text())
+    for k, v in summary["test"].items():
+        if k in ("test_loss", "test_accuracy"):
+            assert f"{k[5:]} {v:.4f}" in out, (k, out)
     rc, out, _ = run(capsys, "evaluate", str(trained), "--checkpoint", "best", "--split", "val",
                      "--json")
     res = json.loads(out)

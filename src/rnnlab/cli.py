@@ -307,7 +307,8 @@ def train(config: str | None, sets: tuple[str, ...], runs_dir: str, resume: bool
     _echo("last epoch: " + _metrics_text({k: v for k, v in last.items()
                                           if k.startswith(("train_loss", "val_"))}))
     if s["test"]:
-        _echo("test: " + _metrics_text(s["test"]), 0)
+        _echo("test: " + _metrics_text(s["test"]) + f"  (the {s.get('weights', 'last')} "
+              f"weights, epoch {s.get('weights_epoch')})", 0)
     if s["baselines"]:
         _echo("baselines: " + _metrics_text(s["baselines"]))
     _echo(f"{s['status']} after {s['epochs']} epoch(s), {s['wall_time_s']:.1f} s; "
@@ -322,6 +323,17 @@ def _metrics_text(d: dict[str, Any]) -> str:
                      for k, v in d.items())
 
 
+def _final_checkpoint(rdir: Path) -> str:
+    """``"best"`` when the run ended with its best epoch's weights (summary.json), else
+    ``"last"``."""
+    summary = rdir / "summary.json"
+    try:
+        weights = json.loads(summary.read_text("utf-8")).get("weights")
+    except (OSError, ValueError, AttributeError):
+        weights = None
+    return "best" if weights == "best" else "last"
+
+
 def _load_model(run_dir: str, checkpoint: str) -> tuple[Any, Any, Any]:
     """(config, RNN, dataset) of a run directory and one of its checkpoints."""
     from .model import RNN
@@ -330,6 +342,8 @@ def _load_model(run_dir: str, checkpoint: str) -> tuple[Any, Any, Any]:
     if not (rdir / "config.toml").is_file():
         raise FileNotFoundError(f"{run_dir!r} is not a run directory (no config.toml)")
     cfg = load_config(rdir / "config.toml")
+    if checkpoint == "final":                 # the weights the run ended with
+        checkpoint = _final_checkpoint(rdir)
     ckpt = Path(checkpoint) if checkpoint not in ("last", "best") else \
         rdir / "checkpoints" / f"{checkpoint}.npz"
     if not ckpt.is_file():
@@ -339,8 +353,9 @@ def _load_model(run_dir: str, checkpoint: str) -> tuple[Any, Any, Any]:
 
 @cli.command(short_help="Metrics of a run's checkpoint on a split.")
 @click.argument("run_dir", type=click.Path())
-@click.option("--checkpoint", default="last", show_default=True,
-              help="'last', 'best' or a checkpoint file.")
+@click.option("--checkpoint", default="final", show_default=True,
+              help="'final' (the weights the run ended with: its best epoch's when they were "
+                   "restored, see its summary.json), 'last', 'best' or a checkpoint file.")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -350,10 +365,14 @@ def evaluate(run_dir: str, checkpoint: str, split: str, as_json: bool) -> int:
     import dataclasses
 
     from .train.metrics import evaluate as evaluate_metrics
+    from .train.metrics import task_metrics
 
+    if checkpoint == "final":
+        checkpoint = _final_checkpoint(Path(run_dir))
     cfg, model, ds = _load_model(run_dir, checkpoint)
     data = getattr(ds, split)
     res = evaluate_metrics(model.params, model.spec, data.X, data.y, data.mask)
+    res.update(task_metrics(model.params, model.spec, ds, split))
     if model.spec.setup == "many_to_one" and model.spec.label_steps == "all":
         last = dataclasses.replace(model.spec, label_steps="last")
         res.update({f"{k}_last": v for k, v in evaluate_metrics(
@@ -376,8 +395,8 @@ def evaluate(run_dir: str, checkpoint: str, split: str, as_json: bool) -> int:
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
               help="0 = greedy.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--checkpoint", default="last", show_default=True,
-              help="'last', 'best' or a checkpoint file.")
+@click.option("--checkpoint", default="final", show_default=True,
+              help="'final', 'last', 'best' or a checkpoint file (as for evaluate).")
 @_verbosity
 def sample(run_dir: str, prime: str | None, length: int, temperature: float, seed: int,
            checkpoint: str) -> int:
@@ -867,14 +886,26 @@ def _import_hint(exc: ImportError) -> str:
     return f"{msg}: this needs the optional package {top!r}: pip install 'rnnlab[{extra}]'"
 
 
+def _warning_line(prog_name: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the command line: one line, ``<prog>: warning: ...``."""
+    def show(message: Any, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        click.echo(f"{prog_name}: warning: {_one_line(str(message))}", err=True)
+    return show
+
+
 def main(argv: Sequence[str] | None = None, prog_name: str = "rnnlab") -> int:
     """Run the command line; return the exit code (:data:`EXIT_CODES`): every error is one line
     on stderr."""
+    import warnings
+
     from .data.download import DownloadError
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = bool(os.environ.get("RNNLAB_DEBUG"))
     _Output.level = 1
+    old_show = warnings.showwarning
+    warnings.showwarning = _warning_line(prog_name)     # warnings (training health) as a line
     old_term = None
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _terminate)    # SIGTERM stops like Ctrl-C
@@ -924,6 +955,7 @@ def main(argv: Sequence[str] | None = None, prog_name: str = "rnnlab") -> int:
                    "(unexpected; RNNLAB_DEBUG=1 shows the traceback)", err=True)
         return 1
     finally:
+        warnings.showwarning = old_show
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     return rv if isinstance(rv, int) else 0

@@ -127,7 +127,7 @@ class _RNNEstimator(BaseEstimator):
         algorithm: str = "bptt",
         k1: int | None = None,
         k2: int | None = None,
-        init: str = "pytorch",
+        init: str = "keras",
         dtype: str = "float32",
         validation_fraction: float | None = None,
         patience: int | None = None,

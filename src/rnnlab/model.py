@@ -23,7 +23,15 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .core import network
-from .core.params import INITS, Params, check_params, init_params, num_parameters, shapes
+from .core.params import (
+    DEFAULT_INIT,
+    INITS,
+    Params,
+    check_params,
+    init_params,
+    num_parameters,
+    shapes,
+)
 from .core.spec import RNNSpec
 from .data.base import Dataset
 from .train import History, TrainConfig, checkpoint, fit, spec_for_dataset
@@ -62,8 +70,9 @@ class RNN:
         See :class:`rnnlab.RNNSpec`.
     batch_first : bool
         Only True is supported (arrays are ``(B, T, D)``); accepted for PyTorch compatibility.
-    init : {"pytorch", "keras", "small", "irnn"}
-        Initialiser (:func:`rnnlab.init_params`).
+    init : {"keras", "pytorch", "small", "irnn", "identity"}
+        Initialiser (:func:`rnnlab.init_params`); ``"keras"`` by default (docs/results.md,
+        "Defaults").
     dtype : {"float32", "float64"}
     seed : int, optional
         Seed of the initialiser's Generator; or pass ``rng``.
@@ -94,7 +103,7 @@ class RNN:
         reduction: str = "mean",
         input_kind: str = "dense",
         batch_first: bool = True,
-        init: str = "pytorch",
+        init: str = DEFAULT_INIT,
         dtype: DTypeLike = "float32",
         seed: int | None = None,
         rng: np.random.Generator | None = None,
@@ -121,8 +130,8 @@ class RNN:
 
     @classmethod
     def from_spec(cls, spec: RNNSpec, params: Mapping[str, NDArray[np.floating]] | None = None,
-                  *, init: str = "pytorch", dtype: DTypeLike = "float32", seed: int | None = None,
-                  rng: np.random.Generator | None = None) -> RNN:
+                  *, init: str = DEFAULT_INIT, dtype: DTypeLike = "float32",
+                  seed: int | None = None, rng: np.random.Generator | None = None) -> RNN:
         """A model for ``spec``: with copies of ``params`` (their dtype wins) or freshly drawn."""
         if not isinstance(spec, RNNSpec):
             raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")

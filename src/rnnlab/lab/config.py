@@ -46,7 +46,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.params import INITS
+from ..core.params import DEFAULT_INIT, INITS
 from ..core.spec import RNNSpec, unknown_fields
 from ..data import registry
 from ..train.config import TrainConfig
@@ -101,8 +101,8 @@ class ModelConfig:
     ----------
     hidden_size, num_layers, nonlinearity, bidirectional
         As in :class:`rnnlab.RNNSpec`.
-    init : {"pytorch", "keras", "small", "irnn"}
-        :func:`rnnlab.init_params` scheme.
+    init : {"keras", "pytorch", "small", "irnn", "identity"}
+        :func:`rnnlab.init_params` scheme (default ``"keras"``, docs/results.md "Defaults").
     dtype : {"float32", "float64"}
     setup, loss : str, optional
         Override what :func:`rnnlab.train.spec_for_dataset` derives from the dataset's task.
@@ -114,7 +114,7 @@ class ModelConfig:
     num_layers: int = 1
     nonlinearity: str = "tanh"
     bidirectional: bool = False
-    init: str = "pytorch"
+    init: str = DEFAULT_INIT
     dtype: str = "float32"
     setup: str | None = None
     loss: str | None = None

@@ -238,6 +238,9 @@ def _summary(cfg: ExperimentConfig, ds: Any, spec: RNNSpec, params: Any, h: Hist
         "monitor": h.monitor,
         "best_value": h.best_value,
         "best_epoch": h.best_epoch,
+        "weights": h.weights,
+        "weights_epoch": h.weights_epoch,
+        "health": list(h.health),
         "final": h.epochs[-1] if h.epochs else None,
         "test": dict(test),
         "startup_s": h.startup_s,
@@ -309,13 +312,17 @@ class Method:
     overrides: Mapping[str, Any]
 
 
+# Each method's recipe, measured by the sweeps of docs/results.md ("Recipes"): configs/recipes/
 METHODS: dict[str, Method] = {
     "tanh": Method("tanh, label at the last step", {
-        "model.nonlinearity": "tanh", "model.init": "pytorch", "model.label_steps": "last"}),
+        "model.nonlinearity": "tanh", "model.init": "keras", "model.label_steps": "last",
+        "train.lr": 3e-3}),
     "irnn": Method("IRNN (ReLU, W_hh = I)", {
-        "model.nonlinearity": "relu", "model.init": "irnn", "model.label_steps": "last"}),
+        "model.nonlinearity": "relu", "model.init": "identity", "model.label_steps": "last",
+        "train.lr": 1e-3}),
     "every-step": Method("tanh, label at every step", {
-        "model.nonlinearity": "tanh", "model.init": "pytorch", "model.label_steps": "all"}),
+        "model.nonlinearity": "tanh", "model.init": "keras", "model.label_steps": "all",
+        "train.lr": 3e-3}),
 }
 DIGITS_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 IMAGE_STEPS: tuple[int, ...] = (1, 4, 7, 14, 28, 56, 112)

@@ -107,6 +107,16 @@ class TrainConfig:
         Early stopping: stop after ``patience`` evaluations without improvement of ``monitor``
         (``"val_loss"``, ``"val_accuracy"``, ``"train_loss"``, ...); ``patience=None`` never
         stops but still keeps ``best.npz``.  ``mode="auto"`` maximises accuracies.
+    restore_best : bool
+        At the end of a completed or early-stopped run, restore the parameters of the epoch where
+        ``monitor`` was best (Keras' ``restore_best_weights``, scikit-learn's MLP with early
+        stopping); the test metrics are then those of these weights.  ``History.weights`` says
+        which weights the run ended with.  Needs a monitored metric (a validation split for
+        ``val_*``); False keeps the last epoch's.
+    health : bool
+        Watch the run for loss spikes, a loss stuck at chance and gradients vanishing or
+        exploding through time (:mod:`rnnlab.train.health`): a ``HealthWarning`` each, and the
+        findings in ``History.health`` and the epoch records' ``health`` field.
     eval_every : int
         Evaluate on the validation split every this many epochs (and after the last).
     eval_batch_size : int, optional
@@ -133,7 +143,7 @@ class TrainConfig:
         ``checkpoint_dir``).
     """
 
-    epochs: int = 10
+    epochs: int = 50
     batch_size: int = 32
     optimizer: str = "adam"
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +161,8 @@ class TrainConfig:
     mode: str = "auto"
     patience: int | None = None
     min_delta: float = 0.0
+    restore_best: bool = True
+    health: bool = True
     eval_every: int = 1
     eval_batch_size: int | None = None
     seed: int = 0
@@ -195,7 +207,7 @@ class TrainConfig:
         if self.algorithm == "rtrl_online" and self.clip_norm is not None:
             raise ValueError("clip_norm is not supported with algorithm='rtrl_online' (the update "
                              "is applied inside every time step); set clip_norm=None")
-        for name in ("stateful", "shuffle"):
+        for name in ("stateful", "shuffle", "restore_best", "health"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
         if not isinstance(self.monitor, str) or "_" not in self.monitor or (

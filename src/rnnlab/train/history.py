@@ -48,6 +48,16 @@ class History:
         do (``rnnlab[fast]`` installed, float32, no mask, tanh/ReLU/identity).
     lr_scale : float
         The factor a callback (ReduceLROnPlateau) put on the learning rate; 1.0 otherwise.
+    monitor, best_value, best_epoch
+        The metric early stopping watches (``TrainConfig.monitor``), its best value and epoch.
+    weights : {"best", "last"}
+        Which parameters the run ended with: the best epoch's (restored,
+        ``TrainConfig.restore_best``) or the last epoch's; ``weights_epoch`` is that epoch.
+        ``test`` metrics are those of these weights.
+    health : list of dict
+        Training-health warnings (loss spikes, a loss stuck at chance, gradients vanishing or
+        exploding through time): ``{"epoch", "step", "kind", "message"}``, also in the epoch
+        records' ``health`` field (rnnlab.train.health).
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -66,6 +76,9 @@ class History:
     startup_s: float = 0.0
     fast_path: str | None = None
     lr_scale: float = 1.0
+    weights: str = "last"
+    weights_epoch: int | None = None
+    health: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def interrupted(self) -> bool:

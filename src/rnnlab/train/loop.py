@@ -34,12 +34,14 @@ from ..core.params import Params, check_params
 from ..core.spec import RNNSpec
 from ..data.base import Dataset
 from ..learning import ONLINE
+from ..learning.diagnostics import per_step_gradients
 from . import checkpoint, optim, tracking
 from .callbacks import Callback, LambdaCallback, ReduceLROnPlateau, StopTraining
 from .config import ALGORITHMS, RESUME_KEYS, TrainConfig
 from .files import finite_or_none, prepare_dir, write_log
+from .health import Health, chance_level
 from .history import DivergenceError, History
-from .metrics import Accumulator, EarlyStopping, metric_names
+from .metrics import Accumulator, EarlyStopping, metric_names, task_metrics
 from .progress import Progress
 from .schedules import Plateau, Warmup
 from .signals import StopFlag, catch
@@ -131,9 +133,11 @@ class _Loop:
     def __init__(self, params: Params, spec: RNNSpec, cfg: TrainConfig, train: TrainData,
                  val: TrainData | None, test: TrainData | None, *,
                  callbacks: list[Callback], stream: IO[str],
-                 opt_state: Mapping[str, Any] | None = None) -> None:
+                 opt_state: Mapping[str, Any] | None = None,
+                 dataset: Dataset | None = None) -> None:
         self.params, self.spec, self.cfg = params, spec, cfg
         self.config = cfg
+        self.dataset = dataset          # its task metrics are scored on its own test split
         self.dtype = check_params(params, spec)
         self.train, self.val, self.test = train, val, test
         if train.weight is not None and cfg.algorithm != "bptt":
@@ -197,6 +201,13 @@ class _Loop:
         self.partial: _EpochStats | None = None
         self.hidden: NDArray[Any] | None = None
         self.last_ckpt: tuple[str, int, int] | None = None     # path, epoch, step
+        self.best_params: Params | None = None       # the parameters at the monitor's best epoch
+        self.health = Health(chance_level(spec.loss, spec.reduction, spec.output_size)) \
+            if cfg.health else None
+        # the probe batch of the gradient-through-time check: sequence targets at the last step
+        self.probe = (train.take(slice(0, min(32, len(train))))
+                      if cfg.health and spec.setup == "many_to_one" and spec.label_steps == "last"
+                      else None)
         self.finished_early = False
         self.flag = StopFlag()
         self.fast_path = fast_path_note(cfg, spec, self.dtype, train.mask is not None)
@@ -261,6 +272,7 @@ class _Loop:
         self.history.skipped = int(x.get("skipped", 0))
         if self.stopper is not None and x.get("early_stopping") is not None:
             self.stopper.load_state_dict(x["early_stopping"])
+            self.best_params = self._saved_best()
         self.finished_early = x.get("status") == "early_stopped"
         self.lr_scale = float(x.get("lr_scale", 1.0))
         states = x.get("callbacks") or []
@@ -331,10 +343,56 @@ class _Loop:
         h.lr_scale = self.lr_scale
         if self.stopper is not None:
             h.best_value, h.best_epoch = self.stopper.best, self.stopper.best_epoch
+        if h.status in ("completed", "early_stopped"):
+            self._restore_best()
         if h.status in ("completed", "early_stopped") and self.test is not None:
             h.test = {f"test_{k}": v for k, v in self._evaluate(self.test).items()}
+            ds = self.dataset
+            if ds is not None and not self.cfg.stateful and self.test.X is ds.test.X:
+                h.test.update({f"test_{k}": v for k, v in task_metrics(
+                    self.params, self.spec, ds, "test", batch_size=self.eval_bs).items()})
         self._call("on_train_end", {"epoch": self.epoch, "step": self.step, "status": h.status})
         return h
+
+    def _check_gradients(self, epoch: int) -> None:
+        """The gradient-through-time check on the probe batch (eq. 35, reference engine)."""
+        if self.probe is None or self.health is None:
+            return
+        X, Y, M = self.probe
+        top = (self.spec.num_layers - 1) * self.spec.num_directions       # forward direction
+        with np.errstate(all="ignore"):
+            sg = per_step_gradients(self.params, X, Y, self.spec, mask=M)
+        self.health.gradients(sg.dh_norm[top], epoch, self.step)
+
+    def _saved_best(self) -> Params | None:
+        """The best epoch's parameters from ``best.npz`` when resuming (None if absent or from
+        another epoch: the run then ends with its last weights and says so)."""
+        if not self.cfg.restore_best or self.ckpt_dir is None or self.stopper is None:
+            return None
+        path = self.ckpt_dir / "best.npz"
+        if not path.exists():
+            return None
+        ck = checkpoint.load(path)
+        if ck.epoch != self.stopper.best_epoch or set(ck.params) != set(self.params):
+            return None
+        return {k: np.array(ck.params[k], copy=True) for k in self.params}
+
+    def _restore_best(self) -> None:
+        """Keras' ``restore_best_weights``: end with the parameters of the monitor's best epoch
+        (``TrainConfig.restore_best``); History says which weights the run ends with."""
+        h = self.history
+        h.weights, h.weights_epoch = "last", self.epoch
+        best = None if self.stopper is None else self.stopper.best_epoch
+        if not self.cfg.restore_best or best is None or best == self.epoch:
+            return
+        if self.best_params is None:
+            h.message = (h.message + "; " if h.message else "") + (
+                f"the best weights (epoch {best}) were not available to restore; the run ends "
+                f"with epoch {self.epoch}'s")
+            return
+        for k in self.params:
+            self.params[k] = self.best_params[k]
+        h.weights, h.weights_epoch = "best", best
 
     def _plan(self) -> list[NDArray[np.intp]]:
         """This epoch's minibatches as index arrays (draws the permutation from the run's rng)."""
@@ -426,6 +484,8 @@ class _Loop:
         else:
             loss, out, norm, bad = self._batch_step(X, Y, M, W, steps, lr, h0)
         self.history.step_losses.append(loss)
+        if self.health is not None:
+            self.health.step(loss, e + 1, self.step + 1)
         if bad is not None:
             if self.cfg.on_nonfinite == "stop":
                 self._diverged(bad, e, b, n)
@@ -552,12 +612,18 @@ class _Loop:
             rec.update({f"val_{k}": v for k, v in self._evaluate(self.val).items()})
         rec["time"] = st.seconds
         rec["seq_per_s"] = st.seqs / st.seconds if st.seconds > 0 else None
+        if self.health is not None:
+            self._check_gradients(e + 1)
+            rec["health"] = self.health.end_epoch(train_loss, e + 1, self.step)
+            self.history.health = self.health.events
         rec = {k: finite_or_none(v) for k, v in rec.items()}
         improved = stop = False
         if self.stopper is not None and cfg.monitor in rec:
             value = rec[cfg.monitor]
             improved = self.stopper.update(math.nan if value is None else value, e + 1)
             stop = self.stopper.should_stop
+            if improved and cfg.restore_best:
+                self.best_params = {k: v.copy() for k, v in self.params.items()}
         self.epoch, self.batch = e + 1, 0
         self.hidden = None
         self.history.epochs.append(rec)
@@ -651,7 +717,8 @@ def fit(
     test_d = as_data(test if test is not None else (ds.test if ds is not None else None), "test")
     loop = _Loop(params, spec, cfg, train, val_d, test_d,
                  callbacks=_callbacks(callbacks, callback),
-                 stream=sys.stderr if stream is None else stream, opt_state=opt_state)
+                 stream=sys.stderr if stream is None else stream, opt_state=opt_state,
+                 dataset=ds)
     if resume:
         loop.resume(resume)
     return loop.run()

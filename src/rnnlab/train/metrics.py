@@ -32,6 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..core import losses, network
 from ..core.spec import RNNSpec
+from ..data.base import Dataset
 
 __all__ = [
     "METRICS",
@@ -205,6 +206,49 @@ def evaluate(
         out, _ = network.forward(params, Xa[sl], spec, mask=mb, steps=steps)
         acc.add(out.logits, ya[sl], mb)
     return acc.result()
+
+
+def predict(
+    params: Mapping[str, NDArray[np.floating]],
+    spec: RNNSpec,
+    X: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    batch_size: int = 256,
+    steps: int | None = None,
+) -> NDArray[np.floating]:
+    """The network's predictions ``y = g(z)`` on a whole split, in batches: ``(N, O)`` or
+    ``(N, T, O)`` (probabilities for the classification losses, values for MSE)."""
+    Xa = np.asarray(X)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    ma = None if mask is None else np.asarray(mask)
+    parts = []
+    for start in range(0, Xa.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        out, _ = network.forward(params, Xa[sl], spec, mask=None if ma is None else ma[sl],
+                                 steps=steps)
+        parts.append(out.y)
+    return np.concatenate(parts)
+
+
+def task_metrics(
+    params: Mapping[str, NDArray[np.floating]],
+    spec: RNNSpec,
+    ds: Dataset,
+    split: str = "test",
+    *,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """The task's own metrics of the network on a split of ``ds``
+    (:meth:`rnnlab.data.Dataset.task_metrics`: strict Reber success, XOR error by position,
+    MSE against the baseline, ...); ``{}`` when the task defines none."""
+    if ds.scorer is None:
+        return {}
+    s = getattr(ds, split)
+    steps = s.y.shape[1] if spec.setup == "one_to_many" else None
+    y = predict(params, spec, s.X, s.mask, batch_size=batch_size, steps=steps)
+    return ds.task_metrics(split, y)
 
 
 # ----------------------------------------------------------------------------- early stopping
