@@ -130,7 +130,8 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossR
         Validated by the caller (``network``).
     reduction : {"mean", "sum"}
     """
-    assert z.ndim == 2, z.shape
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (N, O) rows; got shape {z.shape}")
     denom = denominator(name, z, reduction)
     if name == "softmax_ce":
         if y.ndim == 1:
@@ -138,7 +139,8 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossR
             return LossResult(softmax_ce_labels(z, y, denom, dz, np.empty_like(z)), dz)
         logp = log_softmax(z)                                   # (N, O), eq. (8)
         dz = np.exp(logp)                                       # y_hat
-        value = -float((y * logp).sum())
+        value = -float((y * logp).sum())                        # eq. (9), soft targets
+        dz *= y.sum(axis=-1, keepdims=True)                     # eq. (10): (sum_k y_k) y_hat - y
         dz -= y
     elif name == "sigmoid_bce":
         value = float((np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))).sum())  # (11)

@@ -277,10 +277,11 @@ def backward(
     H, nd, O = spec.hidden_size, spec.num_directions, spec.output_size
     dtype = cache.hbufs[0].dtype
     shape = (B, T, O) if spec.per_step_output else (B, O)
-    dz = as_float_array("dlogits", dlogits, dtype)
+    # gradients flowing backwards may be non-finite (an overflowed forward pass): they propagate
+    dz = as_float_array("dlogits", dlogits, dtype, finite=False)
     if dz.shape != shape:
         raise ValueError(f"dlogits must have shape {shape} (the logits' shape); got {dz.shape}")
-    dhn = None if dh_n is None else check_h0(dh_n, spec, B, dtype, "dh_n")
+    dhn = None if dh_n is None else check_h0(dh_n, spec, B, dtype, "dh_n", finite=False)
     act = activations.get(spec.nonlinearity)
     W_hy = params["W_hy"]
     grads: Params = {}
