@@ -362,7 +362,7 @@ def sweep(config: str | None, grid_items: tuple[str, ...], sets: tuple[str, ...]
     CONFIG is a TOML config, optionally with a [sweep] table (grid, variants, name).
     """
     from .lab import sweep as sw
-    from .lab.experiments import cell_function
+    from .lab.experiments import cell_dir, cell_function, check_cells
 
     flags = _split_config_flags(kw)
     if config:
@@ -381,11 +381,12 @@ def sweep(config: str | None, grid_items: tuple[str, ...], sets: tuple[str, ...]
             _echo(f"{sw.cell_hash(c)}  {sw.cell_name(c)}  {json.dumps(c)}")
         _echo(f"{len(cells)} cells -> {out_dir}")
         return 0
+    check_cells(base, cells, remote=cluster is not None, echo=_echo)   # all, before any runs
     _echo(f"sweep {name}: {len(cells)} cells on {cluster or f'{jobs} local process(es)'} "
           f"-> {out_dir}")
     report = sw.run_sweep(cell_function(base, out_dir), cells, out_dir, jobs=jobs,
                           cluster=cluster, retries=retries, overwrite=overwrite,
-                          meta={"base": base.to_dict()}, echo=_echo)
+                          meta={"base": base.to_dict()}, echo=_echo, outputs=cell_dir)
     done = len(report.records) - len(report.failed)
     _echo(f"{done} of {len(report.records)} cells done ({report.skipped} from earlier runs), "
           f"{len(report.failed)} failed, {report.wall_time_s:.0f} s; results in "
