@@ -419,18 +419,22 @@ def publish(counters: NDArray[np.int64], i: int, value: int) -> None:
 
 class HandOff(NamedTuple):
     """The compiled hand-off of :class:`rnnlab.fast.pool.Pool`, without the argument checks of
-    :func:`post_job`, :func:`publish` and :func:`spin` (the pool passes its own contiguous int64
-    arrays): ``post(jobs, posted, i, job) -> number``, ``publish(counters, i, value)``."""
+    :func:`post_job`, :func:`publish`, :func:`serve` and :func:`spin` (the pool passes its own
+    contiguous int64 arrays): ``post(jobs, posted, i, job) -> number``, ``publish(counters, i,
+    value)``, ``serve(...)``, ``spin(...)``; the counters are read with acquire loads and
+    written with release stores (docs/performance.md, "The thread hand-off")."""
 
     post: Any
     publish: Any
+    serve: Any
+    spin: Any
 
 
 def hand_off() -> HandOff:
-    """The compiled ``post`` and ``publish`` (:class:`HandOff`); KernelUsageError without the
+    """The compiled hand-off functions (:class:`HandOff`); KernelUsageError without the
     kernels."""
     k = _need()
-    return HandOff(k["post"], k["publish"])
+    return HandOff(k["post"], k["publish"], k["serve"], k["spin"])
 
 
 def post_job(jobs: NDArray[np.int64], posted: NDArray[np.int64], i: int,

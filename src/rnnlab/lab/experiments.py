@@ -81,7 +81,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 RUN_FILES: tuple[str, ...] = ("config.toml", "metrics.jsonl", "summary.json", "diagnostics.npz",
-                              ".config.toml.tmp", ".metrics.jsonl.tmp", ".summary.json.tmp")
+                              ".config.toml.tmp", ".metrics.jsonl.tmp", ".summary.json.tmp",
+                              ".diagnostics.npz.tmp")
 """What :func:`run` writes in a run directory besides ``checkpoints/`` (``--overwrite`` deletes
 these and the checkpoints, nothing else)."""
 CHECKPOINT_FILES: tuple[str, ...] = ("last.npz", "best.npz")
@@ -345,9 +346,12 @@ def _run_locked(cfg: ExperimentConfig, rdir: Path, made: Sequence[Path], resume:
     if cfg.diagnostics and grad_init is not None and np.isfinite(
             np.concatenate([p.ravel() for p in params.values()])).all():
         keys = [k for layer in range(spec.num_layers) for k in spec.layer_keys(layer)]
-        np.savez(rdir / "diagnostics.npz", keys=np.array(keys),
-                 grad_norm_init=grad_init, grad_norm_final=_gradient_norms(params, spec, batch),
-                 **_hidden_sample(params, spec, batch))
+        tmp = rdir / ".diagnostics.npz.tmp"            # atomic: a kill leaves the old file
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.array(keys), grad_norm_init=grad_init,
+                     grad_norm_final=_gradient_norms(params, spec, batch),
+                     **_hidden_sample(params, spec, batch))
+        os.replace(tmp, rdir / "diagnostics.npz")
     summary = _summary(cfg, ds, spec, params, history, status, message, test,
                        time.perf_counter() - t_start, train_time)
     _write_json(summary_path, summary)

@@ -16,7 +16,8 @@ Writing is atomic: the archive goes to a temporary file in the target's director
 which is flushed, fsync'ed and renamed over the target with ``os.replace``, after
 which the directory is fsync'ed.  A crash at any point leaves either the previous
 file or the new one; at worst a stale ``.<name>.<random>.tmp`` file remains, which
-later saves ignore.
+later saves ignore and :func:`rnnlab.fit` removes when it next takes the directory's
+lock (:func:`rnnlab.train.files.remove_stale_temps`).
 """
 
 from __future__ import annotations
