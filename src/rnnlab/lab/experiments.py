@@ -121,16 +121,21 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 def _remove_run_files(run_dir: Path) -> None:
     """``--overwrite``: delete what runs write in ``run_dir`` (:data:`RUN_FILES`, the
     checkpoints and their temporary files) and nothing else."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
     ck = run_dir / "checkpoints"
-    if ck.is_dir():
-        with DirectoryLock(ck, "checkpoint directory"):     # no fit is writing there
-            for name in CHECKPOINT_FILES:
-                (ck / name).unlink(missing_ok=True)
-            remove_stale_temps(ck)
-        if not any(ck.iterdir()):
-            ck.rmdir()
+    lock = DirectoryLock(ck, "checkpoint directory") if ck.is_dir() else None
+    if lock is not None:
+        lock.acquire()                                     # no fit is writing there
+    try:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for name in CHECKPOINT_FILES:
+            (ck / name).unlink(missing_ok=True)
+        remove_stale_temps(ck)
+    finally:
+        if lock is not None:
+            lock.release()
+    if ck.is_dir() and not any(ck.iterdir()):
+        ck.rmdir()
 
 
 def _lost_checkpoint(run_dir: Path) -> str | None:

@@ -462,7 +462,8 @@ def _forget(out: Path, outputs: Callable[[Mapping[str, Any]], str] | None,
         if p.is_symlink() or p.is_file():
             p.unlink()
         elif p.is_dir():
-            shutil.rmtree(p)
+            with DirectoryLock(p, "run directory"):       # nobody is running it meanwhile
+                shutil.rmtree(p)
         else:
             continue
         removed += 1
