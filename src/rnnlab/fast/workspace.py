@@ -79,8 +79,8 @@ class Workspace:
     and gradients, as every engine does (docs/derivation.md, "Non-finite values").  The returned
     gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and :attr:`input_grad` are views
     of the workspace's buffers: valid until the next call, which overwrites them; copy what must
-    outlive it.  A new batch shape or dtype reallocates the
-    buffers.  A workspace is not thread-safe: use one per thread.
+    outlive it.  A new batch shape or dtype reallocates the buffers.  A workspace is not
+    thread-safe: use one per thread.
 
     Parameters
     ----------
