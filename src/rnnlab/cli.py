@@ -518,10 +518,9 @@ def sweep(config: str | None, grid_items: tuple[str, ...], sets: tuple[str, ...]
 
     CONFIG is a TOML config, optionally with a [sweep] table (grid, variants, name).
     """
-    from functools import partial
 
     from .lab import sweep as sw
-    from .lab.experiments import cell_function, check_data
+    from .lab.experiments import cell_dir, cell_function, check_cells
 
     flags = _split_config_flags(kw)
     if config:
@@ -540,12 +539,12 @@ def sweep(config: str | None, grid_items: tuple[str, ...], sets: tuple[str, ...]
             _echo(f"{sw.cell_hash(c)}  {sw.cell_name(c)}  {json.dumps(c)}", 0)
         _echo(f"{len(cells)} cells -> {out_dir}", 0)
         return 0
+    check_cells(base, cells, remote=cluster is not None, echo=_echo)   # all, before any runs
     _echo(f"sweep {name}: {len(cells)} cells on {cluster or f'{jobs} local process(es)'} "
           f"-> {out_dir}")
     report = sw.run_sweep(cell_function(base, out_dir), cells, out_dir, jobs=jobs,
                           cluster=cluster, retries=retries, overwrite=overwrite,
-                          meta={"base": base.to_dict()}, echo=_echo,
-                          check=partial(check_data, base))
+                          meta={"base": base.to_dict()}, echo=_echo, outputs=cell_dir)
     _echo("\n" + sw.results_table(report.records))
     paths = sorted({str(r["summary"].get("fast_path", "on")) for r in report.records
                     if isinstance(r.get("summary"), dict)})

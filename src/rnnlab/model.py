@@ -207,7 +207,12 @@ class RNN:
 
     def evaluate(self, X: Any, y: ArrayLike | None = None, mask: ArrayLike | None = None, *,
                  batch_size: int = 256, steps: int | None = None) -> dict[str, float]:
-        """Metrics (:func:`rnnlab.metrics.evaluate`) on arrays, or on a Split/Dataset's test."""
+        """Metrics (:func:`rnnlab.metrics.evaluate`) on arrays, or on a Split/Dataset's test.
+
+        The targets are checked as the loss checks them, before any forward pass: a class label
+        outside ``[0, output_size)`` (``-1`` is not "the last class") or a soft-target row that
+        is not a distribution is a ValueError.
+        """
         if y is None:
             split = X.test if isinstance(X, Dataset) else X
             X, y, mask = split.X, split.y, getattr(split, "mask", None)

@@ -133,7 +133,8 @@ def row_losses(name: str, z: Array, y: NDArray[Any]) -> tuple[Array, Array]:
             per_row = -logp[rows, y]                            # eq. (9)
             dz[rows, y] -= 1.0                                  # eq. (10)
         else:
-            per_row = -(y * logp).sum(axis=1)
+            per_row = -(y * logp).sum(axis=1)                   # eq. (9), soft targets
+            dz *= y.sum(axis=-1, keepdims=True)                 # eq. (10): (sum_k y_k) y_hat - y
             dz -= y
         return per_row, dz
     if name == "sigmoid_bce":
@@ -187,7 +188,8 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str,
     weight : ndarray, (N,), optional
         A weight ``>= 0`` per row (eq. 15w, :func:`weighted_loss_and_grad`).
     """
-    assert z.ndim == 2, z.shape
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (N, O) rows; got shape {z.shape}")
     if weight is not None:
         return weighted_loss_and_grad(name, z, y, reduction, weight)
     denom = denominator(name, z, reduction)
@@ -197,7 +199,8 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str,
             return LossResult(softmax_ce_labels(z, y, denom, dz, np.empty_like(z)), dz)
         logp = log_softmax(z)                                   # (N, O), eq. (8)
         dz = np.exp(logp)                                       # y_hat
-        value = -float((y * logp).sum())
+        value = -float((y * logp).sum())                        # eq. (9), soft targets
+        dz *= y.sum(axis=-1, keepdims=True)                     # eq. (10): (sum_k y_k) y_hat - y
         dz -= y
     elif name == "sigmoid_bce":
         value = float((np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))).sum())  # (11)

@@ -13,6 +13,11 @@ each step is one contiguous ``(B, H)`` block, and every product that does not de
 recurrence (input projections, head, weight gradients, ``dX``) is one product over ``T * B``
 rows.  The fast engine (:mod:`rnnlab.fast`) computes the same on reused buffers and threads, and
 is tested against this module.
+
+Non-finite values (docs/derivation.md, "Non-finite values"): ``params``, ``X``, targets and
+``h0`` must be finite (ValueError naming the argument and the first bad entry); a computation that
+overflows returns ``inf``/``NaN`` and never raises, and the gradients ``backward`` takes
+(``dlogits``, ``dh_n``) may be non-finite and propagate.
 """
 
 from __future__ import annotations
@@ -274,7 +279,8 @@ def backward(
         The parameters given to :func:`forward`.
     dlogits : (B, O) or (B, T, O)
         ``dL/dz``, the gradient with respect to the head's logits (for the fused losses, from
-        :func:`loss_and_grad`; for any other objective, its own upstream gradient).
+        :func:`loss_and_grad`; for any other objective, its own upstream gradient).  A computed
+        value: NaN or inf entries are not refused, they propagate.
     cache : Cache
         From :func:`forward`.
     dh_n : (num_layers * num_directions, B, H), optional
@@ -289,10 +295,11 @@ def backward(
     H, nd, O = spec.hidden_size, spec.num_directions, spec.output_size
     dtype = cache.hbufs[0].dtype
     shape = (B, T, O) if spec.per_step_output else (B, O)
-    dz = as_float_array("dlogits", dlogits, dtype)
+    # gradients flowing backwards may be non-finite (an overflowed forward pass): they propagate
+    dz = as_float_array("dlogits", dlogits, dtype, finite=False)
     if dz.shape != shape:
         raise ValueError(f"dlogits must have shape {shape} (the logits' shape); got {dz.shape}")
-    dhn = None if dh_n is None else check_h0(dh_n, spec, B, dtype, "dh_n")
+    dhn = None if dh_n is None else check_h0(dh_n, spec, B, dtype, "dh_n", finite=False)
     act = activations.get(spec.nonlinearity)
     W_hy = params["W_hy"]
     grads: Params = {}

@@ -82,10 +82,12 @@ class Workspace:
       result).
 
     Inputs, targets, masks and parameters are validated on every call, as the public functions
-    do.  The returned gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and
-    :attr:`input_grad` are views of the workspace's buffers: valid until the next call, which
-    overwrites them; copy what must outlive it.  A new batch shape or dtype reallocates the
-    buffers.  A workspace is not thread-safe: use one per thread.
+    do (non-finite ones refused); a batch whose computation overflows returns a non-finite loss
+    and gradients, as every engine does (docs/derivation.md, "Non-finite values").  The returned
+    gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and :attr:`input_grad` are views
+    of the workspace's buffers: valid until the next call, which overwrites them; copy what must
+    outlive it.  A new batch shape or dtype reallocates the buffers.  A workspace is not
+    thread-safe: use one per thread.
 
     Parameters
     ----------

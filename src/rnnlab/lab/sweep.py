@@ -44,7 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..train.files import DirectoryLock
+
 __all__ = [
+    "OUTPUTS",
     "ResultsFile",
     "SweepReport",
     "canonical_json",
@@ -60,6 +63,9 @@ __all__ = [
 
 RESULTS = "results.jsonl"
 META = "sweep.json"
+OUTPUTS = "outputs.jsonl"
+"""The sweep's record of the paths (relative to its directory) it has handed to cells, each
+created by the sweep: ``overwrite`` deletes exactly these, ``results.jsonl`` and ``sweep.json``."""
 CellFn = Callable[[Mapping[str, Any]], Any]
 
 
@@ -185,7 +191,7 @@ class ResultsFile:
         """hash -> the record of every cell finished with status ``done``."""
         return {r["hash"]: r for r in self.read() if r.get("status") == "done"}
 
-    def append(self, record: Mapping[str, Any]) -> None:
+    def append(self, record: Any) -> None:
         """One line, one ``write`` on an ``O_APPEND`` descriptor, then ``fsync``."""
         data = (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -483,16 +489,86 @@ def _run_dask(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driv
             local.close()
 
 
-def _prepare_out(out: Path, meta: Mapping[str, Any] | None, overwrite: bool) -> None:
+def _read_lines(path: Path) -> list[Any]:
+    """The complete, parseable JSON lines of ``path`` (none if it does not exist)."""
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _inside(out: Path, rel: object) -> Path | None:
+    """``out / rel`` if ``rel`` is a relative path that stays inside ``out``, else None."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        return None
+    p = out / rel
+    try:
+        p.resolve().relative_to(out.resolve())
+    except ValueError:
+        return None
+    return None if p.resolve() == out.resolve() else p
+
+
+def _recorded_outputs(out: Path, outputs: Callable[[Mapping[str, Any]], str] | None
+                      ) -> list[Path]:
+    """Every path the sweep in ``out`` recorded writing: those in ``outputs.jsonl``, or, for a
+    sweep of an earlier version that kept no such record, ``outputs(cell)`` of each cell its
+    results file lists (named by the cell's hash: nobody else's)."""
+    rels: list[object] = list(_read_lines(out / OUTPUTS))
+    if outputs is not None and not (out / OUTPUTS).exists():      # kept no record
+        for rec in ResultsFile(out / RESULTS).read():
+            if isinstance(rec.get("cell"), Mapping):
+                try:
+                    rels.append(outputs(rec["cell"]))
+                except (TypeError, ValueError, KeyError):
+                    continue
+    paths: dict[Path, None] = {}
+    for rel in rels:
+        p = _inside(out, rel)
+        if p is not None:
+            paths[p] = None
+    return list(paths)
+
+
+def _forget(out: Path, outputs: Callable[[Mapping[str, Any]], str] | None,
+            echo: Callable[[str], None] | None) -> None:
+    """``overwrite``: delete what the sweep in ``out`` wrote, nothing else."""
+    import shutil
+
+    removed = 0
+    for p in _recorded_outputs(out, outputs):
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.is_dir():
+            with DirectoryLock(p, "run directory"):       # nobody is running it meanwhile
+                shutil.rmtree(p)
+        else:
+            continue
+        removed += 1
+        parent = p.parent                 # directories left empty by it (runs/), up to out
+        while parent != out and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    for name in (RESULTS, META, OUTPUTS, f".{META}.tmp"):
+        (out / name).unlink(missing_ok=True)
+    if echo is not None and removed:
+        echo(f"--overwrite: removed {removed} output(s) of the earlier sweep in {out}")
+
+
+def _prepare_out(out: Path, meta: Mapping[str, Any] | None, overwrite: bool,
+                 outputs: Callable[[Mapping[str, Any]], str] | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
     meta_path = out / META
     if overwrite:
-        for name in (RESULTS, META):
-            (out / name).unlink(missing_ok=True)
-        if (out / "runs").is_dir():
-            import shutil
-
-            shutil.rmtree(out / "runs")
-    out.mkdir(parents=True, exist_ok=True)
+        _forget(out, outputs, echo)
     if meta is None:
         return
     data = json.loads(json.dumps(meta, sort_keys=True))
@@ -521,9 +597,13 @@ def run_sweep(
     meta: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] | None = None,
     timeout: float = 60.0,
-    check: Callable[[list[dict[str, Any]]], Any] | None = None,
+    outputs: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> SweepReport:
     """Run ``fn(cell)`` for every cell not yet done in ``out/results.jsonl``.
+
+    One sweep at a time writes ``out``: it is locked for the whole call
+    (:class:`rnnlab.train.files.DirectoryLock`); a second sweep into it gets ``LockedError``
+    naming the holder, before anything runs.
 
     Parameters
     ----------
@@ -542,7 +622,8 @@ def run_sweep(
     retries : int
         Extra attempts for a cell whose worker died (Dask: also for exceptions).
     overwrite : bool
-        Delete earlier results (and ``out/runs``) first.
+        Forget the earlier sweep in ``out`` first: delete its ``results.jsonl``, ``sweep.json``
+        and the outputs it recorded handing to its cells (``outputs.jsonl``), nothing else.
     meta : dict, optional
         Settings every cell shares (the base config): stored in ``sweep.json``; resuming with
         different ones is a ValueError.
@@ -550,10 +631,12 @@ def run_sweep(
         Receives one progress line per finished cell, with an estimate of the time left.
     timeout : float
         Seconds to wait when connecting to a Dask cluster.
-    check : callable, optional
-        ``check(cells)`` with the cells about to run, before any of them starts (e.g. that their
-        data is there); an exception it raises stops the sweep with that one error instead of
-        one failure per cell.
+    outputs : callable, optional
+        ``outputs(cell) -> str``: the path, relative to ``out``, that ``fn`` writes for a cell
+        (``"runs/<cell name>"`` for :func:`rnnlab.experiments.cell_function`).  Before the
+        cells run, each such path that does not exist yet is recorded in ``outputs.jsonl`` as
+        the sweep's own; ``overwrite`` deletes those.  A path that already exists and is not on
+        record is not the sweep's: it is never deleted.
 
     Returns
     -------
@@ -570,23 +653,28 @@ def run_sweep(
     if not unique:
         raise ValueError("the sweep has no cells")
     out_dir = Path(out)
-    _prepare_out(out_dir, meta, overwrite)
-    results = ResultsFile(out_dir / RESULTS)
-    done = results.done()
-    todo = [(h, c) for h, c in unique.items() if h not in done]
-    if todo and check is not None:
-        check([c for _, c in todo])
-    drv = _Driver(results, list(unique.values()), len(unique) - len(todo), echo)
-    if echo is not None and len(todo) < len(unique):
-        echo(f"{len(unique) - len(todo)} of {len(unique)} cells already done in "
-             f"{results.path}; running the other {len(todo)}")
-    if todo:
-        if cluster is not None:
-            _run_dask(fn, todo, drv, jobs, retries, cluster, timeout)
-        elif jobs == 1:
-            _run_inline(fn, todo, drv)
-        else:
-            _run_pool(fn, todo, drv, min(jobs, len(todo)), retries)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"sweep directory {str(out_dir)!r} exists and is not a "
+                                 "directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out_dir, "sweep directory"):
+        _prepare_out(out_dir, meta, overwrite, outputs, echo)
+        results = ResultsFile(out_dir / RESULTS)
+        done = results.done()
+        todo = [(h, c) for h, c in unique.items() if h not in done]
+        if outputs is not None:
+            _record_outputs(out_dir, outputs, [c for _, c in todo])
+        drv = _Driver(results, list(unique.values()), len(unique) - len(todo), echo)
+        if echo is not None and len(todo) < len(unique):
+            echo(f"{len(unique) - len(todo)} of {len(unique)} cells already done in "
+                 f"{results.path}; running the other {len(todo)}")
+        if todo:
+            if cluster is not None:
+                _run_dask(fn, todo, drv, jobs, retries, cluster, timeout)
+            elif jobs == 1:
+                _run_inline(fn, todo, drv)
+            else:
+                _run_pool(fn, todo, drv, min(jobs, len(todo)), retries)
     records = []
     for h, c in unique.items():
         if h in done:
@@ -596,6 +684,22 @@ def run_sweep(
                                                "error": "no result"}))
     return SweepReport(records, ran=len(todo), skipped=len(unique) - len(todo),
                        wall_time_s=time.perf_counter() - t0)
+
+
+def _record_outputs(out: Path, outputs: Callable[[Mapping[str, Any]], str],
+                    cells: Sequence[Mapping[str, Any]]) -> None:
+    """Record as the sweep's own each output path of ``cells`` that does not exist yet."""
+    known = {p for p in _read_lines(out / OUTPUTS) if isinstance(p, str)}
+    log = ResultsFile(out / OUTPUTS)
+    (out / OUTPUTS).touch()              # the record exists, empty if nothing is the sweep's
+    for cell in cells:
+        rel = outputs(cell)
+        if _inside(out, rel) is None:
+            raise ValueError(f"the output path {rel!r} of sweep cell {canonical_json(cell)} is "
+                             f"not inside the sweep directory {str(out)!r}")
+        if rel not in known and not (out / rel).exists():
+            log.append(rel)
+            known.add(rel)
 
 
 # ----------------------------------------------------------------------------- sweep files
@@ -638,7 +742,7 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[Any, dict[str, list[Any]],
 
     Returns ``(base config, grid, variants, name)``.
     """
-    from .config import ExperimentConfig, read_mapping
+    from .config import ExperimentConfig, check_name, read_mapping
 
     data = read_mapping(path)
     sw = data.pop("sweep", {})
@@ -659,5 +763,10 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[Any, dict[str, list[Any]],
         base = ExperimentConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
-    name = str(sw.get("name") or Path(path).stem)
-    return base, dict(axes), [dict(v) for v in variants], name
+    name = sw.get("name") or Path(path).stem
+    try:
+        check_name(name, "the sweep's name")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc} (it names the output directory runs/<name>; set "
+                         "[sweep] name or rename the file)") from None
+    return base, dict(axes), [dict(v) for v in variants], str(name)

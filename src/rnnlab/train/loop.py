@@ -38,7 +38,7 @@ from ..learning.diagnostics import per_step_gradients
 from . import checkpoint, optim, tracking
 from .callbacks import Callback, LambdaCallback, ReduceLROnPlateau, StopTraining
 from .config import ALGORITHMS, RESUME_KEYS, TrainConfig
-from .files import finite_or_none, prepare_dir, write_log
+from .files import DirectoryLock, finite_or_none, prepare_dir, remove_stale_temps, write_log
 from .health import Health, chance_level
 from .history import DivergenceError, History
 from .metrics import Accumulator, EarlyStopping, metric_names, task_metrics
@@ -53,7 +53,10 @@ __all__ = [
     "DivergenceError",
     "History",
     "TrainConfig",
+    "check_fit",
+    "check_resume",
     "fit",
+    "resume_config",
     "spec_for_dataset",
 ]
 
@@ -122,6 +125,105 @@ def _plateau(sched: Any) -> Plateau | None:
     return sched if isinstance(sched, Plateau) else None
 
 
+def _monitors(spec: RNNSpec, val: TrainData | None) -> list[str]:
+    names = metric_names(spec)
+    available = ["train_loss"] + [f"train_{m}" for m in ("accuracy", "perplexity")
+                                  if m in names]
+    if val is not None:
+        available += [f"val_{m}" for m in names]
+    return available
+
+
+def _check(params: Params, spec: RNNSpec, cfg: TrainConfig, train: TrainData,
+           val: TrainData | None, test: TrainData | None) -> np.dtype:
+    """Everything :func:`fit` validates before it writes anything; returns the dtype."""
+    dtype = check_params(params, spec)
+    if cfg.stateful and spec.bidirectional:
+        raise ValueError("stateful=True carries final states forward in time; it cannot be "
+                         "used with a bidirectional network")
+    if cfg.stateful and len(train) < cfg.batch_size:
+        raise ValueError(f"stateful training reads batch_size={cfg.batch_size} streams of "
+                         f"windows; the train split has only {len(train)} sequences")
+    if cfg.algorithm != "bptt" and spec.bidirectional:
+        raise ValueError(f"algorithm {cfg.algorithm!r} walks time forwards and needs a "
+                         "unidirectional network (bidirectional=False); use algorithm='bptt'")
+    if train.weight is not None and cfg.algorithm != "bptt":
+        raise ValueError(f"sample_weight needs algorithm='bptt'; {cfg.algorithm!r} (a "
+                         "learning rule of rnnlab.learning) takes no weights")
+    for name, d in (("train", train), ("val", val), ("test", test)):
+        if d is not None:
+            check_fits(params, spec, d, name)
+    available = _monitors(spec, val)
+    if cfg.monitor not in available and cfg.patience is not None:
+        why = " (there is no validation split)" if val is None else ""
+        raise ValueError(f"monitor {cfg.monitor!r} is not computed for this run{why}; "
+                         f"available: {available}")
+    if cfg.log_path is not None and Path(cfg.log_path).is_dir():
+        raise IsADirectoryError(f"log_path {cfg.log_path!r} is a directory; expected a file "
+                                "path")
+    if cfg.checkpoint_dir is not None and Path(cfg.checkpoint_dir).exists() \
+            and not Path(cfg.checkpoint_dir).is_dir():
+        raise NotADirectoryError(f"checkpoint_dir {cfg.checkpoint_dir!r} exists and is not a "
+                                 "directory")
+    return dtype
+
+
+def check_fit(params: Params, spec: RNNSpec, data: Any, config: TrainConfig | None = None, *,
+              val: Any = None, test: Any = None) -> None:
+    """Validate a :func:`fit` call without training or writing anything.
+
+    The same checks :func:`fit` makes before its first step, with the same errors: the
+    parameters against ``spec``, every sequence of every split (shapes, finite values, labels
+    and targets, masks), the config against the data (stateful streams, the monitor of early
+    stopping, a bidirectional network with a forward-only rule), and that the configured paths
+    can be used.  Sweeps call it for every cell before the first runs.
+    """
+    cfg = TrainConfig() if config is None else config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig; got {type(cfg).__name__}")
+    if not isinstance(spec, RNNSpec):
+        raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
+    check_params(params, spec)
+    ds = data if isinstance(data, Dataset) else None
+    train = as_data(ds.train if ds is not None else data, "train")
+    if train is None:
+        raise ValueError("the train split has no sequences")
+    val_d = as_data(val if val is not None else (ds.val if ds is not None else None), "val")
+    test_d = as_data(test if test is not None else (ds.test if ds is not None else None), "test")
+    _check(params, spec, cfg, train, val_d, test_d)
+
+
+def resume_config(cfg: TrainConfig, spec: RNNSpec, dtype: Any) -> dict[str, Any]:
+    """The config a checkpoint of :func:`fit` records (``TrainConfig`` fields, ``spec``,
+    ``dtype``), compared on resume over :data:`RESUME_KEYS`."""
+    return {**cfg.to_dict(), "spec": spec.to_dict(), "dtype": str(np.dtype(dtype))}
+
+
+def check_resume(path: str | os.PathLike[str], params: Params, spec: RNNSpec, cfg: TrainConfig,
+                 train_shape: tuple[int, ...] | None = None) -> checkpoint.Checkpoint:
+    """Load the checkpoint at ``path`` and check that :func:`fit` can resume from it with
+    ``params``, ``spec`` and ``cfg`` (and a train split of ``train_shape``): the
+    :data:`RESUME_KEYS` of the config, parameter keys, shapes and dtypes, the optimizer state.
+    Raises ValueError listing every difference (``CheckpointError`` for an unreadable file);
+    returns the checkpoint."""
+    ck = checkpoint.load(path)
+    dtype = check_params(params, spec)
+    checkpoint.check_compatible(ck, params, resume_config(cfg, spec, dtype),
+                                config_keys=RESUME_KEYS)
+    shape = ck.extra.get("train_shape")
+    if shape is not None and train_shape is not None and list(shape) != list(train_shape):
+        raise ValueError(f"checkpoint {path} was trained on a train split of shape "
+                         f"{tuple(shape)}; this one is {tuple(train_shape)} (resuming needs "
+                         "the same data)")
+    opt = cfg.make_optimizer()
+    slots = {"step", *opt.slots()}
+    if ck.opt_state is None or set(ck.opt_state) != slots:
+        got = None if ck.opt_state is None else sorted(ck.opt_state)
+        raise ValueError(f"checkpoint {path} holds optimizer state {got}; "
+                         f"{opt!r} needs {sorted(slots)}")
+    return ck
+
+
 class _Loop:
     """One call of :func:`fit`: set-up, optional resume, the epochs.
 
@@ -138,20 +240,8 @@ class _Loop:
         self.params, self.spec, self.cfg = params, spec, cfg
         self.config = cfg
         self.dataset = dataset          # its task metrics are scored on its own test split
-        self.dtype = check_params(params, spec)
+        self.dtype = _check(params, spec, cfg, train, val, test)
         self.train, self.val, self.test = train, val, test
-        if train.weight is not None and cfg.algorithm != "bptt":
-            raise ValueError(f"sample_weight needs algorithm='bptt'; {cfg.algorithm!r} (a "
-                             "learning rule of rnnlab.learning) takes no weights")
-        if cfg.stateful and spec.bidirectional:
-            raise ValueError("stateful=True carries final states forward in time; it cannot be "
-                             "used with a bidirectional network")
-        if cfg.stateful and len(train) < cfg.batch_size:
-            raise ValueError(f"stateful training reads batch_size={cfg.batch_size} streams of "
-                             f"windows; the train split has only {len(train)} sequences")
-        for name, d in (("train", train), ("val", val), ("test", test)):
-            if d is not None:
-                check_fits(params, spec, d, name)
         n, B = len(train), cfg.batch_size
         self.batches_per_epoch = n // B if cfg.stateful else -(-n // B)
         self.opt = cfg.make_optimizer()
@@ -162,11 +252,7 @@ class _Loop:
         self.rng = np.random.default_rng(cfg.seed)
         self.eval_bs = cfg.eval_batch_size or max(cfg.batch_size, 256)
         self.names = metric_names(spec)
-        available = ["train_loss"] + [f"train_{m}" for m in ("accuracy", "perplexity")
-                                      if m in self.names]
-        if val is not None:
-            available += [f"val_{m}" for m in self.names]
-        self.available_metrics = list(available)
+        self.available_metrics = _monitors(spec, val)
         self.lr_scale = 1.0
         self.stop_training = False
         self.stop_reason = ""
@@ -178,24 +264,17 @@ class _Loop:
             where = tracking.default_dir(cfg.tracking_dir, cfg.log_path, cfg.checkpoint_dir)
             self.callbacks.append(tracking.make_tracker(cfg.tracking, where))
         self.stopper: EarlyStopping | None = None
-        if cfg.monitor in available:
+        if cfg.monitor in _monitors(spec, val):
             self.stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)
-        elif cfg.patience is not None:
-            why = " (there is no validation split)" if val is None else ""
-            raise ValueError(f"monitor {cfg.monitor!r} is not computed for this run{why}; "
-                             f"available: {available}")
-        self.ckpt_dir = None if cfg.checkpoint_dir is None else prepare_dir(cfg.checkpoint_dir)
         self.log_path = None
         if cfg.log_path is not None:
             self.log_path = Path(cfg.log_path)
-            if self.log_path.is_dir():
-                raise IsADirectoryError(f"log_path {cfg.log_path!r} is a directory; expected a "
-                                        "file path")
             try:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot create the directory of log_path "
                                          f"{cfg.log_path!r}: {exc.strerror}") from None
+        self.ckpt_dir = None if cfg.checkpoint_dir is None else prepare_dir(cfg.checkpoint_dir)
         self.history = History(monitor=self.stopper.monitor if self.stopper else None)
         self.epoch = self.step = self.batch = 0     # completed epochs / steps / batches of epoch
         self.partial: _EpochStats | None = None
@@ -230,7 +309,7 @@ class _Loop:
     # ------------------------------------------------------------------------ checkpoints
 
     def _config(self) -> dict[str, Any]:
-        return {**self.cfg.to_dict(), "spec": self.spec.to_dict(), "dtype": str(self.dtype)}
+        return resume_config(self.cfg, self.spec, self.dtype)
 
     def resume(self, resume: bool | str | os.PathLike[str]) -> None:
         if resume is True or resume == "auto":
@@ -244,18 +323,8 @@ class _Loop:
             path = Path(resume)
         else:
             raise TypeError(f"resume must be True, 'auto' or a path; got {resume!r}")
-        ck = checkpoint.load(path)
-        checkpoint.check_compatible(ck, self.params, self._config(), config_keys=RESUME_KEYS)
-        shape = ck.extra.get("train_shape")
-        if shape is not None and shape != list(self.train.X.shape):
-            raise ValueError(f"checkpoint {path} was trained on a train split of shape "
-                             f"{tuple(shape)}; this one is {self.train.X.shape} (resuming needs "
-                             "the same data)")
-        slots = {"step", *self.opt.slots()}
-        if ck.opt_state is None or set(ck.opt_state) != slots:
-            got = None if ck.opt_state is None else sorted(ck.opt_state)
-            raise ValueError(f"checkpoint {path} holds optimizer state {got}; "
-                             f"{self.opt!r} needs {sorted(slots)}")
+        ck = check_resume(path, self.params, self.spec, self.cfg, self.train.X.shape)
+        assert ck.opt_state is not None
         for k in self.params:
             self.params[k] = np.array(ck.params[k], copy=True)
         self.opt_state = {s: v if s == "step" else {k: np.array(a, copy=True)
@@ -699,6 +768,12 @@ def fit(
 
     Raises
     ------
+    ValueError, TypeError
+        Before the first step, for anything :func:`check_fit` refuses: every sequence of every
+        split is checked (non-finite inputs or targets, labels out of range, wrong shapes).
+    LockedError
+        ``checkpoint_dir`` is in use by another ``fit`` (another process, or another call in
+        this one); the message names the holder's pid, host and command.
     DivergenceError
         A non-finite loss, gradient or update with ``on_nonfinite="stop"``; the message names the
         step and the last good checkpoint.
@@ -711,7 +786,8 @@ def fit(
     check_params(params, spec)
     ds = data if isinstance(data, Dataset) else None
     train = as_data(ds.train if ds is not None else data, "train")
-    assert train is not None
+    if train is None:
+        raise ValueError("the train split has no sequences")
     train = train.with_weight(sample_weight)
     val_d = as_data(val if val is not None else (ds.val if ds is not None else None), "val")
     test_d = as_data(test if test is not None else (ds.test if ds is not None else None), "test")
@@ -719,6 +795,16 @@ def fit(
                  callbacks=_callbacks(callbacks, callback),
                  stream=sys.stderr if stream is None else stream, opt_state=opt_state,
                  dataset=ds)
-    if resume:
-        loop.resume(resume)
-    return loop.run()
+    if loop.ckpt_dir is None:
+        if resume:
+            loop.resume(resume)
+        return loop.run()
+    # one process at a time writes a checkpoint directory (LockedError names the holder); under
+    # the lock no write is in flight, so what killed writes left behind can go
+    with DirectoryLock(loop.ckpt_dir, "checkpoint directory"):
+        remove_stale_temps(loop.ckpt_dir)
+        if loop.log_path is not None:
+            remove_stale_temps(loop.log_path.parent, (f".{loop.log_path.name}.tmp",))
+        if resume:
+            loop.resume(resume)
+        return loop.run()
