@@ -51,7 +51,8 @@ def rel(a, b):
 # the exact call, and the other sizes of one (B = 1, H = 1, both)
 for B, H in ((1, 4), (3, 1), (1, 1)):
     spec = RNNSpec(2, H, 2, nonlinearity="sigmoid")
-    p = init_params(spec, np.random.default_rng(0))
+    # the parameters: drawn by the initialiser that was the default then
+    p = init_params(spec, np.random.default_rng(0), scheme="pytorch")
     X = np.random.default_rng(1).standard_normal((B, 5, 2)).astype(np.float32)
     Y = [0] * B
     loss, grads = Workspace(spec).value_and_grad(p, X, Y)

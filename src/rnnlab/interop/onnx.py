@@ -123,7 +123,9 @@ class _Graph:
     def const(self, name: str, value: NDArray[Any]) -> str:
         """An initializer called ``name`` (made once; asking again returns the same name)."""
         if name in self.consts:
-            assert np.array_equal(self.consts[name], value), name
+            if not np.array_equal(self.consts[name], value):
+                raise ValueError(f"ONNX initializer {name!r} is already defined with other "
+                                 "values (an exporter bug: each name must stand for one array)")
             return name
         self.consts[name] = value
         self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
