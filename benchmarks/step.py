@@ -14,6 +14,10 @@ of every parameter, in float32, one Elman layer (tanh) and a linear head:
 * ``torch``       ``torch.nn.RNN`` + ``nn.Linear``, eager, ``F.cross_entropy``, ``torch.optim.SGD``;
 * ``jax``         one ``jax.jit`` of ``value_and_grad`` over a ``lax.scan`` recurrence and the
                   SGD update, parameters donated.
+* ``keras``       Keras 3 on its JAX backend (its fastest here), ``SimpleRNN`` + ``Dense``,
+                  ``train_on_batch`` with ``SGD`` (a compiled train step, as Keras users run it);
+                  ``pip install keras`` (the ``bench`` extra).  One backend per process: the
+                  torch backend is measured by ``python -m benchmarks.train``.
 
 Every implementation starts from the same float32 parameters and trains on the same fixed batch.
 Steps are timed one by one and the implementations alternate within each round (their order
@@ -47,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LR = 0.01
-IMPLS = ("rnnlab", "rnnlab-api", "torch", "jax")
+IMPLS = ("rnnlab", "rnnlab-api", "torch", "jax", "keras")
 TBPTT_K = 25                  # k1 = k2: the windows tile T, so each step is backpropagated once
 
 
@@ -264,6 +268,33 @@ def make_jax(cfg: Config, threads: int) -> Step:
     return step
 
 
+def make_keras(cfg: Config, threads: int) -> Step:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"keras runs on {keras.backend.backend()!r} in this process; the step "
+                           "benchmark measures its JAX backend (KERAS_BACKEND=jax)")
+    spec, X, Y, params = _problem(cfg)
+    D = cfg.D
+    rnn = keras.layers.SimpleRNN(cfg.H, return_sequences=cfg.every_step)
+    head = keras.layers.Dense(cfg.C)
+    model = keras.Sequential([keras.Input((cfg.T, D)), rnn, head])
+    rnn.set_weights([params["l0.W_xh"], params["l0.W_hh"], params["l0.b_h"]])   # x @ kernel
+    head.set_weights([params["W_hy"], params["b_y"]])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # index inputs as one-hot rows, made once outside the step (as for torch)
+    x = np.eye(D, dtype=np.float32)[X] if cfg.index else X
+    y = Y
+
+    def step() -> float:
+        return float(model.train_on_batch(x, y))
+
+    return step
+
+
 def make_tbptt(cfg: Config, threads: int) -> Step:
     from rnnlab import tbptt
 
@@ -290,7 +321,7 @@ def make_rtrl(cfg: Config, threads: int) -> Step:
 
 MAKERS: dict[str, Callable[[Config, int], Step]] = {
     "rnnlab": make_rnnlab, "rnnlab-api": make_rnnlab_api, "torch": make_torch, "jax": make_jax,
-    "tbptt": make_tbptt, "rtrl": make_rtrl,
+    "keras": make_keras, "tbptt": make_tbptt, "rtrl": make_rtrl,
 }
 
 
@@ -310,7 +341,7 @@ def _available(impl: str) -> str | None:
     """None when ``impl`` can run here, else why not."""
     import importlib.util
 
-    mod = {"torch": "torch", "jax": "jax", "tbptt": "rnnlab.learning.tbptt",
+    mod = {"torch": "torch", "jax": "jax", "keras": "keras", "tbptt": "rnnlab.learning.tbptt",
            "rtrl": "rnnlab.learning.rtrl"}.get(impl)
     if mod is not None and importlib.util.find_spec(mod) is None:
         if mod.startswith("rnnlab."):
@@ -480,8 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(MAIN_CONFIGS),
                     help="comma-separated subset of a,b,c,d (and r, RTRL's small config)")
-    ap.add_argument("--peers", default="torch,jax",
-                    help="comma-separated peers besides rnnlab (torch, jax, rnnlab-api); "
+    ap.add_argument("--peers", default="torch,jax,keras",
+                    help="comma-separated peers besides rnnlab (torch, jax, keras, rnnlab-api); "
                          "'none' for none")
     ap.add_argument("--threads", type=int, default=None,
                     help="thread budget for every implementation (default: all cores)")
@@ -518,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in IMPLS or p == "rnnlab"]
     if unknown:
-        ap.error(f"unknown peer(s) {unknown}; expected some of torch, jax, rnnlab-api")
+        ap.error(f"unknown peer(s) {unknown}; expected some of torch, jax, keras, rnnlab-api")
     impls = ["rnnlab"]
     for p in peers:
         why = _available(p)

@@ -24,7 +24,7 @@ This module imports nothing from the rest of rnnlab.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -156,6 +156,12 @@ class Dataset:
         Analytic baselines, e.g. ``{"mse_predict_1": 1/6}``.
     meta : Mapping[str, Any]
         Steps, class names, vocabulary, permutation seed, ...
+    scorer : callable, optional
+        ``scorer(dataset, split_name, y_pred) -> dict[str, float]``: the task's own metrics
+        (strict Reber success, XOR error by position, MSE against the task's baseline, ...)
+        of a network's predictions ``y_pred`` (probabilities or values, shaped like the
+        network's output on that split); see :meth:`task_metrics`.  A module-level function,
+        so that a dataset pickles.
     """
 
     name: str
@@ -169,6 +175,21 @@ class Dataset:
     input_kind: InputKind = "dense"
     baselines: Mapping[str, float] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    scorer: Callable[[Dataset, str, np.ndarray], dict[str, float]] | None = None
+
+    def task_metrics(self, split: str, y_pred: np.ndarray) -> dict[str, float]:
+        """The task's own metrics of predictions on ``split`` (``"train"``, ``"val"`` or
+        ``"test"``); ``{}`` for a task that defines none beyond loss and accuracy."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test'; got {split!r}")
+        if self.scorer is None:
+            return {}
+        y = np.asarray(y_pred)
+        n = getattr(self, split).y.shape[0]
+        if y.shape[:1] != (n,):
+            raise ValueError(f"y_pred must hold the {n} sequences of the {split} split; got "
+                             f"shape {y.shape}")
+        return self.scorer(self, split, y)
 
     def __post_init__(self) -> None:
         if self.task not in TASK_KINDS:

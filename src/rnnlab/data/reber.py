@@ -196,6 +196,16 @@ def strict_accuracy(
     return float(strict_correct(scores, allowed, mask, criterion).mean())
 
 
+def score(ds: Dataset, split: str, y_pred: np.ndarray) -> dict[str, float]:
+    """Task metrics of a Reber dataset: ``strict_accuracy`` (the Hochreiter-Schmidhuber
+    criterion, :func:`strict_correct`) and ``strict_accuracy_argmax`` of ``(N, T, V)``
+    predictions on ``split``."""
+    s = getattr(ds, split)
+    allowed = ds.meta["allowed"][split]
+    return {"strict_accuracy": strict_accuracy(y_pred, allowed, s.mask),
+            "strict_accuracy_argmax": strict_accuracy(y_pred, allowed, s.mask, "argmax")}
+
+
 def reber_baselines(allowed: np.ndarray, mask: np.ndarray, embedded: bool) -> dict[str, float]:
     """Baselines from the allowed sets of a split.
 
@@ -251,4 +261,5 @@ def load_reber(
         baselines=reber_baselines(allowed["test"], test_mask, embedded),
         meta={"symbols": SYMBOLS, "embedded": embedded, "steps": steps, "allowed": allowed,
               "strings": dict(zip(("train", "val", "test"), strings, strict=True)), "seed": seed},
+        scorer=score,
     )

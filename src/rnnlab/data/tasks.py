@@ -123,7 +123,39 @@ def load_xor(
         "xor", *three(splits), input_size=1, output_size=2, task="step_classification",
         loss="softmax_ce", baselines=xor_baselines(steps),
         meta={"steps": steps, "position_error_optimal": (0.5, 0.5, 0.0), "seed": seed},
+        scorer=score_xor,
     )
+
+
+def score_xor(ds: Dataset, split: str, y_pred: np.ndarray) -> dict[str, float]:
+    """Task metrics of temporal XOR: the error rate of the predicted bits (argmax of
+    ``(N, T, 2)`` probabilities) by the target's position in its triple (Elman 1990):
+    ``error_a``, ``error_b`` (unpredictable: 0.5 at best) and ``error_xor`` (predictable: 0)."""
+    err = xor_position_error(np.asarray(y_pred).argmax(-1), getattr(ds, split).y)
+    return {"error_a": float(err[0]), "error_b": float(err[1]), "error_xor": float(err[2])}
+
+
+def score_regression(ds: Dataset, split: str, y_pred: np.ndarray) -> dict[str, float]:
+    """Task metrics of a regression task: ``mse`` (per output, over every scored entry) and
+    ``mse_ratio``, the MSE over the task's reference baseline (``mse_predict_1`` for the adding
+    problem, ``mse_predict_0`` for the sine): below 1 beats the baseline, 0 is perfect."""
+    y = getattr(ds, split).y
+    mse = float(np.mean((np.asarray(y_pred, np.float64) - y) ** 2))
+    base = ds.baselines.get("mse_predict_1", ds.baselines.get("mse_predict_0"))
+    out = {"mse": mse}
+    if base:
+        out["mse_ratio"] = mse / float(base)
+    return out
+
+
+def score_copy(ds: Dataset, split: str, y_pred: np.ndarray) -> dict[str, float]:
+    """Task metrics of copy memory: ``recall_accuracy``, the fraction of the ``length`` recalled
+    symbols predicted right (argmax), and ``recall_exact``, the fraction of sequences recalled
+    without a mistake."""
+    length = int(ds.meta["length"])
+    pred = np.asarray(y_pred).argmax(-1)[:, -length:]
+    ok = pred == getattr(ds, split).y[:, -length:]
+    return {"recall_accuracy": float(ok.mean()), "recall_exact": float(ok.all(axis=1).mean())}
 
 
 # --------------------------------------------------------------------------- adding problem
@@ -163,7 +195,7 @@ def load_adding(
     return Dataset(
         "adding", *three(splits), input_size=2, output_size=1, task="sequence_regression",
         loss="identity_mse", baselines={"mse_predict_1": 1.0 / 6.0, "mse_optimal": 0.0},
-        meta={"steps": steps, "seed": seed},
+        meta={"steps": steps, "seed": seed}, scorer=score_regression,
     )
 
 
@@ -230,6 +262,7 @@ def load_copy(
         meta={"steps": steps, "delay": steps, "sequence_length": steps + 2 * length,
               "symbols": symbols, "length": length, "blank": 0, "delimiter": symbols + 1,
               "seed": seed},
+        scorer=score_copy,
     )
 
 
@@ -300,6 +333,7 @@ def load_sine(
         loss="identity_mse", baselines=sine_baselines(omega_min, omega_max, amplitude, noise),
         meta={"steps": steps, "omega_range": (omega_min, omega_max), "amplitude": amplitude,
               "noise": noise, "seed": seed},
+        scorer=score_regression,
     )
 
 

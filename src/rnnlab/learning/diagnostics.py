@@ -26,8 +26,10 @@ def finite_difference(f: Callable[[], float], x: Array, eps: float = 1e-3) -> Ar
     if x.dtype != np.float64:
         raise TypeError(f"finite differences need float64 arrays; got {x.dtype}")
     grad = np.empty_like(x)
+    if not x.flags.c_contiguous:
+        raise ValueError("finite differences perturb x in place through a flat view; x must be "
+                         "C-contiguous (np.ascontiguousarray), and f must read that array")
     flat, gflat = x.reshape(-1), grad.reshape(-1)
-    assert np.shares_memory(flat, x), "x must be contiguous"
     for i in range(flat.size):
         orig = flat[i]
         vals = []

@@ -258,6 +258,8 @@ def value_and_grad(
     Returns
     -------
     loss : float
+        Non-finite when the computation overflows (nothing raises then; docs/derivation.md,
+        "Non-finite values").
     grads : Gradients
         ``params`` and ``h0`` equal BPTT's (to rounding); ``X`` is None (the gradient with
         respect to the inputs is not a forward-mode quantity).
@@ -353,7 +355,8 @@ def online_update(
     -------
     loss : float
         Eq. (15) over every scored target, each predicted by the parameters current at its step
-        (before that step's update).
+        (before that step's update).  An overflow makes it non-finite and the updates after it
+        non-finite too (they are applied: :func:`rnnlab.fit` snapshots and undoes them).
     out : Output
         Those predictions; ``h_n`` the final states.
     """

@@ -24,9 +24,11 @@ ALGORITHMS: tuple[str, ...] = tuple(RULES) + tuple(ONLINE)
 ENGINES: tuple[str, ...] = ("fast", "reference")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
 PROGRESS: tuple[str, ...] = ("auto", "on", "off")
-# config fields that shape the trajectory: a resumed run must agree on them (docs/training.md)
+TRACKING: tuple[str, ...] = ("tensorboard",)
+# config fields that shape the trajectory: a resumed run must agree on them (docs/training.md);
+# `lr` may change (continuing with a smaller rate is a common, deliberate choice)
 RESUME_KEYS: tuple[str, ...] = (
-    "batch_size", "optimizer", "optimizer_kwargs", "lr", "schedule", "schedule_kwargs",
+    "batch_size", "optimizer", "optimizer_kwargs", "schedule", "schedule_kwargs",
     "clip_norm", "algorithm", "algorithm_kwargs", "k1", "k2", "stateful", "shuffle", "seed",
     "on_nonfinite", "monitor", "mode", "min_delta", "spec", "dtype",
 )
@@ -159,6 +161,16 @@ class TrainConfig:
         Early stopping: stop after ``patience`` evaluations without improvement of ``monitor``
         (``"val_loss"``, ``"val_accuracy"``, ``"train_loss"``, ...); ``patience=None`` never
         stops but still keeps ``best.npz``.  ``mode="auto"`` maximises accuracies.
+    restore_best : bool
+        At the end of a completed or early-stopped run, restore the parameters of the epoch where
+        ``monitor`` was best (Keras' ``restore_best_weights``, scikit-learn's MLP with early
+        stopping); the test metrics are then those of these weights.  ``History.weights`` says
+        which weights the run ended with.  Needs a monitored metric (a validation split for
+        ``val_*``); False keeps the last epoch's.
+    health : bool
+        Watch the run for loss spikes, a loss stuck at chance and gradients vanishing or
+        exploding through time (:mod:`rnnlab.train.health`): a ``HealthWarning`` each, and the
+        findings in ``History.health`` and the epoch records' ``health`` field.
     eval_every : int
         Evaluate on the validation split every this many epochs (and after the last).
     eval_batch_size : int, optional
@@ -176,9 +188,16 @@ class TrainConfig:
         Progress bar on stderr; ``"auto"`` shows it only when stderr is a terminal.
     log_path : str, optional
         JSONL file that receives one line of metrics per epoch.
+    tracking : {"tensorboard"}, optional
+        Also write every epoch's metrics (and the config, and the final test metrics as
+        hyper-parameter results) to an experiment tracker: ``"tensorboard"`` writes TensorBoard
+        event files (needs ``pip install 'rnnlab[tracking]'``).
+    tracking_dir : str, optional
+        Where the tracker writes (default: ``tensorboard/`` beside ``log_path``, else beside
+        ``checkpoint_dir``).
     """
 
-    epochs: int = 10
+    epochs: int = 50
     batch_size: int = 32
     optimizer: str = "adam"
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +216,8 @@ class TrainConfig:
     mode: str = "auto"
     patience: int | None = None
     min_delta: float = 0.0
+    restore_best: bool = True
+    health: bool = True
     eval_every: int = 1
     eval_batch_size: int | None = None
     seed: int = 0
@@ -205,6 +226,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     progress: str = "auto"
     log_path: str | None = None
+    tracking: str | None = None
+    tracking_dir: str | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -240,7 +263,7 @@ class TrainConfig:
         if self.algorithm in ONLINE and self.clip_norm is not None:
             raise ValueError(f"clip_norm is not supported with algorithm={self.algorithm!r} (the "
                              "update is applied inside the sequence); set clip_norm=None")
-        for name in ("stateful", "shuffle"):
+        for name in ("stateful", "shuffle", "restore_best", "health"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
         if not isinstance(self.monitor, str) or "_" not in self.monitor or (
@@ -264,7 +287,9 @@ class TrainConfig:
         if isinstance(self.progress, bool):
             put("progress", "on" if self.progress else "off")
         _choice("progress", self.progress, PROGRESS)
-        for name in ("checkpoint_dir", "log_path"):
+        if self.tracking is not None:
+            _choice("tracking", self.tracking, TRACKING)
+        for name in ("checkpoint_dir", "log_path", "tracking_dir"):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, str | os.PathLike):

@@ -1,0 +1,127 @@
+"""The sweep that chose rnnlab's default training settings (issue 14), as one command.
+
+    python -m benchmarks.defaults                 # every task, every candidate; resumable
+    python -m benchmarks.defaults --tasks digits8,xor --jobs 2 --out runs/defaults
+
+Every candidate (initialiser x Adam learning rate x gradient clipping) trains every task of the
+suite with everything else at its default: ``rnnlab train --dataset NAME`` as a new user types
+it (hidden size 64, batch 32, 10 epochs, Adam; Fashion-MNIST: 3 epochs, one seed), on the seeds
+given.  Each task is one resumable sweep (``rnnlab.lab.sweep``) under ``--out``; run again to
+continue.  The table gives each candidate's mean test score per task and its mean rank over the
+tasks (1 = best); docs/results.md, "Defaults", carries the table and the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    steps: int | None
+    metric: str           # a key of summary["test"]
+    higher: bool          # whether a larger value is better
+    epochs: int | None = None
+    seeds: tuple[int, ...] = (0, 1)
+
+
+TASKS: dict[str, Task] = {
+    "digits8": Task("digits8", "digits", 8, "test_accuracy", True),
+    "digits64": Task("digits64", "digits", 64, "test_accuracy", True),
+    "mnist1d": Task("mnist1d", "mnist1d", None, "test_accuracy", True),
+    "fashion": Task("fashion", "fashion-mnist", 28, "test_accuracy", True, epochs=3, seeds=(0,)),
+    "adding": Task("adding", "adding", 50, "test_mse_ratio", False, seeds=(0,)),
+    "reber": Task("reber", "reber", None, "test_strict_accuracy", True),
+    "xor": Task("xor", "xor", None, "test_error_xor", False),
+}
+
+CANDIDATES: list[dict[str, Any]] = [
+    {"label": f"{init} init, Adam {lr:g}, clip {clip if clip else 'none'}",
+     "model.init": init, "train.lr": lr, **({"train.clip_norm": clip} if clip else {})}
+    for init in ("pytorch", "keras") for lr in (1e-3, 3e-3) for clip in (None, 1.0)
+]
+
+
+def run_task(task: Task, out: Path, jobs: int, echo: Any) -> list[dict[str, Any]]:
+    from rnnlab.lab import experiments, sweep
+    from rnnlab.lab.config import ExperimentConfig
+
+    base = ExperimentConfig.from_dict({
+        "name": f"defaults-{task.name}",
+        "data": {"dataset": task.dataset, "steps": task.steps},
+        "train": {"progress": "off", **({"epochs": task.epochs} if task.epochs else {})},
+        "diagnostics": False,
+    })
+    cells = sweep.config_cells(base, {"train.seed": list(task.seeds)}, CANDIDATES)
+    report = sweep.run_sweep(experiments.cell_function(base, out / task.name), cells,
+                             out / task.name, jobs=jobs, echo=echo,
+                             meta={"base": base.to_dict(), "experiment": "defaults"})
+    return [r for r in report.records if r["status"] == "done"]
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    labels = [c["label"] for c in CANDIDATES]
+    score: dict[tuple[str, str], float] = {}
+    for name, records in results.items():
+        task = TASKS[name]
+        for lb in labels:
+            vals = [r["summary"]["test"].get(task.metric) for r in records
+                    if r["cell"].get("label") == lb]
+            vals = [math.nan if v is None else float(v) for v in vals]
+            score[(lb, name)] = statistics.fmean(vals) if vals else math.nan
+    ranks: dict[str, list[float]] = {lb: [] for lb in labels}
+    for name in results:
+        task = TASKS[name]
+        key = [(score[(lb, name)] if task.higher else -score[(lb, name)]) for lb in labels]
+        order = sorted(range(len(labels)), key=lambda i: -key[i]
+                       if not math.isnan(key[i]) else math.inf)
+        for rank, i in enumerate(order, 1):
+            ranks[labels[i]].append(rank)
+    names = list(results)
+    head = ["candidate", *[f"{n} ({TASKS[n].metric.removeprefix('test_')}"
+                           f"{'' if TASKS[n].higher else ', lower better'})" for n in names],
+            "mean rank"]
+    lines = [[lb, *[f"{score[(lb, n)]:.4f}" for n in names],
+              f"{statistics.fmean(ranks[lb]):.2f}"] for lb in labels]
+    lines.sort(key=lambda ln: float(ln[-1]))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+    rows = [" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+            "-|-".join("-" * w for w in widths)]
+    rows += [" | ".join(str(x).ljust(w) for x, w in zip(ln, widths, strict=True))
+             for ln in lines]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.defaults", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", default="runs/defaults")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    bad = [n for n in names if n not in TASKS]
+    if bad:
+        ap.error(f"unknown task(s) {bad}; expected some of {list(TASKS)}")
+    out = Path(args.out)
+    results = {}
+    for n in names:
+        try:
+            results[n] = run_task(TASKS[n], out, args.jobs, echo=print)
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"skipping {n}: {exc}", file=sys.stderr)
+    print()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
