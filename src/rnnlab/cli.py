@@ -797,7 +797,7 @@ def _differences_text(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1e}" for k, v in d.items())
 
 
-@cli.command("export")
+@cli.command("export", short_help="A run's model as ONNX, PyTorch or safetensors.")
 @click.argument("run", type=click.Path())
 @click.option("--format", "-f", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
               help="onnx: the RNN operator, head and output activation (needs rnnlab[onnx]); "
