@@ -112,7 +112,7 @@ def test_hooks_run_in_order_and_lambda_callback():
 
 def test_early_stopping_callback_restores_the_best_weights():
     m = model()
-    es = EarlyStopping("val_loss", mode="max", patience=2, restore_best_weights=True)
+    es = EarlyStopping("val_loss", min_delta=100.0, patience=2, restore_best_weights=True)
     best = {}
 
     class Keep(Callback):                           # the parameters after epoch 1 (the best:
@@ -135,7 +135,7 @@ def test_early_stopping_callback_restores_the_best_weights():
 
 def test_reduce_lr_on_plateau_lowers_the_rate_after_patience():
     # mode "max" on a falling val_loss: never an improvement after the first epoch
-    rl = ReduceLROnPlateau("val_loss", mode="max", factor=0.5, patience=2, min_lr=2.6e-3)
+    rl = ReduceLROnPlateau("val_loss", min_delta=100.0, factor=0.5, patience=2, min_lr=2.6e-3)
     h = model().fit(DATA, cfg(epochs=8), val=VAL, callbacks=[rl])
     lrs = [r["lr"] for r in h.epochs]
     assert lrs[:3] == [1e-2] * 3
@@ -148,7 +148,7 @@ def test_reduce_lr_on_plateau_lowers_the_rate_after_patience():
 
 def test_plateau_schedule_runs_the_callback_and_resumes_exactly(tmp_path):
     kw = dict(epochs=8, schedule="plateau", batch_size=8,
-              schedule_kwargs={"monitor": "val_loss", "mode": "max", "factor": 0.5,
+              schedule_kwargs={"monitor": "val_loss", "min_delta": 100.0, "factor": 0.5,
                                "patience": 2})
     straight = model(1, "float64")
     h = straight.fit(DATA, cfg(**kw, checkpoint_dir=str(tmp_path / "a")), val=VAL)
