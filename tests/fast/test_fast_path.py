@@ -163,3 +163,47 @@ def test_a_reproducible_workspace_computes_the_same_numbers_wherever_its_pieces_
         Workspace(spec, threads=None, reproducible=True)
     with pytest.raises(TypeError, match="reproducible must be a bool"):
         Workspace(spec, reproducible=1)                      # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the compiled kernels are not installed")
+def test_column_blocks_are_timed_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loops run their step product on one BLAS thread, so the column blocks are timed on
+    one, whatever the caller's count (two threads waiting for a core on a busy machine made a
+    fresh process's first step take 1.5 s)."""
+    from rnnlab.fast import cpu
+
+    built = kernels._need()
+    real, seen = built["products"], []
+
+    def spy(*args: object) -> None:
+        seen.append(cpu.BLAS.get())
+        real(*args)
+
+    monkeypatch.setitem(built, "products", spy)
+    monkeypatch.setattr(kernels, "_blocks", {})
+    with cpu.BLAS.limit(2):
+        kernels.column_block(16, 64)
+    assert seen and set(seen) == {1}
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the compiled kernels are not installed")
+def test_the_first_call_of_an_auto_workspace_runs_on_one_blas_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tuner's untimed first call (it allocates) runs on one BLAS thread, not on the whole
+    budget left alone."""
+    from rnnlab.fast import cpu
+
+    kernels.compile()                      # (its warm-up calls are not the workspace's)
+    real, seen = kernels.run, []
+
+    def spy(job: np.ndarray) -> None:
+        seen.append(cpu.BLAS.get())
+        real(job)
+
+    monkeypatch.setattr(kernels, "run", spy)
+    spec = RNNSpec(3, 16, 2)
+    params, X, Y, _, _ = problem(spec, 0, 4, 5, False)
+    p = {k: v.astype(np.float32) for k, v in params.items()}
+    with cpu.BLAS.limit(2):
+        Workspace(spec, threads="auto").value_and_grad(p, X, Y)
+    assert seen and set(seen) == {1}

@@ -58,6 +58,7 @@ from .compiled import (
     NO_TRANS,
     TRANS,
 )
+from .cpu import BLAS
 
 __all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "column_block",
            "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "hand_off",
@@ -407,14 +408,17 @@ def column_block(n: int, H: int) -> int:
         reps = max(1, int(2e7 // (2 * n * H * H)))            # ~0.1-0.2 ms per timing
         cands = [H] + [cb for cb in (H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
         best: dict[int, float] = {}
-        for cb in cands:
-            k["products"](n, H, cb, reps, a, W, c)             # warm
-        for _ in range(5):
+        # on one BLAS thread, as the loops run it (whatever the caller's count: a second thread
+        # waiting for a core on a busy machine made this take 1.5 s instead of milliseconds)
+        with BLAS.limit(1):
             for cb in cands:
-                t = time.perf_counter()
-                k["products"](n, H, cb, reps, a, W, c)
-                dt = time.perf_counter() - t
-                best[cb] = min(best.get(cb, dt), dt)
+                k["products"](n, H, cb, reps, a, W, c)         # warm
+            for _ in range(5):
+                for cb in cands:
+                    t = time.perf_counter()
+                    k["products"](n, H, cb, reps, a, W, c)
+                    dt = time.perf_counter() - t
+                    best[cb] = min(best.get(cb, dt), dt)
         # a block must win clearly: otherwise whole (the NumPy loop's numbers for relu)
         fastest = min(best, key=best.__getitem__)
         _blocks[key] = fastest if best[fastest] < 0.9 * best.get(H, np.inf) else H

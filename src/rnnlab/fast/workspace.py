@@ -210,7 +210,9 @@ class Workspace:
             tuner = ThreadTuner(budget, options=thread_options(budget, self.compiled, B, H))
             if bufs is not None:
                 bufs.tuner = self._tuner = tuner
-        return tuner.pick()
+        # the tuner's untimed first call runs on one thread: the whole BLAS budget there, on a
+        # busy machine, waits for a core (a fresh process's first step took 0.9 s, not 30 ms)
+        return tuner.pick() or ThreadOption(1, 1)
 
     def _runner(self, option: ThreadOption | None) -> Runner:
         """The :class:`~rnnlab.fast.pool.Runner` for a thread option (made once per option)."""
