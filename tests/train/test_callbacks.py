@@ -112,11 +112,11 @@ def test_hooks_run_in_order_and_lambda_callback():
 
 def test_early_stopping_callback_restores_the_best_weights():
     m = model()
-    es = EarlyStopping("val_loss", min_delta=100.0, patience=2, restore_best_weights=True)
+    es = EarlyStopping("val_loss", patience=2, min_delta=100.0, restore_best_weights=True)
     best = {}
 
     class Keep(Callback):                           # the parameters after epoch 1 (the best:
-        def on_epoch_end(self, epoch, logs):        # val_loss falls, mode "max" never improves)
+        def on_epoch_end(self, epoch, logs):        # no loss can fall by min_delta=100 later)
             if epoch == 1:
                 best.update({k: v.copy() for k, v in self.trainer.params.items()})
 
@@ -134,7 +134,7 @@ def test_early_stopping_callback_restores_the_best_weights():
 
 
 def test_reduce_lr_on_plateau_lowers_the_rate_after_patience():
-    # mode "max" on a falling val_loss: never an improvement after the first epoch
+    # min_delta=100: no epoch after the first improves, whatever the trajectory
     rl = ReduceLROnPlateau("val_loss", min_delta=100.0, factor=0.5, patience=2, min_lr=2.6e-3)
     h = model().fit(DATA, cfg(epochs=8), val=VAL, callbacks=[rl])
     lrs = [r["lr"] for r in h.epochs]
