@@ -110,7 +110,7 @@ def predict_table(threads: int, repeats: int) -> None:
     print(f"predict: class ids of N sequences in batches of {bs}, {threads} thread(s); "
           "sequences/s (median of {repeats})".replace("{repeats}", str(repeats)))
     print(f"{'N x T x D -> H':<26}{'RNN.predict':>13}{'Workspace':>12}{'torch':>11}"
-          f"{'torch/predict':>15}{'torch/ws':>10}")
+          f"{'predict/torch':>15}{'ws/torch':>10}")
     with threadpool_limits(threads), torch.no_grad():
         for N, T, D, H in PREDICT_SIZES:
             _predict_row(N, T, D, H, bs, repeats)
