@@ -117,7 +117,8 @@ def rng() -> np.random.Generator:
 def problem(spec: RNNSpec, seed: int, B: int, T: int, masked: bool, with_h0: bool = True):
     """(params, X, Y, mask, h0) in float64 for ``spec``."""
     rng = np.random.default_rng(seed)
-    params = init_params(spec, rng, dtype=np.float64)
+    # the PyTorch scheme draws non-zero biases: a generic point, no ReLU pre-activation at 0
+    params = init_params(spec, rng, scheme="pytorch", dtype=np.float64)
     X = make_inputs(spec, rng, B, T)
     Y = make_targets(spec, rng, B, T)
     mask = random_mask(rng, B, T) if masked else None

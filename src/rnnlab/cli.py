@@ -60,7 +60,8 @@ RESUMABLE: tuple[str, ...] = (
 _FLAGS: dict[str, list[str]] = {
     "data.seed": ["--data-seed"], "train.seed": ["--seed"], "data.steps": ["--steps", "-T"],
     "data.options": ["--option"], "train.optimizer_kwargs": ["--optimizer-kwarg"],
-    "train.schedule_kwargs": ["--schedule-kwarg"], "model.hidden_size": ["--hidden-size",
+    "train.schedule_kwargs": ["--schedule-kwarg"],
+    "train.algorithm_kwargs": ["--algorithm-kwarg"], "model.hidden_size": ["--hidden-size",
                                                                          "--hidden"],
     "model.num_layers": ["--num-layers", "--layers"],
 }
@@ -715,6 +716,43 @@ def experiment_timesteps(dataset: str, data_dir: str | None, steps: str | None, 
     return 1 if res["report"].failed else 0
 
 
+@experiment.command("online-rules")
+@click.option("--quick", is_flag=True,
+              help="4 epochs of 160 windows, one seed: a few minutes (the full run: ~30-60).")
+@click.option("--tasks", default="add,mimic,xor", show_default=True, metavar="T1,T2,...",
+              help="Of: add, mimic (Marschall et al.'s families), xor.")
+@click.option("--methods", default="bptt,tbptt,rtrl,uoro,kf_rtrl,snap1,rflo,eprop",
+              show_default=True, metavar="M1,M2,...")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Default 0,1,2 (--quick: 0).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Default 25 (--quick: 4).")
+@click.option("--online", is_flag=True,
+              help="The online form of the rules that have one (an update at every step) "
+                   "instead of one update per window.")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Adam's learning rate, every method alike (default 5e-3; --online: 5e-4).")
+@click.option("--jobs", "-j", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--cluster", default=None, metavar="local-dask|tcp://HOST:PORT|FILE")
+@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
+              help="Default runs/online-rules[-quick][-online].")
+@click.option("--overwrite", is_flag=True, help="Forget earlier results and run again.")
+def experiment_online_rules(quick: bool, tasks: str, methods: str, seeds: str | None,
+                            epochs: int | None, online: bool, lr: float | None, jobs: int,
+                            cluster: str | None, out: str | None, overwrite: bool) -> int:
+    """Online learning rules side by side (docs/online.md): learning curves, gradient
+    alignment, time and memory per step."""
+    from .lab.online import online_rules
+
+    res = online_rules(
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        seeds=_int_list(seeds or ("0" if quick else "0,1,2"), "--seeds"), quick=quick,
+        epochs=epochs, online=online, lr=lr, jobs=jobs, cluster=cluster, out=out,
+        overwrite=overwrite, echo=_echo)
+    return 1 if res["report"].failed else 0
+
+
 @cli.command(short_help="The datasets and their options.")
 @_verbosity
 def datasets() -> int:
@@ -759,7 +797,7 @@ def _differences_text(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1e}" for k, v in d.items())
 
 
-@cli.command("export")
+@cli.command("export", short_help="A run's model as ONNX, PyTorch or safetensors.")
 @click.argument("run", type=click.Path())
 @click.option("--format", "-f", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
               help="onnx: the RNN operator, head and output activation (needs rnnlab[onnx]); "

@@ -72,7 +72,8 @@ ALIASES: dict[str, str] = {
     "T": "data.steps", "steps": "data.steps", "seed": "train.seed", "dataset": "data.dataset",
     "hidden": "model.hidden_size", "layers": "model.num_layers",
 }
-_DICT_FIELDS: tuple[str, ...] = ("data.options", "train.optimizer_kwargs", "train.schedule_kwargs")
+_DICT_FIELDS: tuple[str, ...] = ("data.options", "train.optimizer_kwargs", "train.schedule_kwargs",
+                                "train.algorithm_kwargs")
 
 
 def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:

@@ -46,7 +46,7 @@ from .progress import Progress
 from .schedules import Plateau, Warmup
 from .signals import StopFlag, catch
 from .splits import TrainData, as_data, check_fits, spec_for_dataset
-from .steps import FastStep, fast_path_note, gradient_function
+from .steps import FastStep, fast_path_note, gradient_function, rule_rng
 
 __all__ = [
     "ALGORITHMS",
@@ -291,7 +291,8 @@ class _Loop:
         self.flag = StopFlag()
         self.fast_path = fast_path_note(cfg, spec, self.dtype, train.mask is not None)
         t0 = time.perf_counter()
-        self.grad_fn = gradient_function(cfg, spec)       # the engine, compiled before the clock
+        self.rule_rng = rule_rng(cfg)          # a stochastic rule's random signs (UORO, KF-RTRL)
+        self.grad_fn = gradient_function(cfg, spec, self.rule_rng)  # engine compiled now
         self.flat: optim.FlatUpdate | None = None         # the fast path's flat update
         self.startup_s = time.perf_counter() - t0
         self.progress = Progress(cfg.progress, stream, cfg.epochs)
@@ -338,6 +339,11 @@ class _Loop:
         if x.get("partial") is not None:
             self.partial = _EpochStats.from_state(self.spec, x["partial"])
         self.hidden = _decode_array(x.get("hidden"))
+        if self.rule_rng is not None:
+            if x.get("rule_rng") is None:
+                raise ValueError(f"checkpoint {path} holds no state of the rule's Generator "
+                                 f"(algorithm {self.cfg.algorithm!r} draws random numbers)")
+            self.rule_rng.bit_generator.state = x["rule_rng"]
         self.history.epochs = [dict(r) for r in x.get("history", [])]
         self.history.skipped = int(x.get("skipped", 0))
         if self.stopper is not None and x.get("early_stopping") is not None:
@@ -363,6 +369,8 @@ class _Loop:
             "skipped": self.history.skipped,
             "status": status,
             "train_shape": list(self.train.X.shape),
+            # where a stochastic rule's Generator stands after the last completed step
+            "rule_rng": None if self.rule_rng is None else self.rule_rng.bit_generator.state,
             "lr_scale": self.lr_scale,
             "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()}
                           for cb in self.callbacks],

@@ -10,6 +10,7 @@ fast one by default, the reference one for teaching and checking; both keep the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,11 +21,16 @@ from ..core.engine import Engine, Reference
 from ..core.params import Params
 from ..core.spec import RNNSpec
 from ..fast.workspace import Workspace
-from ..learning import ONLINE, RULES
+from ..learning import ONLINE, RULES, STOCHASTIC
 from ..learning.tbptt import scored_windows
 from .config import TrainConfig
 
-__all__ = ["ENGINES", "FastStep", "StepOutput", "fast_path_note", "gradient_function"]
+__all__ = ["ENGINES", "FastStep", "RULE_STREAM", "StepOutput", "fast_path_note",
+           "gradient_function", "rule_rng"]
+
+RULE_STREAM = 17
+"""The spawn key of the rule's Generator: ``SeedSequence(seed, spawn_key=(RULE_STREAM,))``, a
+stream independent of the run's shuffling Generator (``default_rng(seed)``)."""
 
 
 def _fast(spec: RNNSpec) -> Engine:
@@ -110,17 +116,32 @@ class FastStep:
         return self.engine.h_n()
 
 
-def gradient_function(cfg: TrainConfig, spec: RNNSpec | None = None) -> Callable[..., Any]:
+def rule_rng(cfg: TrainConfig) -> np.random.Generator | None:
+    """The Generator of a stochastic rule (:data:`rnnlab.learning.STOCHASTIC`), seeded from
+    ``cfg.seed``; None for the deterministic algorithms."""
+    if cfg.algorithm not in STOCHASTIC:
+        return None
+    return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(RULE_STREAM,)))
+
+
+def gradient_function(cfg: TrainConfig, spec: RNNSpec | None = None,
+                      rng: np.random.Generator | None = None) -> Callable[..., Any]:
     """``f(params, X, Y, spec, h0, mask, steps, sample_weight=None) -> (loss, Gradients,
     StepOutput or Output)`` for the batch algorithms, or the online rule itself
-    (:data:`rnnlab.learning.ONLINE`).
+    (:data:`rnnlab.learning.ONLINE`) with ``cfg.algorithm_kwargs``.
 
     With ``spec`` the engine for it is made now (the fast engine compiles its kernels when it is
-    made), so that the first step's time is the step's own.
+    made), so that the first step's time is the step's own.  ``rng`` is the Generator a
+    stochastic rule draws from (default: :func:`rule_rng`); the trainer keeps it to save its
+    state in checkpoints.
     """
+    options: dict[str, Any] = dict(cfg.algorithm_kwargs)
+    if cfg.algorithm in STOCHASTIC:
+        options["rng"] = rule_rng(cfg) if rng is None else rng
     if cfg.algorithm in ONLINE:
-        return ONLINE[cfg.algorithm]
-    if cfg.algorithm in ("bptt", "tbptt") and cfg.engine == "fast" and spec is not None:
+        return partial(ONLINE[cfg.algorithm], **options) if options else ONLINE[cfg.algorithm]
+    if cfg.algorithm in ("bptt", "tbptt") and cfg.engine == "fast" and spec is not None \
+            and not options:
         return FastStep(cfg, spec)
     if cfg.algorithm == "bptt":
         make = ENGINES[cfg.engine]
@@ -141,9 +162,9 @@ def gradient_function(cfg: TrainConfig, spec: RNNSpec | None = None) -> Callable
                     StepOutput(logits, engine.h_n()))
         return bptt
     rule = RULES[cfg.algorithm]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = options
     if cfg.algorithm == "tbptt":
-        extra = {"k1": cfg.k1, "k2": cfg.k1 if cfg.k2 is None else cfg.k2}
+        extra = {**options, "k1": cfg.k1, "k2": cfg.k1 if cfg.k2 is None else cfg.k2}
 
     def batch_rule(params: Params, X: Any, Y: Any, spec: RNNSpec, h0: Any, mask: Any,
                    steps: int | None, sample_weight: Any = None) -> Any:
