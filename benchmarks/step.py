@@ -84,7 +84,9 @@ CONFIGS: dict[str, Config] = {
 }
 MAIN_CONFIGS = ("a", "b", "c", "d")
 # the other gradient algorithms: (config, implementation)
-ALGO_ROWS = (("c", "tbptt"), ("r", "rnnlab"), ("r", "rtrl"))
+# (full BPTT on the Workspace is timed again next to them: the "x BPTT" column's reference)
+ALGO_ROWS = (("c", "rnnlab"), ("c", "tbptt-fast"), ("c", "tbptt"), ("r", "rnnlab"),
+             ("r", "rtrl"))
 
 
 def rtrl_rows(cfg: Config) -> int:
@@ -307,6 +309,23 @@ def make_tbptt(cfg: Config, threads: int) -> Step:
     return _sgd_step(cfg, make)
 
 
+def make_tbptt_fast(cfg: Config, threads: int) -> Step:
+    """Truncated BPTT on the fast engine: :meth:`rnnlab.Workspace.truncated_value_and_grad`
+    with the windows of :func:`rnnlab.learning.tbptt.scored_windows`."""
+    from rnnlab import Workspace
+    from rnnlab.learning.tbptt import scored_windows
+
+    def make(spec: Any) -> Callable[..., tuple[float, Any]]:
+        ws = Workspace(spec)                 # made (and its kernels loaded) at set-up
+        wins = scored_windows(cfg.T, TBPTT_K, TBPTT_K, spec)
+
+        def grads(params: Any, X: Any, Y: Any) -> tuple[float, Any]:
+            return ws.truncated_value_and_grad(params, X, Y, wins)
+        return grads
+
+    return _sgd_step(cfg, make)
+
+
 def make_rtrl(cfg: Config, threads: int) -> Step:
     from rnnlab import rtrl
 
@@ -321,7 +340,7 @@ def make_rtrl(cfg: Config, threads: int) -> Step:
 
 MAKERS: dict[str, Callable[[Config, int], Step]] = {
     "rnnlab": make_rnnlab, "rnnlab-api": make_rnnlab_api, "torch": make_torch, "jax": make_jax,
-    "keras": make_keras, "tbptt": make_tbptt, "rtrl": make_rtrl,
+    "keras": make_keras, "tbptt": make_tbptt, "tbptt-fast": make_tbptt_fast, "rtrl": make_rtrl,
 }
 
 
@@ -666,14 +685,19 @@ def print_table(rows: list[Row], cfgs: list[Config], impls: list[str], ceiling: 
 def print_algos(rows: list[Row]) -> None:
     print()
     print("Other gradient algorithms (rnnlab only), same thread budget and SGD step:")
-    head = ["cfg", "algorithm", "seq/s", "ms/step", "GFLOP/s", "% ceil", "peak MiB",
+    head = ["cfg", "algorithm", "seq/s", "x BPTT", "ms/step", "GFLOP/s", "% ceil", "peak MiB",
             "FLOP formula"]
-    names = {"tbptt": f"truncated BPTT k1=k2={TBPTT_K}", "rtrl": "RTRL",
+    names = {"tbptt": f"truncated BPTT k1=k2={TBPTT_K} (tbptt.value_and_grad)",
+             "tbptt-fast": f"truncated BPTT k1=k2={TBPTT_K} (Workspace)", "rtrl": "RTRL",
              "rnnlab": "BPTT (Workspace)"}
+    full = {r.config: r.seq_per_s for r in rows if r.impl == "rnnlab"}
     lines = [[r.config, names.get(r.impl, r.impl), f"{r.seq_per_s:,.0f}",
+              f"{r.seq_per_s / full[r.config]:.2f}" if r.config in full else "-",
               f"{r.median_s * 1e3:.2f}", f"{r.gflops:.1f}", f"{100 * r.frac_ceiling:.0f}",
               _mib(r), r.formula] for r in rows]
     _fmt_table(head, lines)
+    print("x BPTT = this row's seq/s over full BPTT's on the same config, timed in the same "
+          "rounds")
     for c in dict.fromkeys(r.config for r in rows):
         cfg = CONFIGS[c]
         print(f"  {c} {cfg.title}: B={cfg.B} T={cfg.T} D={cfg.D} H={cfg.H} C={cfg.C}")

@@ -1,5 +1,6 @@
 """Compiled recurrent loops for the fast engine (optional: ``pip install 'rnnlab[fast]'``): the
-Python face of :mod:`rnnlab.fast.compiled`.
+Python face of the Numba kernels of :mod:`rnnlab.fast.jit` (linked and cached by
+:mod:`rnnlab.fast.compiled`).
 
 The loops of :func:`rnnlab.fast.loops.forward_into` and :func:`rnnlab.fast.loops.backward_into`
 (eqs. 5-6 and 16-17) compiled with Numba: one call runs every step of a block of batch rows,
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -56,6 +58,7 @@ from .compiled import (
     NO_TRANS,
     TRANS,
 )
+from .cpu import BLAS
 
 __all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "column_block",
            "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "hand_off",
@@ -79,12 +82,26 @@ _compiled = False
 
 
 def compile() -> None:
-    """Compile every kernel now (about 2 s, once per process) instead of at its first use,
-    as a JAX program is compiled ahead of time; :class:`rnnlab.fast.workspace.Workspace` calls
-    this."""
+    """Compile (or load from the cache of an earlier process) every kernel now instead of at its
+    first use, as a JAX program is compiled ahead of time; :class:`rnnlab.fast.workspace.Workspace`
+    calls this.  The first time on a machine it takes seconds (about 8 s on a quiet 2-core
+    machine); after that, a process loads the builds in a fraction of a second
+    (docs/performance.md, "Start-up").  A cached build that cannot be read (a damaged or
+    truncated file) is deleted and compiled again."""
     global _compiled
     if _compiled or not available():
         return
+    try:
+        _warm()
+    except Exception:            # a cached build that cannot be loaded: compile it afresh
+        if not _purge_cache():
+            raise
+        _warm()
+    _compiled = True
+
+
+def _warm() -> None:
+    """Call every kernel once with every signature the engine uses (each compiles or loads)."""
     f32 = np.float32
     Hb = np.zeros((2, 1, 1), f32)
     W = np.zeros((1, 1), f32)
@@ -93,30 +110,44 @@ def compile() -> None:
         backward(Hb, np.zeros((1, 1, 1), f32), dH, W, np.ones((1, 1), f32), "tanh", False)
     for dt in (np.float32, np.float64):
         scatter_rows(np.zeros(1, np.intp), np.zeros((1, 1), dt), np.zeros((1, 1), dt))
+    a = np.ones((2, 2), np.float32)
+    job = gemm_job(a, a, np.empty((2, 2), np.float32))
+    if job is None:
+        _fail("a contiguous float32 product has no job")
+    run(job)
     spin(np.ones(1, np.int64), 0, 1, 1)
     publish(np.zeros(1, np.int64), 0, 0)
     post_job(np.zeros((1, JOB_SIZE), np.int64), np.zeros(1, np.int64), 0,
              np.zeros(JOB_SIZE, np.int64))
-    _compiled = True
-
-
-_jobs_compiled = False
-
-
-def compile_jobs() -> None:
-    """Compile :func:`run` and :func:`serve` now (about 3 s, once per process): what a batch
-    split over threads needs (:class:`rnnlab.fast.pool.Runner` calls this)."""
-    global _jobs_compiled
-    if _jobs_compiled or not available():
-        return
-    a = np.ones((2, 2), np.float32)
-    job = gemm_job(a, a, np.empty((2, 2), np.float32))
-    assert job is not None
-    run(job)
     serve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, JOB_SIZE), np.int64), 0,
           0, 1)
     _need()["products"](2, 2, 2, 1, a, a, np.empty((2, 2), np.float32))
-    _jobs_compiled = True
+
+
+def _purge_cache() -> bool:
+    """Delete the cached builds of this process's key (files rnnlab's kernels wrote: Numba's
+    ``.nbi`` indexes and ``.nbc`` builds under :func:`rnnlab.fast.compiled.open_cache`); False
+    when nothing was cached."""
+    where = cache_location()
+    if where is None or not where.is_dir():
+        return False
+    for f in where.rglob("*"):
+        if f.is_file() and f.suffix in (".nbi", ".nbc"):
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                pass
+    return True
+
+
+def cache_location() -> Path | None:
+    """The directory that holds this process's cached kernels (None when they are not cached)."""
+    return _cache_where
+
+
+def compile_jobs() -> None:
+    """The same as :func:`compile` (kept for callers that split a batch over threads)."""
+    compile()
 
 
 def why_unavailable() -> str | None:
@@ -130,10 +161,26 @@ def _kernels() -> dict[str, Any] | None:
         with _lock:
             if _built is None and _why_not is None:
                 try:
-                    _built = compiled.build()
+                    _built = _build()
                 except Exception as exc:   # no numba, no threadpoolctl, no cblas, no libc...:
                     _why_not = f"{type(exc).__name__}: {exc}"   # the NumPy loops run instead
     return _built
+
+
+_cache_where: Path | None = None
+
+
+def _build() -> dict[str, Any]:
+    """Define the kernels (import :mod:`rnnlab.fast.jit`, with the C functions linked by name
+    and Numba's cache pointed at this BLAS's key: :mod:`rnnlab.fast.compiled`); each compiles
+    on its first call, or loads from the cache of an earlier process."""
+    global _cache_where
+    try:
+        from . import jit
+    finally:
+        compiled.close_cache()        # also when the import failed half-way
+    _cache_where = jit.CACHE_DIR
+    return jit.KERNELS
 
 
 class KernelUsageError(RuntimeError):
@@ -176,21 +223,13 @@ def _flat(a: Array) -> tuple[Array, int, int]:
 
 
 def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool,
-            W_joint: Array | None = None, x: Array | None = None) -> None:
+            W_joint: Array | None = None, x: Array | None = None, flush: bool = False) -> None:
     """The forward loop on ``Hbuf`` ``(T + 1, n, H)`` whose step slots hold the projections
     ``A_t`` (and whose ``h0`` slot is set), as :func:`rnnlab.fast.loops.forward_into`;
     or, with ``W_joint`` (and ``x``), on the state view of a joint buffer (see
-    :func:`forward_job`)."""
-    k = _need()
-    if not (W_hh.flags.c_contiguous and W_hh.dtype == np.float32
-            and W_hh.shape == (Hbuf.shape[2], Hbuf.shape[2])):
-        _fail(f"W_hh must be a C-contiguous float32 (H, H) matrix; got {W_hh.dtype} "
-              f"{W_hh.shape}")
-    T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
-    ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
-    hf, h0, h1, W, kx = ops[:5]
-    k["forward"](hf, h0, h1, T, n, H, W, np.empty(n * H, np.float32), KINDS[act_name],
-                 reverse, H, kx, *ops[5:])
+    :func:`forward_job`).  Runs :func:`forward_job` in the calling thread (``flush``: with
+    subnormals flushed to zero)."""
+    run(forward_job(Hbuf, W_hh, act_name, reverse, flush, None, W_joint, x))
 
 
 def _forward_operands(Hbuf: Array, W_hh: Array, reverse: bool, W_joint: Array | None,
@@ -221,17 +260,12 @@ def _forward_operands(Hbuf: Array, W_hh: Array, reverse: bool, W_joint: Array | 
 
 
 def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
-             act_name: str, reverse: bool) -> None:
+             act_name: str, reverse: bool, flush: bool = False,
+             db: Array | None = None) -> None:
     """The backward loop of :func:`rnnlab.fast.loops.backward_into` without a mask: writes ``dZ``
-    ``(T, n, H)`` and turns ``dnext`` ``(n, H)`` from ``dL/dH_T`` into ``dL/dh0``."""
-    k = _need()
-    T, n, H = dZ.shape
-    _check_backward(Hbuf, dZ, dH, W_T, dnext)
-    hf, h0, h1 = _flat(Hbuf)
-    gf, g0, g1 = _flat(dZ)
-    df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
-    k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
-                  dnext.reshape(-1), KINDS[act_name], reverse, H, dnext.reshape(-1), False)
+    ``(T, n, H)`` and turns ``dnext`` ``(n, H)`` from ``dL/dH_T`` into ``dL/dh0``.  Runs
+    :func:`backward_job` in the calling thread (``flush`` and ``db`` as there)."""
+    run(backward_job(Hbuf, dZ, dH, W_T, dnext, act_name, reverse, flush, None, db))
 
 
 def _check_backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array,
@@ -374,14 +408,17 @@ def column_block(n: int, H: int) -> int:
         reps = max(1, int(2e7 // (2 * n * H * H)))            # ~0.1-0.2 ms per timing
         cands = [H] + [cb for cb in (H // 2, H // 4) if cb >= 32 and H % cb == 0 and cb % 16 == 0]
         best: dict[int, float] = {}
-        for cb in cands:
-            k["products"](n, H, cb, reps, a, W, c)             # warm
-        for _ in range(5):
+        # on one BLAS thread, as the loops run it (whatever the caller's count: a second thread
+        # waiting for a core on a busy machine made this take 1.5 s instead of milliseconds)
+        with BLAS.limit(1):
             for cb in cands:
-                t = time.perf_counter()
-                k["products"](n, H, cb, reps, a, W, c)
-                dt = time.perf_counter() - t
-                best[cb] = min(best.get(cb, dt), dt)
+                k["products"](n, H, cb, reps, a, W, c)         # warm
+            for _ in range(5):
+                for cb in cands:
+                    t = time.perf_counter()
+                    k["products"](n, H, cb, reps, a, W, c)
+                    dt = time.perf_counter() - t
+                    best[cb] = min(best.get(cb, dt), dt)
         # a block must win clearly: otherwise whole (the NumPy loop's numbers for relu)
         fastest = min(best, key=best.__getitem__)
         _blocks[key] = fastest if best[fastest] < 0.9 * best.get(H, np.inf) else H

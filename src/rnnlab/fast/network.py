@@ -19,7 +19,7 @@ result with the reference engine on the shared grid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from .buffers import Buffers
 from .loops import backward_into, forward_into
 from .pool import Runner
 
-__all__ = ["backward", "forward", "loss", "project_into", "scatter_rows"]
+__all__ = ["backward", "check_windows", "forward", "loss", "project_into", "scatter_rows"]
 
 Array = NDArray[np.floating]
 Mask = NDArray[np.bool_]
@@ -142,7 +142,7 @@ def _first_layer_joint(W_hh: Array, W_xh: Array, b_h: Array, act: Activation, h0
 
     def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
         return kernels.forward_job(hb[:, lo:hi], W, act.name, False, flush,
-                                   kernels.column_block(hi - lo, W.shape[0]), Wj,
+                                   run.block(hi - lo, W.shape[0]), Wj,
                                    x_in[:, lo:hi])
 
     def rows(lo: int, hi: int) -> None:
@@ -172,7 +172,7 @@ def _forward_job(W_hh: Array, act: Activation, h0: Array, rev: bool, m_tb: Mask 
     def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
         cell.initial(hb, rev)[lo:hi] = h0[lo:hi]
         return kernels.forward_job(hb[:, lo:hi], W, act.name, rev, flush,
-                                   kernels.column_block(hi - lo, W.shape[0]))
+                                   run.block(hi - lo, W.shape[0]))
     return job
 
 
@@ -254,13 +254,46 @@ def scatter_rows(ids: NDArray[np.intp], dZ2: Array, out: Array) -> Array:
     return out
 
 
+def check_windows(windows: Sequence[tuple[int, ...]], T: int, spec: RNNSpec) -> None:
+    """Check truncation windows ``(start, score, stop)`` for :func:`backward` (as
+    :func:`rnnlab.learning.tbptt.scored_windows` makes them): a unidirectional network,
+    ``0 <= start < stop <= T`` and ``0 <= score < stop``, scored ranges ``[score, stop)`` in
+    order without overlap; with a loss at every step ``start <= score`` (``k2 >= k1``) and they
+    cover ``[0, T)``; with a loss at the last step the last one ends at ``T`` (and may start
+    after its score, ``k2 < k1``: only the final step is scored)."""
+    if spec.num_directions != 1:
+        raise ValueError("truncated BPTT walks time forwards and needs a unidirectional network "
+                         "(bidirectional=False)")
+    if not windows:
+        raise ValueError("truncated BPTT needs at least one window")
+    prev = 0
+    per_step = spec.per_step_output
+    for w in windows:
+        if (len(w) != 3 or not (0 <= w[0] < w[2] <= T and 0 <= w[1] < w[2]) or w[1] < prev
+                or (per_step and w[0] > w[1])):
+            raise ValueError(f"a window is (start, score, stop) with 0 <= start < stop <= T = {T}, "
+                             f"score < stop (and start <= score with a loss at every step), "
+                             f"scored ranges in order; got {list(windows)}")
+        prev = w[2]
+    if spec.per_step_output and [(w[1], w[2]) for w in windows] != list(zip(
+            [0] + [w[2] for w in windows[:-1]], [w[2] for w in windows], strict=True)):
+        raise ValueError(f"with a loss at every step the scored ranges must cover [0, {T}) in "
+                         f"order; got {list(windows)}")
+    if windows[-1][2] != T:
+        raise ValueError(f"the last window must end at T = {T}; got {list(windows)}")
+
+
 def backward(params: Mapping[str, Array], dz: Array, cache: Cache, bufs: Buffers,
-             input_grad: bool, run: Runner) -> tuple[Params, Array | None, Array]:
+             input_grad: bool, run: Runner,
+             windows: Sequence[tuple[int, ...]] | None = None
+             ) -> tuple[Params, Array | None, Array]:
     """Eqs. (16)-(21) from ``dz = dL/dlogits``, time first: ``(T * B, O)`` rows or ``(B, O)``.
 
     Returns the parameter gradients (in the layout order, not yet the parameters' key order), the
     gradient of the first layer's time-first input (``None`` for ids or when not
-    ``input_grad``) and ``dL/dh0``; every array is one of ``bufs``.
+    ``input_grad``) and ``dL/dh0``; every array is one of ``bufs``.  With ``windows``
+    (:func:`check_windows`) the truncated gradient of BPTT(k2; k1), eq. (24): see
+    :func:`_windowed`.
     """
     spec = cache.spec
     T, B = cache.steps, cache.batch_size
@@ -284,6 +317,10 @@ def backward(params: Mapping[str, Array], dz: Array, cache: Cache, bufs: Buffers
 
     dh0 = bufs.dh0
     d_inp: Array | None = None
+    if windows is not None:
+        d_inp = _windowed(params, cache, bufs, run, windows, dtop_seq, dtop_last, input_grad,
+                          grads)
+        return grads, d_inp, dh0
     for layer in range(spec.num_layers - 1, -1, -1):
         inp = cache.inputs[layer]
         need_dx = inp.ndim == 3 and (layer > 0 or input_grad)
@@ -317,6 +354,88 @@ def backward(params: Mapping[str, Array], dz: Array, cache: Cache, bufs: Buffers
                 d_below = _input_grad(dZ2, W_xh, T, B, layer, d_below, bufs, run)
         d_inp = d_below
     return grads, d_inp, dh0
+
+
+def _windowed(params: Mapping[str, Array], cache: Cache, bufs: Buffers, run: Runner,
+              windows: Sequence[tuple[int, ...]], dtop_seq: Array | None,
+              dtop_last: Array | None, input_grad: bool, grads: Params) -> Array | None:
+    """The truncated backward pass of BPTT(k2; k1), eq. (24), for a unidirectional network.
+
+    Window ``(s, a, b)`` backpropagates the losses of steps ``[a, b)`` through steps ``[s, b)``
+    of every layer, top to bottom, with nothing flowing in from step ``b`` (later losses belong to
+    later windows) or out through step ``s`` (the state before it is a constant), except into
+    ``dL/dh0`` when ``s = 0``.  Each layer's ``dZ`` of all windows is summed into one ``(T, B, H)``
+    array (``dZ^j`` is zero outside ``[s_j, b_j)``), from which the weight gradients are one
+    product each, as in BPTT; the layer below a window reads that window's own ``dZ^j W_xh^T``.
+    Windows that do not overlap (``k2 <= k1``) write their steps of the sum directly.
+    """
+    spec = cache.spec
+    T, B = cache.steps, cache.batch_size
+    H, L = spec.hidden_size, spec.num_layers
+    act = activations.get(spec.nonlinearity)
+    g = bufs.grads
+    overlap = any(w2[0] < w1[2] for w1, w2 in zip(windows[:-1], windows[1:], strict=True))
+    longest = max(b - s for s, _, b in windows)
+    tot = bufs.layer_dZ(L)                                 # (T, B, H) per layer: sum of dZ^j
+    for layer in range(L):
+        if overlap:
+            tot[layer].fill(0.0)
+        else:                                              # steps no window reaches: zero
+            covered = np.zeros(T, bool)
+            for s, _, b in windows:
+                covered[s:b] = True
+            tot[layer][~covered] = 0.0
+    dh0 = bufs.dh0
+    dh0.fill(0.0)
+    dh_start = bufs.scratch("dh_start", (B, H))
+    for s, a, b in windows:
+        n = b - s
+        dH: Array | None = None
+        dlast: Array | None = None
+        if dtop_seq is not None:
+            if a == s:
+                dH = dtop_seq[s:b]
+            else:                                          # steps [s, a) score nothing here
+                dH = bufs.scratch("dH_top", (longest, B, H))[:n]
+                dH[:a - s] = 0.0
+                dH[a - s:] = dtop_seq[a:b]
+        else:
+            assert dtop_last is not None
+            if b != T:
+                continue                                   # a loss at the last step only
+            dlast = dtop_last
+        for layer in range(L - 1, -1, -1):
+            p = spec.layer_keys(layer)[0]
+            hb = cache.hbufs[layer][s:b + 1]               # states H_{s-1} .. H_{b-1}
+            W_hh, W_xh = params[f"{p}.W_hh"], params[f"{p}.W_xh"]
+            dZ = bufs.scratch("dZ_window", (longest, B, H))[:n] if overlap else tot[layer][s:b]
+            mask = None if cache.mask is None else cache.mask[s:b]
+            run.recurrence(B, _backward_rows(dH, hb, W_hh, act, False, dlast, mask, dZ,
+                                             dh_start, run.compiled),
+                           _backward_job(dH, hb, W_hh, act, False, dlast, mask, dZ, dh_start,
+                                         run, None))
+            if overlap:
+                tot[layer][s:b] += dZ
+            if s == 0:
+                dh0[layer] += dh_start                     # the window reads h0 itself
+            if layer > 0:                                  # eq. (20), this window's alone
+                dH = run.matmul(dZ.reshape(n * B, H), W_xh.T, bufs.scratch(
+                    f"dH_{layer}", (longest * B, W_xh.shape[0]))[:n * B]).reshape(n, B, -1)
+                dlast = None
+    d_inp: Array | None = None
+    for layer in range(L - 1, -1, -1):
+        p = spec.layer_keys(layer)[0]
+        inp = cache.inputs[layer]
+        dZ2 = tot[layer].reshape(T * B, H)
+        if layer == 0 and bufs.joint is not None and cache.inputs[0] is bufs.x:
+            _joint_grads(dZ2, T, B, bufs, run)
+            for key in (f"{p}.W_hh", f"{p}.W_xh", f"{p}.b_h"):
+                grads[key] = g[key]
+        else:
+            _layer_grads(p, inp, cache.hbufs[layer], False, dZ2, T, B, [], grads, bufs, run)
+        if layer == 0 and input_grad and inp.ndim == 3:
+            d_inp = _input_grad(dZ2, params[f"{p}.W_xh"], T, B, 0, None, bufs, run)
+    return d_inp
 
 
 def _joint_grads(dZ2: Array, T: int, B: int, bufs: Buffers, run: Runner) -> None:
@@ -400,5 +519,5 @@ def _backward_job(dH: Array | None, hb: Array, W_hh: Array, act: Activation, rev
             db_parts.append(db)
         return kernels.backward_job(hb[:, lo:hi], dZ[:, lo:hi],
                                     None if dH is None else dH[:, lo:hi], W_T, d, act.name,
-                                    rev, flush, kernels.column_block(hi - lo, W_T.shape[0]), db)
+                                    rev, flush, run.block(hi - lo, W_T.shape[0]), db)
     return job

@@ -27,9 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import kernels
-from .cpu import FlushDenormals
+from .cpu import BLAS, FlushDenormals
 
-__all__ = ["MIN_LOOP_ROWS", "POOL", "Pool", "Runner", "SERIAL", "spans"]
+__all__ = ["LARGE_PRODUCT_FLOP", "MIN_LOOP_ROWS", "POOL", "Pool", "Runner", "SERIAL", "spans"]
 
 Array = NDArray[np.floating]
 
@@ -39,6 +39,10 @@ MIN_LOOP_ROWS = 8            # batch rows per piece of a recurrent loop
 MIN_PIECE_FLOP = 4e6         # multiply-adds x 2 per piece of a product
 ROW_ALIGN = 16               # product pieces start at multiples of this row
 MIN_JOB_FLOP = 1e6           # the same for a compiled job: its hand-off costs a few us
+# A whole product at least this large runs on the option's `rest` BLAS threads, a smaller one on
+# one (Runner): OpenBLAS threads products above 0.5 MFLOP, and a second BLAS thread that must
+# wait for a core (a busy machine) turns microseconds into a scheduler tick (~12 ms here)
+LARGE_PRODUCT_FLOP = float(1 << 26)
 K_SPLIT = 4                  # a product with K >= this x max(M, N) is cut along K
 
 
@@ -200,44 +204,70 @@ class Runner:
     """Runs the recurrent loops and large products of one call.
 
     ``Runner()`` runs everything as it is, in the calling thread (the public functions).  With
-    ``loop`` the recurrent loops run inside that context (BLAS thread count, flushed subnormals).
-    With ``split > 1`` the work is cut into ``split`` pieces run at the same time, one in the
-    calling thread and the others in worker threads; the BLAS must then be on one thread (the
-    caller sets it), and ``flush`` makes every piece of a loop flush subnormals in its own thread.
-    ``compiled`` lets the loops run the compiled kernels of :mod:`rnnlab.fast.kernels`.
+    ``loop`` the recurrent loops run inside that context (a :class:`~rnnlab.fast.cpu.LoopContext`:
+    BLAS thread count, flushed subnormals).  With ``split > 1`` the work is cut into ``split``
+    pieces (batch rows of a loop, output rows or inner-dimension slices of a product); with
+    ``parallel`` (the default) they run at the same time, one in the calling thread and the
+    others in worker threads, else one after another in the calling thread: the same pieces, so
+    the same numbers, either way.  The BLAS must then be on one thread (the caller sets it), and
+    ``flush`` makes every piece flush subnormals in its own thread.
+
+    ``compiled`` lets the loops run the compiled kernels of :mod:`rnnlab.fast.kernels`: every loop
+    and float32 product is then a *job* run without the GIL (in a worker, or in the calling thread
+    with subnormals flushed inside the job).  ``blocks`` lets the loops' step product run in the
+    column blocks :func:`rnnlab.fast.kernels.column_block` times once per process (faster for
+    some shapes, but a timed choice: off where a run must repeat bit for bit).  ``rest`` BLAS
+    threads run the products of at least :data:`LARGE_PRODUCT_FLOP` (a whole product, not
+    split); smaller ones run on one thread, since a second BLAS thread that must wait for a core
+    costs more than it gives there (measured: a ``(73, 256) x (256, 64)`` product 32 us on one
+    thread, 12 ms on two on a busy 2-core machine).
     """
 
     def __init__(self, loop: AbstractContextManager[Any] | None = None, split: int = 1,
-                 flush: bool = False, compiled: bool = False) -> None:
+                 flush: bool = False, compiled: bool = False, *, parallel: bool = True,
+                 blocks: bool = True, rest: int = 1) -> None:
         self.loop = loop
         self.split = split
+        self.parallel = parallel
+        self.blocks = blocks
+        self.rest = rest
         self.compiled = compiled          # loops may use rnnlab.fast.kernels (see cell.forward)
         self._flushes = ([FlushDenormals() for _ in range(split)]
                          if flush and split > 1 else None)
         # the products flush too: a weight gradient H^T dZ over a vanishing dZ otherwise
         # meets subnormal products (pixel MNIST: 20 ms of a 79 ms step)
         self._flush_products = FlushDenormals() if flush else None
-        # with the compiled kernels the pieces of a split are jobs, run without the GIL
-        self.jobs = compiled and split > 1 and kernels.available()
+        # with the compiled kernels every loop and float32 product is a job, run without the GIL
+        self.jobs = compiled and kernels.available()
         self._flush_jobs = flush and FlushDenormals.usable()
         self._partials: dict[tuple[int, ...], Array] = {}
-        if split > 1 and _spin_ok():
-            kernels.compile_jobs()       # the workers serve jobs
+        self._large = None if rest <= 1 else BLAS.limit(rest)
+        if self.jobs:
+            kernels.compile()
+
+    def block(self, n: int, H: int) -> int:
+        """The column block of the loops' step product for ``n`` rows (``H``: whole)."""
+        return kernels.column_block(n, H) if self.blocks else H
 
     def recurrence(self, B: int, fn: Callable[[int, int], object],
                    job: Callable[[int, int, bool], NDArray[np.int64]] | None = None) -> None:
         """``fn(lo, hi)`` runs a loop on batch rows ``lo:hi``; run it on all ``B`` rows.
 
         ``job(lo, hi, flush)``, when given, makes the same loop as a compiled job
-        (:mod:`rnnlab.fast.kernels`), which a split then runs instead of ``fn``.
+        (:mod:`rnnlab.fast.kernels`), which runs instead of ``fn``.
         """
-        if not self.splits(B):
+        pieces = spans(B, self.split) if self.splits(B) else [(0, B)]
+        if job is not None and self.jobs:
+            jobs = [job(lo, hi, self._flush_jobs) for lo, hi in pieces]
+            if len(jobs) > 1:
+                self.run_jobs(jobs)
+            else:
+                with getattr(self.loop, "threads", None) or nullcontext():
+                    kernels.run(jobs[0])
+            return
+        if len(pieces) == 1:
             with self.loop or nullcontext():
                 fn(0, B)
-            return
-        pieces = spans(B, self.split)
-        if job is not None and self.jobs:
-            self.run_jobs([job(lo, hi, self._flush_jobs) for lo, hi in pieces])
             return
         self._map(fn, pieces, self._flushes)
 
@@ -251,8 +281,9 @@ class Runner:
         ``flush``, subnormals flushed to zero if this runner flushes)."""
         parts = min(self.split, int(n * flop_per_row // MIN_PIECE_FLOP), n // ROW_ALIGN)
         if parts <= 1:
+            large = self._large if n * flop_per_row >= LARGE_PRODUCT_FLOP else None
             with (self._flush_products if flush and self._flush_products is not None
-                  else nullcontext()):
+                  else nullcontext()), large or nullcontext():
                 fn(0, n)
             return
         self._map(fn, spans(n, parts, ROW_ALIGN), self._flushes if flush else None)
@@ -284,6 +315,13 @@ class Runner:
                     if all(j is not None for j in jobs):
                         self.run_jobs(jobs)    # type: ignore[arg-type]
                         return out
+            if self.split == 1 or flop < MIN_JOB_FLOP:       # whole: one job, here
+                job = kernels.gemm_job(a, b, out, self._flush_jobs)
+                if job is not None:
+                    with (self._large if flop >= LARGE_PRODUCT_FLOP and self.split == 1
+                          else None) or nullcontext():
+                        kernels.run(job)
+                    return out
 
         def piece(lo: int, hi: int) -> None:
             np.matmul(a[lo:hi], b, out=out[lo:hi])
@@ -326,8 +364,13 @@ class Runner:
         return buf
 
     def run_jobs(self, jobs: Sequence[NDArray[np.int64]]) -> None:
-        """Run compiled jobs (:mod:`rnnlab.fast.kernels`) at the same time: the last in the calling
-        thread, the others on the workers; return when all have finished."""
+        """Run compiled jobs (:mod:`rnnlab.fast.kernels`): at the same time (the last in the
+        calling thread, the others on the workers; not ``parallel``: one after another in the
+        calling thread); return when all have finished."""
+        if not self.parallel:
+            for job in jobs:
+                kernels.run(job)
+            return
         with POOL.use:
             posted = [(i, POOL.post_job(i, job)) for i, job in enumerate(jobs[:-1])]
             try:
@@ -355,8 +398,9 @@ class Runner:
             with contexts[i] if contexts is not None else nullcontext():
                 fn(lo, hi)
 
-        if len(pieces) == 1:
-            run(0, *pieces[0])
+        if len(pieces) == 1 or not self.parallel:
+            for i, (lo, hi) in enumerate(pieces):
+                run(i, lo, hi)
             return
         posted = []
         error: BaseException | None = None

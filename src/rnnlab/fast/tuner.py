@@ -11,26 +11,48 @@ from typing import NamedTuple
 
 from .pool import MIN_LOOP_ROWS
 
-__all__ = ["MIN_SPLIT_WORK", "ThreadOption", "ThreadTuner", "thread_options"]
+__all__ = ["MIN_SPLIT_WORK", "ThreadOption", "ThreadTuner", "reproducible_options",
+           "split_pieces", "thread_options"]
 
 
 class ThreadOption(NamedTuple):
     """How a :class:`~rnnlab.fast.workspace.Workspace` call uses its thread budget.
 
-    ``loop`` BLAS threads for the recurrent loops, ``rest`` for everything else; with ``split > 1``
-    the BLAS runs one thread and the work is split over ``split`` Python threads instead (the
-    loops by batch rows, the large products by output rows; see :class:`Runner`).
+    ``loop`` BLAS threads for the recurrent loops, ``rest`` for the large products (smaller ones
+    run on one: :data:`rnnlab.fast.pool.LARGE_PRODUCT_FLOP`); with ``split > 1`` the BLAS runs
+    one thread and the work is cut into ``split`` pieces instead (the loops by batch rows, the
+    large products by output rows or inner slices; see :class:`~rnnlab.fast.pool.Runner`), run
+    at once on ``split`` threads, or with ``parallel=False`` one after another on the calling
+    thread (the same pieces, so the same numbers).
     """
 
     loop: int
     rest: int
     split: int = 1
+    parallel: bool = True
 
 
 # A split pays for its thread hand-offs when each piece's step product has at least this many
 # multiply-adds (rows x H x H): row MNIST's 64 x 128 x 128 does, RTRL's small 8 x 32 x 32 does not
 # (measured: 22k sequences/s split against 46k whole).
 MIN_SPLIT_WORK = 1 << 18
+
+
+def split_pieces(budget: int, B: int, H: int) -> int:
+    """How many pieces a batch of ``B`` rows of ``H`` units is cut into for a split over
+    ``budget`` threads: ``budget`` when each piece has enough work (at least
+    :data:`~rnnlab.fast.pool.MIN_LOOP_ROWS` rows and :data:`MIN_SPLIT_WORK` multiply-adds in its
+    step product), else 1 (no split)."""
+    rows = B // budget if budget > 1 else 0
+    return budget if rows >= MIN_LOOP_ROWS and rows * H * H >= MIN_SPLIT_WORK else 1
+
+
+def reproducible_options(pieces: int) -> list[ThreadOption]:
+    """The options of a workspace whose numbers must not depend on its threads: the same
+    ``pieces`` run at once or one after another (one option when there is one piece)."""
+    if pieces <= 1:
+        return [ThreadOption(1, 1)]
+    return [ThreadOption(1, 1, pieces), ThreadOption(1, 1, pieces, parallel=False)]
 
 
 def thread_options(budget: int, compiled: bool, B: int, H: int) -> list[ThreadOption]:
@@ -47,9 +69,7 @@ def thread_options(budget: int, compiled: bool, B: int, H: int) -> list[ThreadOp
     opts = [ThreadOption(1, 1)]
     if budget == 1:
         return opts
-    rows = B // budget
-    split = ([ThreadOption(1, 1, budget)]
-             if rows >= MIN_LOOP_ROWS and rows * H * H >= MIN_SPLIT_WORK else [])
+    split = [ThreadOption(1, 1, budget)] if split_pieces(budget, B, H) > 1 else []
     if compiled and split:
         return opts + split
     return opts + [ThreadOption(1, budget), ThreadOption(budget, budget)] + split
@@ -130,7 +150,8 @@ class ThreadTuner:
 
     def _warmup(self, option: ThreadOption) -> int:
         """Untimed calls before an option's times count (see the class docstring)."""
-        return (self.split_run if option.split > 1 else self.run) - self.timed
+        return (self.split_run if option.split > 1 and option.parallel
+                else self.run) - self.timed
 
     def record(self, option: ThreadOption, seconds: float) -> None:
         """The time of the call :meth:`pick` just chose ``option`` for (ignored if untimed)."""

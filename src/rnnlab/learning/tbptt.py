@@ -33,7 +33,7 @@ from .batch import prepare, scored_loss
 Array = NDArray[np.floating]
 Mask = NDArray[np.bool_]
 
-__all__ = ["Window", "carry", "value_and_grad", "windows"]
+__all__ = ["Window", "carry", "scored_windows", "value_and_grad", "windows"]
 
 
 # ----------------------------------------------------------------------------- windows
@@ -65,6 +65,24 @@ def windows(T: int, k1: int, k2: int) -> list[Window]:
     """
     k1, k2 = _check_k("k1", k1), _check_k("k2", k2)
     return [Window(max(0, min(a + k1, T) - k2), a, min(a + k1, T)) for a in range(0, T, k1)]
+
+
+def scored_windows(T: int, k1: int, k2: int, spec: RNNSpec) -> list[Window]:
+    """The windows a BPTT(k2; k1) step backpropagates for ``spec``: every window of
+    :func:`windows` when every step is scored, the last one when only the final step is
+    (many-to-one with ``label_steps="last"``).  ValueError for ``k2 < k1`` when every step is
+    scored (the first ``k1 - k2`` losses of each window would never reach the weights)."""
+    k1, k2 = _check_k("k1", k1), _check_k("k2", k2)
+    per_step = spec.per_step_output
+    if k2 < k1 and per_step:
+        raise ValueError(
+            f"k2 (={k2}) must be >= k1 (={k1}) when every step is scored (setup={spec.setup!r}, "
+            f"label_steps={spec.label_steps!r}): each update backpropagates the losses of the "
+            f"last k1 steps through k2 steps, so with k2 < k1 the first k1 - k2 steps' losses "
+            "would never reach the weights"
+        )
+    wins = windows(T, k1, k2)
+    return wins if per_step else wins[-1:]          # many-to-one: only the last step is scored
 
 
 def carry(h_n: ArrayLike, reset: ArrayLike | None = None) -> Array:
@@ -150,18 +168,11 @@ def value_and_grad(
     batch = prepare(params, X, Y, spec, algorithm="truncated BPTT", h0=h0, mask=mask,
                     lengths=lengths, steps=steps)
     per_step = spec.per_step_output
-    if k2 < k1 and per_step:
-        raise ValueError(
-            f"k2 (={k2}) must be >= k1 (={k1}) when every step is scored (setup={spec.setup!r}, "
-            f"label_steps={spec.label_steps!r}): each update backpropagates the losses of the "
-            f"last k1 steps through k2 steps, so with k2 < k1 the first k1 - k2 steps' losses "
-            "would never reach the weights"
-        )
     B, T, O = batch.B, batch.T, spec.output_size
+    todo = scored_windows(T, k1, k2, spec)
     # the per-step set-ups become many-to-many on the explicit input and target sequences
     cspec = replace(spec, setup="many_to_many", label_steps="last") if per_step else spec
     wins = windows(T, k1, k2)
-    todo = wins if per_step else wins[-1:]          # many-to-one: only the last step is scored
     bounds = sorted({0, T} | {w.score for w in wins} | {w.start for w in todo})
 
     grads: Params = {k: np.zeros_like(p) for k, p in params.items()}

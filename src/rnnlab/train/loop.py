@@ -46,7 +46,7 @@ from .progress import Progress
 from .schedules import Plateau, Warmup
 from .signals import StopFlag, catch
 from .splits import TrainData, as_data, check_fits, spec_for_dataset
-from .steps import fast_path_note, gradient_function, rule_rng
+from .steps import FastStep, fast_path_note, gradient_function, rule_rng
 
 __all__ = [
     "ALGORITHMS",
@@ -293,6 +293,7 @@ class _Loop:
         t0 = time.perf_counter()
         self.rule_rng = rule_rng(cfg)          # a stochastic rule's random signs (UORO, KF-RTRL)
         self.grad_fn = gradient_function(cfg, spec, self.rule_rng)  # engine compiled now
+        self.flat: optim.FlatUpdate | None = None         # the fast path's flat update
         self.startup_s = time.perf_counter() - t0
         self.progress = Progress(cfg.progress, stream, cfg.epochs)
 
@@ -558,6 +559,8 @@ class _Loop:
         if self.cfg.algorithm in ONLINE:
             loss, out, bad = self._online_step(X, Y, M, steps, lr, h0)
             norm = math.nan
+        elif isinstance(self.grad_fn, FastStep):
+            loss, out, norm, bad = self._fast_step(self.grad_fn, X, Y, M, W, steps, lr, h0)
         else:
             loss, out, norm, bad = self._batch_step(X, Y, M, W, steps, lr, h0)
         self.history.step_losses.append(loss)
@@ -609,6 +612,32 @@ class _Loop:
         self.opt_state.update(new_s)
         return loss, out, norm, None
 
+    def _fast_step(self, fs: FastStep, X: Any, Y: Any, M: Any, W: Any, steps: int | None,
+                   lr: float, h0: Any) -> tuple[float, Any, float, str | None]:
+        """:meth:`_batch_step` on the fast path: the gradients as one flat vector (the
+        engine's buffer), clipped in place, and one optimizer update over flat parameters and
+        state (:class:`rnnlab.train.optim.FlatUpdate`), undone when the new parameters are not
+        all finite: the same rules, the same numbers as the per-parameter path would give."""
+        params = self.params
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grads, out = fs(params, X, Y, self.spec, h0, M, steps, W)
+            loss = float(loss)
+            g = fs.flat_grad                          # grads.params are blocks of it
+            # the global norm as optim.global_norm computes it (per array, then combined: the
+            # same number as _batch_step's), and clipping as optim.clip_grad_norm, in place
+            norm = optim.global_norm(grads.params)
+            if self.cfg.clip_norm is not None:
+                g *= g.dtype.type(min(self.cfg.clip_norm / (norm + 1e-6), 1.0))
+            if not math.isfinite(loss):
+                return loss, out, norm, f"loss ({loss})"
+            if not math.isfinite(norm):
+                return loss, out, norm, f"gradient (global norm {norm})"
+            if self.flat is None or self.flat.order != fs.grad_order:
+                self.flat = optim.FlatUpdate(self.opt, fs.grad_order)
+            if not self.flat.step(params, self.opt_state, g, lr):
+                return loss, out, norm, "parameters after the update"
+        return loss, out, norm, None
+
     def _online_step(self, X: Any, Y: Any, M: Any, steps: int | None, lr: float, h0: Any
                      ) -> tuple[float, Any, str | None]:
         """An online rule's updates along the minibatch, undone when anything is non-finite:
@@ -647,14 +676,26 @@ class _Loop:
         h.checkpoint = None if self.last_ckpt is None else self.last_ckpt[0]
         raise DivergenceError(msg, step=step, epoch=e + 1, checkpoint=h.checkpoint, history=h)
 
+    def _forward(self, X: Any, h0: Any = None, mask: Any = None, steps: int | None = None
+                 ) -> tuple[NDArray[Any], NDArray[Any] | None]:
+        """``(logits, h_n)`` of a batch (``h_n`` None unless the run is stateful): on the
+        training's fast engine when it has one (a forward pass only, with buffers of its own;
+        the logits a view, valid until its next call), else the reference forward pass."""
+        fs = self.grad_fn
+        if isinstance(fs, FastStep):
+            logits = fs.logits(self.params, X, h0=h0, mask=mask, steps=steps)
+            return logits, (fs.h_n() if self.cfg.stateful else None)
+        out, _ = network.forward(self.params, X, self.spec, h0=h0, mask=mask, steps=steps)
+        return out.logits, out.h_n
+
     def _evaluate(self, d: TrainData) -> dict[str, float]:
         acc = Accumulator(self.spec)
         if not self.cfg.stateful:
             for start in range(0, len(d), self.eval_bs):
                 X, Y, M = d.take(slice(start, start + self.eval_bs))
                 steps = Y.shape[1] if self.spec.setup == "one_to_many" else None
-                out, _ = network.forward(self.params, X, self.spec, mask=M, steps=steps)
-                acc.add(out.logits, Y, M)
+                logits, _ = self._forward(X, mask=M, steps=steps)
+                acc.add(logits, Y, M)
             return acc.result()
         # stateful: `rows` streams of consecutive windows (batch_size of them, as in training),
         # state carried; the < rows windows left over continue the last stream one by one
@@ -663,15 +704,13 @@ class _Loop:
         h: NDArray[Any] | None = None
         for k in range(L):
             X, Y, M = d.take(np.arange(rows) * L + k)
-            out, _ = network.forward(self.params, X, self.spec, h0=h, mask=M)
-            acc.add(out.logits, Y, M)
-            h = out.h_n
+            logits, h = self._forward(X, h0=h, mask=M)
+            acc.add(logits, Y, M)
         h_tail = None if h is None else h[:, -1:]
         for i in range(rows * L, len(d)):
             X, Y, M = d.take(slice(i, i + 1))
-            out, _ = network.forward(self.params, X, self.spec, h0=h_tail, mask=M)
-            acc.add(out.logits, Y, M)
-            h_tail = out.h_n
+            logits, h_tail = self._forward(X, h0=h_tail, mask=M)
+            acc.add(logits, Y, M)
         return acc.result()
 
     def _end_epoch(self, e: int, st: _EpochStats) -> bool:

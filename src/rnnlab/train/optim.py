@@ -49,6 +49,7 @@ __all__ = [
     "RMSprop",
     "OPTIMIZERS",
     "check_tree",
+    "FlatUpdate",
     "clip_grad_norm",
     "clip_grad_value",
     "flatten_state",
@@ -550,6 +551,79 @@ def make(name: str, **kwargs: Any) -> Optimizer:
     if cls is None:
         raise ValueError(f"unknown optimizer {name!r}; valid names are {sorted(OPTIMIZERS)}")
     return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- flat updates
+
+
+class FlatUpdate:
+    """One optimizer's steps on parameters, gradients and state held as blocks of flat arrays:
+    the fast path of :func:`rnnlab.fit` (docs/performance.md, "The whole training step").
+
+    :meth:`bind` makes every array of ``params`` and of each state slot a block of one flat array
+    per dict (the keys in ``order``, the order of the gradient blocks the fast engine returns:
+    :attr:`rnnlab.fast.workspace.Workspace.flat_grad`), copying the values in; :meth:`step` then
+    applies ``opt`` to all of them at once: each ``_apply`` operation is one NumPy call over the
+    whole vector instead of one per parameter, the same element-wise arithmetic in the same order,
+    so the numbers are :meth:`Optimizer.update_`'s bit for bit.  An update whose new parameters
+    are not all finite is undone (parameters and state restored from copies taken before it), so
+    it is never applied (docs/derivation.md, "Non-finite values").
+    """
+
+    def __init__(self, opt: Optimizer, order: Sequence[str]) -> None:
+        self.opt = opt
+        self.order = list(order)
+        self._flat: dict[str, np.ndarray] = {}            # "params" and every slot
+        self._views: dict[str, dict[str, np.ndarray]] = {}
+        self._backup: dict[str, np.ndarray] = {}
+
+    def _flatten(self, name: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """``arrays`` (dict, modified) re-pointed at blocks of one flat array (values copied),
+        unless they already are this updater's blocks."""
+        views = self._views.get(name)
+        if views is not None and all(arrays[k] is views[k] for k in self.order):
+            return self._flat[name]
+        first = arrays[self.order[0]]
+        flat = np.empty(sum(arrays[k].size for k in self.order), first.dtype)
+        views, o = {}, 0
+        for k in self.order:
+            a = arrays[k]
+            v = flat[o:o + a.size].reshape(a.shape)
+            np.copyto(v, a)
+            arrays[k] = views[k] = v
+            o += a.size
+        self._flat[name], self._views[name] = flat, views
+        self._backup[name] = np.empty_like(flat)
+        return flat
+
+    def bind(self, params: Params, state: OptState) -> None:
+        """Make ``params`` and the state slots blocks of flat arrays (a no-op when they are)."""
+        if set(params) != set(self.order):
+            raise ValueError(f"params have keys {sorted(params)}; the flat layout has "
+                             f"{sorted(self.order)}")
+        self._flatten("params", params)
+        for slot in self.opt.slots():
+            self._flatten(slot, state[slot])
+
+    def step(self, params: Params, state: OptState, flat_grad: np.ndarray, lr: float) -> bool:
+        """One update from the flat gradient (blocks in ``order``): True if applied, False (and
+        nothing changed) when the new parameters would not be all finite."""
+        self.bind(params, state)
+        names = ["params", *self.opt.slots()]
+        for n in names:
+            np.copyto(self._backup[n], self._flat[n])
+        step = state["step"]
+        flat_state: OptState = {"step": step}
+        for slot in self.opt.slots():
+            flat_state[slot] = {"": self._flat[slot]}
+        self.opt._apply({"": self._flat["params"]}, {"": flat_grad}, flat_state,
+                        _non_negative("lr", lr))
+        if not np.isfinite(self._flat["params"]).all():
+            for n in names:
+                np.copyto(self._flat[n], self._backup[n])
+            return False
+        state["step"] = flat_state["step"]
+        return True
 
 
 # --------------------------------------------------------------------------- clipping

@@ -22,10 +22,11 @@ from ..core.params import Params
 from ..core.spec import RNNSpec
 from ..fast.workspace import Workspace
 from ..learning import ONLINE, RULES, STOCHASTIC
+from ..learning.tbptt import scored_windows
 from .config import TrainConfig
 
-__all__ = ["ENGINES", "RULE_STREAM", "StepOutput", "fast_path_note", "gradient_function",
-           "rule_rng"]
+__all__ = ["ENGINES", "FastStep", "RULE_STREAM", "StepOutput", "fast_path_note",
+           "gradient_function", "rule_rng"]
 
 RULE_STREAM = 17
 """The spawn key of the rule's Generator: ``SeedSequence(seed, spawn_key=(RULE_STREAM,))``, a
@@ -33,9 +34,10 @@ stream independent of the run's shuffling Generator (``default_rng(seed)``)."""
 
 
 def _fast(spec: RNNSpec) -> Engine:
-    # a fixed thread option: no tuner and no split, so that a run and its resumed copy compute
-    # the same numbers, bit for bit
-    return Workspace(spec, threads=1)
+    # reproducible: the work is cut into pieces fixed by the shapes and the thread budget the run
+    # starts with, and only where they run (at once on the workers, or one after another) follows
+    # the load; so a run and its resumed copy compute the same numbers, bit for bit
+    return Workspace(spec, reproducible=True)
 
 
 ENGINES: dict[str, Callable[[RNNSpec], Engine]] = {"fast": _fast, "reference": Reference}
@@ -46,7 +48,72 @@ class StepOutput(NamedTuple):
     """What a training step reads of the forward pass (an engine computes no predictions)."""
 
     logits: NDArray[Any]      # may be a view of the engine's buffer: valid until its next call
-    h_n: NDArray[Any]
+    h_n: NDArray[Any] | None  # the final states (None when the run does not carry them)
+
+
+class FastStep:
+    """Full or truncated BPTT on the fast engine (one :class:`~rnnlab.fast.workspace.Workspace`):
+    ``f(params, X, Y, spec, h0, mask, steps, sample_weight=None) -> (loss, Gradients,
+    StepOutput)`` like the other gradient functions, and what the trainer's fast path reads
+    besides: the gradients as one flat array (:attr:`flat_grad`, blocks in :attr:`grad_order`)
+    and a forward pass on the same engine (:meth:`logits`)."""
+
+    def __init__(self, cfg: TrainConfig, spec: RNNSpec) -> None:
+        self.spec = spec
+        engine = ENGINES["fast"](spec)
+        if not isinstance(engine, Workspace):
+            raise TypeError(f"the fast engine must be a Workspace; got {type(engine).__name__}")
+        self.engine: Workspace = engine
+        self.truncated = cfg.algorithm == "tbptt"
+        self.k1 = cfg.k1
+        self.k2 = cfg.k1 if cfg.k2 is None else cfg.k2
+        self.stateful = cfg.stateful
+        self._windows: dict[int, list[Any]] = {}
+
+    def __call__(self, params: Params, X: Any, Y: Any, spec: RNNSpec, h0: Any, mask: Any,
+                 steps: int | None, sample_weight: Any = None) -> Any:
+        ws = self.engine
+        if self.truncated:
+            if sample_weight is not None:
+                raise ValueError("sample_weight needs algorithm='bptt'; 'tbptt' takes no "
+                                 "weights")
+            T = steps if spec.setup == "one_to_many" and steps is not None else np.shape(X)[1]
+            wins = self._windows.get(T)
+            if wins is None:
+                assert self.k1 is not None and self.k2 is not None
+                wins = self._windows[T] = scored_windows(T, self.k1, self.k2, spec)
+            loss, grads = ws.truncated_value_and_grad(params, X, Y, wins, h0=h0, mask=mask,
+                                                      steps=steps)
+        else:
+            loss, grads = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps,
+                                            sample_weight=sample_weight)
+        logits = ws.logits
+        assert logits is not None and ws.h0_grad is not None
+        return (loss, network.Gradients(grads, None, ws.h0_grad),
+                StepOutput(logits, ws.h_n() if self.stateful else None))
+
+    @property
+    def flat_grad(self) -> NDArray[Any]:
+        """The last call's gradients as one flat array (the workspace's buffer)."""
+        g = self.engine.flat_grad
+        assert g is not None
+        return g
+
+    @property
+    def grad_order(self) -> list[str]:
+        """The parameter keys in the order of their blocks in :attr:`flat_grad`."""
+        order = self.engine.grad_order
+        assert order is not None
+        return order
+
+    def logits(self, params: Params, X: Any, h0: Any = None, mask: Any = None,
+               steps: int | None = None) -> NDArray[Any]:
+        """The logits of a batch, forward pass only (the validation split's)."""
+        return self.engine.forward(params, X, h0=h0, mask=mask, steps=steps)
+
+    def h_n(self) -> NDArray[Any]:
+        """The final states of the last call."""
+        return self.engine.h_n()
 
 
 def rule_rng(cfg: TrainConfig) -> np.random.Generator | None:
@@ -73,6 +140,9 @@ def gradient_function(cfg: TrainConfig, spec: RNNSpec | None = None,
         options["rng"] = rule_rng(cfg) if rng is None else rng
     if cfg.algorithm in ONLINE:
         return partial(ONLINE[cfg.algorithm], **options) if options else ONLINE[cfg.algorithm]
+    if cfg.algorithm in ("bptt", "tbptt") and cfg.engine == "fast" and spec is not None \
+            and not options:
+        return FastStep(cfg, spec)
     if cfg.algorithm == "bptt":
         make = ENGINES[cfg.engine]
         engines: dict[RNNSpec, Engine] = {}
@@ -114,9 +184,9 @@ def fast_path_note(cfg: TrainConfig, spec: RNNSpec, dtype: Any, masked: bool) ->
 
     from ..fast import kernels
 
-    if cfg.algorithm != "bptt":
+    if cfg.algorithm not in ("bptt", "tbptt"):
         return (f"algorithm {cfg.algorithm!r} runs on the reference cell (the fast engine "
-                "computes full BPTT only)")
+                "computes full and truncated BPTT)")
     if cfg.engine != "fast":
         return f"engine {cfg.engine!r} was asked for"
     if not kernels.available():
