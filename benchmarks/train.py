@@ -57,6 +57,8 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     "digits": Workload("digits", "digits, the main job's T = 8 cell", "digits", 8, 64, 30, 32,
                        1e-3, 5),
+    "digits64": Workload("digits64", "digits one pixel a step, T = 64 (issue 19's second row)",
+                         "digits", 64, 64, 30, 32, 1e-3, 3),
     "mnist1d": Workload("mnist1d", "MNIST-1D, T = 40", "mnist1d", 40, 128, 30, 64, 1e-3, 3),
     "fashion": Workload("fashion", "Fashion-MNIST rows, T = 28", "fashion-mnist", 28, 128, 3,
                         128, 1e-3, 1),
