@@ -8,7 +8,7 @@ suite with everything else at its default: ``rnnlab train --dataset NAME`` as a 
 it (hidden size 64, batch 32, 10 epochs, Adam; Fashion-MNIST: 3 epochs, one seed), on the seeds
 given.  Each task is one resumable sweep (``rnnlab.lab.sweep``) under ``--out``; run again to
 continue.  The table gives each candidate's mean test score per task and its mean rank over the
-tasks (1 = best); docs/results.md, "Defaults", carries the table and the choice.
+tasks (1 = best); docs/training.md, "Defaults", carries the table and the choice.
 """
 
 from __future__ import annotations
