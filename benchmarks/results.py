@@ -143,8 +143,9 @@ class Workers:
 
 
 def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: int, fresh: bool,
-              echo: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Every cell's result by ``cell.key()``: from the work directory, or trained now."""
+              echo: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], int]:
+    """Every cell's result by ``cell.key()`` (from the work directory, or trained now) and the
+    number trained now."""
     out: dict[str, dict[str, Any]] = {}
     todo: list[Cell] = []
     for c in dict.fromkeys(cells):
@@ -156,7 +157,7 @@ def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: i
                 continue
         todo.append(c)
     if not todo:
-        return out
+        return out, 0
     (work / "cells").mkdir(parents=True, exist_ok=True)
 
     def keep(c: Cell, res: dict[str, Any]) -> None:
@@ -193,7 +194,7 @@ def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: i
             continue
         for c, res in zip(group, run_keras_cells(group, threads), strict=True):
             keep(c, res)
-    return out
+    return out, len(todo)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -248,11 +249,18 @@ def render(out: Path, results: list[dict[str, Any]], mach: dict[str, Any]) -> st
         "minibatches in the same order with the same optimizer, learning rate (schedule), "
         "gradient clipping, float32, the validation split scored every epoch and the best "
         "epoch's weights restored as rnnlab's `restore_best` does. In float64 the two "
-        "trajectories agree to 1e-15 (`tests/test_results_harness.py`); in float32 they drift "
+        "trajectories agree to rounding (parameters within 1e-12 after training, "
+        "`tests/test_results_harness.py`); in float32 they drift "
         "apart by rounding, so differences between the two columns are the spread of "
         "float32 training, not of the method. Test metrics of every library are computed by "
         "the same code (`rnnlab.train.metrics`) on the trained weights; each peer's own test "
         "accuracy agrees with it.",
+        "",
+        f"Page written {time.strftime('%Y-%m-%d %H:%M %Z')} from {len(results)} experiment "
+        "result(s); each experiment's own date, wall time and the machine's load while it ran "
+        "are in the table below (the machine is shared: a load above its core count means "
+        "other work ran beside the experiment and its times are slower than on a quiet "
+        "machine; accuracies are not affected).",
         "",
         f"Machine: {mach['cpu']}, {mach['cores']} cores"
         + (f", {mach['memory_gib']} GiB" if mach.get("memory_gib") else "")
@@ -341,13 +349,17 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     echo(f"== {exp.name}: {exp.title} ({len(plan.cells)} runs)")
     figdir = out / FIG_DIR / exp.name
+    previous = None
+    if (figdir / "result.json").exists():
+        previous = json.loads((figdir / "result.json").read_text())
+    trained = 0
     with LoadMonitor() as mon:
         if plan.skipped:
             echo(f"   skipped: {plan.skipped}")
             results: dict[str, dict[str, Any]] = {}
         else:
-            results = run_cells(plan.cells, work=work / exp.name, workers=workers,
-                                threads=args.threads, fresh=args.fresh, echo=echo)
+            results, trained = run_cells(plan.cells, work=work / exp.name, workers=workers,
+                                         threads=args.threads, fresh=args.fresh, echo=echo)
         figdir.mkdir(parents=True, exist_ok=True)
         for old in figdir.glob("*"):
             if old.suffix in (".png", ".svg", ".json"):
@@ -363,7 +375,20 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         "load": mon.summary(), "seeds": plan.seeds, "epochs": plan.epochs,
         "skipped": plan.skipped, "blocks": blocks, "targets": targets,
         "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "trained": trained, "machine": machine(),
     }
+    if plan.cells and trained == 0 and previous and previous.get("quick") == args.quick \
+            and previous.get("cells") == len(plan.cells):
+        # every run came from the work directory: the times are those of the run that trained
+        for k in ("started", "finished", "wall_s", "load", "jobs", "threads", "machine"):
+            if k in previous:
+                res[k] = previous[k]
+        res["reported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    elif plan.cells and 0 < trained < len(plan.cells) and previous \
+            and previous.get("quick") == args.quick:
+        # some runs were trained by an earlier command: count its time too
+        res["wall_s"] += float(previous.get("wall_s", 0.0))
+        res["started"] = previous.get("started", started)
     (figdir / "result.json").write_text(json.dumps(res, indent=1))
     echo(f"   {exp.name} done in {res['wall_s'] / 60:.1f} min")
     return res
