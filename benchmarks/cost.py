@@ -1,4 +1,4 @@
-"""The cost of BPTT and RTRL, measured beside the formulas (docs/derivation.md, section 14).
+"""The cost of BPTT and RTRL, measured beside the formulas (docs/derivation.md, section 15).
 
     python -m benchmarks.cost            # H 16..128 (BPTT 32..1024), T 25..200: ~1 minute
     python -m benchmarks.cost --quick    # a smaller grid, about 10 s

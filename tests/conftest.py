@@ -1,6 +1,9 @@
-"""Shared helpers for the tests: random problems for every set-up, in float64."""
+"""Shared helpers for the tests: random problems for every set-up, in float64; the
+``--adversarial-full`` switch of the slow tests (tests/adversarial/README.md)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -114,10 +117,37 @@ def rng() -> np.random.Generator:
 def problem(spec: RNNSpec, seed: int, B: int, T: int, masked: bool, with_h0: bool = True):
     """(params, X, Y, mask, h0) in float64 for ``spec``."""
     rng = np.random.default_rng(seed)
-    params = init_params(spec, rng, dtype=np.float64)
+    # the PyTorch scheme draws non-zero biases: a generic point, no ReLU pre-activation at 0
+    params = init_params(spec, rng, scheme="pytorch", dtype=np.float64)
     X = make_inputs(spec, rng, B, T)
     Y = make_targets(spec, rng, B, T)
     mask = random_mask(rng, B, T) if masked else None
     h0 = (0.5 * rng.standard_normal((spec.num_layers * spec.num_directions, B, spec.hidden_size))
           if with_h0 else None)
     return params, X, Y, mask, h0
+
+
+# ----------------------------------------------------------------------------- the slow tests
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--adversarial-full", action="store_true", default=False,
+        help="run every case of tests/adversarial (all random configurations, the slow kill and "
+             "concurrency tests); default: a seeded sample, slow tests skipped. Also "
+             "RNNLAB_ADVERSARIAL_FULL=1.")
+
+
+def full_run(config: pytest.Config) -> bool:
+    """Whether the whole adversarial set runs (``--adversarial-full`` or the env variable)."""
+    return bool(config.getoption("--adversarial-full")) or \
+        os.environ.get("RNNLAB_ADVERSARIAL_FULL", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if full_run(config) or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --adversarial-full (or -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,10 +1,13 @@
 """The command line: every command's --help, train/evaluate/sample/gradcheck/sweep/plot/experiment,
-and user mistakes as one line on stderr with exit code 2 and no traceback."""
+every error as one line on stderr with its documented exit code and no traceback (user mistakes,
+missing data, missing optional packages, unexpected errors), -q/-v, choices, resuming a run from
+its config.toml, and what sweeps print."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -147,13 +150,24 @@ def test_sweep_file_with_variants_and_resume(tmp_path, capsys):
 
 
 def test_plot_commands(trained, tmp_path, capsys):
-    for args in (["curves", str(trained)], ["timesteps", str(trained.parent)],
-                 ["gradients", str(trained)], ["activations", str(trained)]):
-        out = tmp_path / args[0]
+    for args, stem in ((["curves", str(trained)], "curves"),
+                       (["timesteps", str(trained.parent)], "accuracy_vs_T"),
+                       (["gradients", str(trained)], "gradient_norms"),
+                       (["activations", str(trained)], "activations")):
+        out = tmp_path / args[0]                     # -o is a directory, as for sweeps
         rc, text, err = run(capsys, "plot", *args, "-o", str(out))
         assert rc == 0, err
-        assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-        assert "<svg" in out.with_suffix(".svg").read_text()[:400]
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in (out / f"{stem}.svg").read_text()[:400]
+    rc, _, err = run(capsys, "plot", "curves", str(trained), "-o", str(tmp_path / "f"),
+                     "--filename", "mine")
+    assert rc == 0 and (tmp_path / "f" / "mine.png").exists(), err
+    rc, _, err = run(capsys, "plot", "gradients", str(trained), "--only-label", "nope")
+    assert_user_error(rc, err, "no run with label 'nope'")
+    rc, _, err = run(capsys, "plot", "gradients", str(trained), "--label", "x")
+    assert_user_error(rc, err, "No such option '--label'")
+    rc, _, err = run(capsys, "plot", "curves", str(trained), "--filename", "a/b")
+    assert_user_error(rc, err, "--filename must be a file name without a directory")
     rc, _, err = run(capsys, "plot", "curves", str(tmp_path / "missing"))
     assert_user_error(rc, err, "does not exist")
     rc, _, err = run(capsys, "plot", "activations", str(tmp_path))
@@ -173,11 +187,17 @@ def test_experiment_timesteps_small(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needles", [
     (["train", "--epochs", "abc"], ["Invalid value for '--epochs'", "rnnlab train --help"]),
-    (["train", "--dataset", "cifar"], ["unknown dataset 'cifar'"]),
+    (["train", "--dataset", "cifar"], ["Invalid value for '--dataset': 'cifar' is not one of",
+                                       "'digits'"]),
+    (["train", "--optimizer", "adamx"], ["Invalid value for '--optimizer'", "'adam'"]),
+    (["train", "--set", "data.dataset=cifar"], ["unknown dataset 'cifar'; valid names:"]),
     (["train", "--set", "model.hiden_size=3"], ["unknown config key 'model.hiden_size'"]),
     (["train", "--config", "/nonexistent/c.toml"], ["does not exist"]),
     (["train", "--lr", "-1"], ["lr must be a finite number > 0"]),
-    (["train", "--nonlinearity", "tan"], ["unknown activation 'tan'"]),
+    (["train", "--nonlinearity", "tan"], ["Invalid value for '--nonlinearity': 'tan' is not "
+                                          "one of 'tanh', 'sigmoid', 'relu', 'identity'"]),
+    (["train", "--tracking", "wandb"], ["Invalid value for '--tracking'", "'tensorboard'"]),
+    (["train", "-q", "-v"], ["--quiet and --verbose exclude each other"]),
     (["train", "--bogus"], ["No such option '--bogus'"]),
     (["train", "--set", "lr"], ["expected KEY=VALUE"]),
     (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], ["/nonexistent"]),
@@ -230,3 +250,150 @@ def test_real_processes(tmp_path):
     res = subprocess.run(py + ["train", "--hidden", "x"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- issue 15
+
+
+def assert_one_line(err: str, code: int, rc: int, *needles: str) -> str:
+    assert rc == code, (rc, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def test_a_failed_download_is_one_line_naming_the_data_dir(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from rnnlab.data import images
+
+    src = images.SOURCES["fashion-mnist"]       # no system copy; a mirror that refuses at once
+    monkeypatch.setitem(images.SOURCES, "fashion-mnist", dataclasses.replace(
+        src, mirrors=("http://127.0.0.1:9/",), system_dirs=(), debian_package=None))
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    rc, _, err = run(capsys, "train", "--dataset", "fashion-mnist", "--runs-dir", str(tmp_path))
+    assert_one_line(err, 2, rc, "could not download train-images-idx3-ubyte.gz",
+                    "127.0.0.1:9", "--data-dir DIR")
+
+
+def test_missing_data_stops_a_sweep_once(tmp_path, capsys):
+    empty = tmp_path / "EMPTY"
+    empty.mkdir()
+    rc, out, err = run(capsys, "experiment", "timesteps", "--dataset", "fashion-mnist",
+                       "--data-dir", str(empty), "-o", str(tmp_path / "t"))
+    assert_one_line(err, 2, rc, "the fashion-mnist IDX files are not in data directory")
+    assert "failed" not in out                      # not one failure line per cell
+    res = subprocess.run([sys.executable, "-m", "rnnlab", "--dataset", "fashion-mnist",
+                          "--data-dir", str(empty), "-o", str(tmp_path / "t")],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "RNNLAB_DEBUG": ""})
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_optional_packages_name_their_extra(tmp_path, capsys, monkeypatch):
+    from rnnlab.cli import _import_hint
+
+    monkeypatch.setitem(sys.modules, "distributed", None)     # import distributed -> ImportError
+    rc, _, err = run(capsys, "sweep", "--dataset", "xor", "--grid", "seed=0,1", "-o",
+                     str(tmp_path / "s"), "--cluster", "local-dask", "--epochs", "1")
+    assert_one_line(err, 2, rc, "pip install 'rnnlab[distributed]'")
+    exc = ImportError("No module named 'numba'", name="numba")
+    assert _import_hint(exc).endswith("pip install 'rnnlab[fast]'")
+    exc = ImportError("No module named 'sklearn.datasets'", name="sklearn.datasets")
+    assert _import_hint(exc).endswith("pip install 'rnnlab[sklearn]'")
+
+
+def test_an_unexpected_error_is_one_line_with_exit_code_1(tmp_path, capsys, monkeypatch):
+    from rnnlab.lab import experiments
+
+    def broken(*a, **k):
+        raise KeyError("model")
+
+    monkeypatch.setattr(experiments, "run", broken)
+    rc, _, err = run(capsys, "train", "--runs-dir", str(tmp_path), *TINY)
+    assert_one_line(err, 1, rc, "KeyError: 'model'", "RNNLAB_DEBUG=1")
+    monkeypatch.setenv("RNNLAB_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["train", "--runs-dir", str(tmp_path), *TINY])
+
+
+def test_epoch_lines_quiet_and_verbose(tmp_path, capsys):
+    args = ["train", "--runs-dir", str(tmp_path), *TINY[:-2]]        # progress: the default
+    rc, out, err = run(capsys, *args, "--name", "normal")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert [ln.split("  ")[0] for ln in lines if ln.startswith("epoch ")] == \
+        ["epoch 1/2", "epoch 2/2"]                 # stdout is not a terminal: a line per epoch
+    assert "\r" not in out + err and lines[0].startswith("run normal:")
+    rc, out, err = run(capsys, *args, "--name", "quiet", "-q")
+    assert rc == 0 and not err
+    assert [ln.split(":")[0].split(" ")[0] for ln in out.splitlines()] == ["test", "completed"]
+    rc, out, _ = run(capsys, *args, "--name", "loud", "--verbose")
+    assert rc == 0 and "start-up" in out and "fast path: " in out
+    summary = json.loads((tmp_path / "loud" / "summary.json").read_text())
+    assert summary["fast_path"] == "on" or summary["fast_path"].startswith("off: ")
+    rc, out, _ = run(capsys, "-q", "datasets")                 # on the group too
+    assert rc == 0 and "digits" in out
+
+
+def test_help_is_not_truncated(capsys):
+    from rnnlab.cli import cli
+
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0 and "..." not in out[out.index("Commands:"):]
+    for name, cmd in cli.commands.items():
+        assert cmd.get_short_help_str() in " ".join(out.split()), name
+    assert "-q, --quiet" in out and "-v, --verbose" in out
+
+
+def test_choices_take_aliases_case_and_none(capsys, tmp_path):
+    rc, out, err = run(capsys, "sweep", "--dataset", "Fashion_MNIST", "--setup", "none",
+                       "--optimizer", "ADAM", "--grid", "seed=0,1", "--dry-run")
+    assert rc == 0, err
+    assert "2 cells" in out
+
+
+def test_bare_resume_continues_the_run_as_it_was(tmp_path, capsys):
+    base = ["train", "--runs-dir", str(tmp_path), "--name", "r", "--progress", "off"]
+    rc, _, err = run(capsys, *base, "--dataset", "xor", "-T", "6", "--hidden", "5",
+                     "--epochs", "2", "--lr", "0.02", "--batch-size", "64")
+    assert rc == 0, err
+    rc, out, err = run(capsys, "train", "--runs-dir", str(tmp_path), "--name", "r", "--resume")
+    assert rc == 0, err
+    assert "completed after 2 epoch(s)" in out and "xor (T=6), H=5" in out     # as it was
+    rc, out, err = run(capsys, "train", "--runs-dir", str(tmp_path), "--name", "r", "--resume",
+                       "--epochs", "3", "--lr", "0.01", "-q")
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["spec"]["hidden_size"] == 5
+    assert summary["final"]["lr"] == 0.01
+    cfg = tomllib.loads((tmp_path / "r" / "config.toml").read_text())
+    assert cfg["model"]["hidden_size"] == 5 and cfg["train"]["epochs"] == 3
+    rc, _, err = run(capsys, "train", "--runs-dir", str(tmp_path), "--name", "r", "--resume",
+                     "--hidden", "7", "--batch-size", "32")
+    assert_user_error(rc, err, "--resume continues run 'r' as its config.toml says",
+                      "model.hidden_size 5 -> 7", "train.batch_size 64 -> 32")
+
+
+def test_sweep_prints_an_eta_a_table_and_readable_folders(tmp_path, capsys):
+    conf = tmp_path / "s.toml"
+    conf.write_text('[data]\ndataset = "xor"\nsteps = 6\n[train]\nepochs = 1\n'
+                    '[sweep]\nname = "demo"\ngrid = { seed = [0, 1], T = [4, 6] }\n'
+                    '[[sweep.variants]]\nlabel = "tanh, label at the last step"\n')
+    rc, out, err = run(capsys, "sweep", str(conf), "-o", str(tmp_path / "demo"))
+    assert rc == 0, err
+    progress = [ln for ln in out.splitlines() if ln.startswith("[")]
+    assert len(progress) == 4
+    assert all(" ETA " in ln for ln in progress[:-1]) and " ETA " not in progress[-1]
+    table = out[out.index("\nseed"):].splitlines()[1:6]
+    assert table[0].split()[:4] == ["seed", "steps", "status", "test_accuracy"]
+    assert all(row.split()[2] == "done" for row in table[1:])
+    names = sorted(p.name for p in (tmp_path / "demo" / "runs").iterdir())
+    assert len(names) == 4 and len(set(names)) == 4
+    for n in names:
+        assert re.fullmatch(r"tanh-label-at-the-last-(T[46]-seed[01]|seed[01]-T[46])-"
+                            r"[0-9a-f]{8}", n), n

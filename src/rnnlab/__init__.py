@@ -28,7 +28,6 @@ from .version import __version__
 
 aliases.install()
 
-from .estimators import NotFittedError, RNNClassifier, RNNRegressor  # noqa: E402
 from .model import RNN  # noqa: E402
 from .train import DivergenceError, History, TrainConfig, fit  # noqa: E402
 
@@ -57,8 +56,25 @@ __all__ = [
 ]
 
 
+_ESTIMATORS = ("NotFittedError", "RNNClassifier", "RNNRegressor")
+
+
 def __getattr__(name: str) -> Any:
-    """``rnnlab.network``, ``rnnlab.optim``, ...: the short module names (:mod:`rnnlab.aliases`)."""
+    """``rnnlab.network``, ``rnnlab.optim``, ...: the short module names (:mod:`rnnlab.aliases`);
+    the scikit-learn estimators, imported when first asked for (they need scikit-learn)."""
     if name in aliases.MODULES:
         return aliases.module(name)
+    if name in _ESTIMATORS:
+        if name == "NotFittedError":
+            try:
+                from sklearn.exceptions import NotFittedError
+            except ImportError:                 # no scikit-learn, no estimators to be unfitted
+                return _NotFittedError
+            return NotFittedError
+        from . import estimators
+        return getattr(estimators, name)
     raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")
+
+
+class _NotFittedError(ValueError, AttributeError):
+    """scikit-learn's ``NotFittedError`` where scikit-learn is not installed."""

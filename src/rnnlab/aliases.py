@@ -37,11 +37,13 @@ MODULES: dict[str, str] = {
     "kernels": "fast.kernels",
     "workspace": "fast.workspace",
     # training
+    "callbacks": "train.callbacks",
     "checkpoint": "train.checkpoint",
     "metrics": "train.metrics",
     "optim": "train.optim",
     "progress": "train.progress",
     "schedules": "train.schedules",
+    "tracking": "train.tracking",
     "trainconfig": "train.config",
     # the lab: experiment configs, runs, sweeps, figures
     "config": "lab.config",

@@ -23,7 +23,15 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .core import network
-from .core.params import INITS, Params, check_params, init_params, num_parameters, shapes
+from .core.params import (
+    DEFAULT_INIT,
+    INITS,
+    Params,
+    check_params,
+    init_params,
+    num_parameters,
+    shapes,
+)
 from .core.spec import RNNSpec
 from .data.base import Dataset
 from .train import History, TrainConfig, checkpoint, fit, spec_for_dataset
@@ -62,8 +70,9 @@ class RNN:
         See :class:`rnnlab.RNNSpec`.
     batch_first : bool
         Only True is supported (arrays are ``(B, T, D)``); accepted for PyTorch compatibility.
-    init : {"pytorch", "keras", "small", "irnn"}
-        Initialiser (:func:`rnnlab.init_params`).
+    init : {"keras", "pytorch", "small", "irnn", "identity"}
+        Initialiser (:func:`rnnlab.init_params`); ``"keras"`` by default (docs/results.md,
+        "Defaults").
     dtype : {"float32", "float64"}
     seed : int, optional
         Seed of the initialiser's Generator; or pass ``rng``.
@@ -94,7 +103,7 @@ class RNN:
         reduction: str = "mean",
         input_kind: str = "dense",
         batch_first: bool = True,
-        init: str = "pytorch",
+        init: str = DEFAULT_INIT,
         dtype: DTypeLike = "float32",
         seed: int | None = None,
         rng: np.random.Generator | None = None,
@@ -121,8 +130,8 @@ class RNN:
 
     @classmethod
     def from_spec(cls, spec: RNNSpec, params: Mapping[str, NDArray[np.floating]] | None = None,
-                  *, init: str = "pytorch", dtype: DTypeLike = "float32", seed: int | None = None,
-                  rng: np.random.Generator | None = None) -> RNN:
+                  *, init: str = DEFAULT_INIT, dtype: DTypeLike = "float32",
+                  seed: int | None = None, rng: np.random.Generator | None = None) -> RNN:
         """A model for ``spec``: with copies of ``params`` (their dtype wins) or freshly drawn."""
         if not isinstance(spec, RNNSpec):
             raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
@@ -198,7 +207,12 @@ class RNN:
 
     def evaluate(self, X: Any, y: ArrayLike | None = None, mask: ArrayLike | None = None, *,
                  batch_size: int = 256, steps: int | None = None) -> dict[str, float]:
-        """Metrics (:func:`rnnlab.metrics.evaluate`) on arrays, or on a Split/Dataset's test."""
+        """Metrics (:func:`rnnlab.metrics.evaluate`) on arrays, or on a Split/Dataset's test.
+
+        The targets are checked as the loss checks them, before any forward pass: a class label
+        outside ``[0, output_size)`` (``-1`` is not "the last class") or a soft-target row that
+        is not a distribution is a ValueError.
+        """
         if y is None:
             split = X.test if isinstance(X, Dataset) else X
             X, y, mask = split.X, split.y, getattr(split, "mask", None)
@@ -255,18 +269,79 @@ class RNN:
         return to_torch_state_dict(self.params, self.spec, rnn_prefix=rnn_prefix,
                                    head_prefix=head_prefix)
 
+    # ------------------------------------------------------------------------ interop
+
+    def to_torch(self, *, dtype: Any = None, device: Any = None) -> Any:
+        """A PyTorch module computing this network (:func:`rnnlab.interop.torch.to_torch`):
+        ``module(X, h0=None, lengths=None, steps=None)`` returns ``(y, logits, h_n)``."""
+        from .interop.torch import to_torch
+
+        return to_torch(self.params, self.spec, dtype=dtype, device=device)
+
+    @classmethod
+    def from_torch(cls, source: Any, spec: RNNSpec | None = None, **kwargs: Any) -> RNN:
+        """A model from a PyTorch module or state dict (:func:`rnnlab.interop.torch.from_torch`,
+        whose keyword arguments ``head``, ``head_reads``, ``rnn_prefix``, ``head_prefix`` and
+        RNNSpec fields pass through); the dtype is the module's."""
+        import warnings
+
+        from .interop.torch import from_torch
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params, spec = from_torch(source, spec, **kwargs)
+        for w in caught:                    # point them at the caller of this method
+            warnings.warn(w.message, w.category, stacklevel=2)
+        return cls.from_spec(spec, params)
+
+    def export_onnx(self, path: str | os.PathLike[str], *, lengths: bool = False,
+                    initial_state: bool = False, opset: int | None = None,
+                    identity: str = "Affine", overwrite: bool = True) -> Path:
+        """Write the network as an ONNX file (:func:`rnnlab.interop.onnx.export`): inputs ``X``
+        (and ``steps``, ``lengths``, ``h0`` as asked), outputs ``y``, ``logits``, ``h_n``."""
+        from .interop import onnx as rx
+
+        return rx.export(self.params, self.spec, path, lengths=lengths,
+                         initial_state=initial_state,
+                         opset=rx.DEFAULT_OPSET if opset is None else opset, identity=identity,
+                         overwrite=overwrite)
+
+    def save_safetensors(self, path: str | os.PathLike[str], *, layout: str = "rnnlab",
+                         metadata: Mapping[str, str] | None = None,
+                         overwrite: bool = True) -> Path:
+        """Write the parameters and the spec as a safetensors file
+        (:func:`rnnlab.interop.safetensors.save`)."""
+        from .interop import safetensors as rst
+
+        return rst.save(self.params, self.spec, path, layout=layout, metadata=metadata,
+                        overwrite=overwrite)
+
+    @classmethod
+    def load_safetensors(cls, path: str | os.PathLike[str], spec: RNNSpec | None = None,
+                         *, layout: str | None = None) -> RNN:
+        """A model from a safetensors file (:func:`rnnlab.interop.safetensors.load`); ``spec``
+        is needed only for a file without rnnlab's metadata."""
+        from .interop import safetensors as rst
+
+        params, spec = rst.load(path, spec, layout=layout)
+        return cls.from_spec(spec, params)
+
     # ------------------------------------------------------------------------ training, files
 
     def fit(self, data: Any, config: TrainConfig | None = None, *, val: Any = None,
             test: Any = None, resume: bool | str | os.PathLike[str] | None = None,
-            callback: Any = None, stream: IO[str] | None = None, **overrides: Any) -> History:
-        """Train with :func:`rnnlab.train.fit`; ``overrides`` replace fields of ``config``
-        (``model.fit(ds, epochs=5, lr=1e-2)``).  Returns (and keeps) the History."""
+            callback: Any = None, callbacks: Any = None, sample_weight: Any = None,
+            opt_state: Any = None, stream: IO[str] | None = None,
+            **overrides: Any) -> History:
+        """Train with :func:`rnnlab.train.fit` (``callbacks``, ``sample_weight``, ``opt_state``
+        as there); ``overrides`` replace fields of ``config`` (``model.fit(ds, epochs=5,
+        lr=1e-2)``).  Returns (and keeps) the History."""
         cfg = TrainConfig() if config is None else config
         if overrides:
             cfg = cfg.replace(**overrides)
         self.history = fit(self.params, self.spec, data, cfg, val=val, test=test, resume=resume,
-                           callback=callback, stream=stream)
+                           callback=callback, callbacks=callbacks, sample_weight=sample_weight,
+                           opt_state=opt_state, stream=stream)
         return self.history
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -22,7 +22,8 @@ def test_names() -> None:
 
 
 def test_unknown_name_lists_valid() -> None:
-    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; valid names: adding, copy"):
+    with pytest.raises(ValueError,
+                       match=r"unknown dataset 'cifar'; valid names: add-task, adding, copy"):
         data.load("cifar")
 
 

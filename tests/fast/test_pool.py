@@ -301,3 +301,49 @@ def test_two_threads_that_split_at_once_take_turns() -> None:
     for t in threads:
         t.join(60)
     assert not any(t.is_alive() for t in threads) and not bad, bad[:3]
+
+
+# --- the hand-off's memory ordering (issue 13) ---------------------------------------------------
+
+
+def _compiled_kernels():
+    from rnnlab.fast import kernels
+    if not kernels.available():
+        pytest.skip("the compiled kernels are not available")
+    kernels.compile()
+    kernels.compile_jobs()
+    return kernels
+
+
+def test_the_hand_off_counters_are_acquire_release_atomics() -> None:
+    """The counters through which jobs and results pass between threads are LLVM atomics with
+    acquire (reads) and release (writes) ordering, so the hand-off does not rest on x86 keeping
+    stores in order: a worker that sees ``posted[i]`` sees the job, a poster that sees
+    ``finished[i]`` sees the results, on any architecture (docs/performance.md)."""
+    kernels = _compiled_kernels()
+    built = kernels.hand_off()
+    ir = {name: "\n".join(getattr(built, name).inspect_llvm().values())
+          for name in built._fields}
+    for name in ("post", "publish", "serve"):           # they publish a count
+        assert "store atomic i64" in ir[name] and " release, align 8" in ir[name], name
+    for name in ("serve", "spin"):                      # they wait for one
+        assert "load atomic i64" in ir[name] and " acquire, align 8" in ir[name], name
+
+
+def test_many_hand_offs_deliver_every_job_and_every_result() -> None:
+    """Thousands of round trips of small products split over the workers, each checked: a job
+    read before it was fully written, or a result read before it was, would show here."""
+    kernels = _compiled_kernels()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 16)).astype(np.float32)
+    bs = [rng.standard_normal((16, 8)).astype(np.float32) for _ in range(4)]
+    outs = [np.empty((64, 8), np.float32) for _ in range(4)]
+    run = Runner(split=4, compiled=True)
+    for r in range(2000):
+        b = bs[r % 4]
+        jobs = [kernels.gemm_job(a[i * 16:(i + 1) * 16], b, outs[i][:16]) for i in range(4)]
+        for o in outs:
+            o.fill(np.nan)
+        run.run_jobs(jobs)
+        for i in range(4):
+            np.testing.assert_array_equal(outs[i][:16], a[i * 16:(i + 1) * 16] @ b)

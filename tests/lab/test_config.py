@@ -80,7 +80,7 @@ def test_round_trip_property(label, lr, epochs, hidden):
     ({"data": {"T": 3}}, r"unknown key\(s\) \['T'\] in \[data\]; valid keys are \['data_dir'"),
     ({"train": {"epoch": 3}}, r"unknown key\(s\) \['epoch'\] in \[train\]; valid keys are "
                               r"\[.*'epochs'"),
-    ({"data": {"dataset": "cifar"}}, r"unknown dataset 'cifar'; valid names: adding"),
+    ({"data": {"dataset": "cifar"}}, r"unknown dataset 'cifar'; valid names: add-task, adding"),
     ({"data": {"options": {"scal": "unit"}}}, r"unknown data.options \['scal'\] for dataset "
                                               r"'digits'; valid options: scale='unit'"),
     ({"model": {"nonlinearity": "tan"}}, r"unknown activation 'tan'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -31,11 +32,71 @@ def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     for label, nonlin in (("tanh", "tanh"), ("relu", "relu")):
         for T in (2, 8):
-            cfg = ExperimentConfig().with_overrides({
-                "name": f"{label}-{T}", "label": label, "model.nonlinearity": nonlin,
-                "T": T, "hidden": 8, "epochs": 3, "batch_size": 128, "lr": 1e-2})
-            experiments.run(cfg, root / cfg.name, progress="off")
+            for seed in (0, 1):
+                cfg = ExperimentConfig().with_overrides({
+                    "name": f"{label}-{T}" + (f"-s{seed}" if seed else ""), "label": label,
+                    "model.nonlinearity": nonlin, "T": T, "hidden": 8, "epochs": 3,
+                    "batch_size": 128, "lr": 1e-2, "seed": seed})
+                experiments.run(cfg, root / cfg.name, progress="off")
     return root
+
+
+def drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    return fig
+
+
+def assert_legend_outside(fig, ax) -> list[str]:
+    leg = ax.get_legend()
+    assert leg is not None
+    drawn(fig)
+    assert leg.get_window_extent().x0 >= ax.get_window_extent().x1 - 1     # right of the axes
+    return [t.get_text() for t in leg.get_texts()]
+
+
+def test_sweep_learning_curves_aggregate_seeds_with_named_lines(runs):
+    fig = plots.learning_curves_figure([runs])
+    loss_ax, acc_ax = fig.axes
+    texts = assert_legend_outside(fig, acc_ax)
+    assert texts == ["relu, T=2 (2 seeds)", "relu, T=8 (2 seeds)", "tanh, T=2 (2 seeds)",
+                     "tanh, T=8 (2 seeds)", "train", "validation"]
+    # one mean line per (label, T) and split, not one per run; a band for the seeds' spread
+    assert len(loss_ax.get_lines()) == 4 * 2
+    assert len(loss_ax.collections) == 4 * 2
+    mean = loss_ax.get_lines()[0].get_ydata()
+    r0 = plots.load_run(runs / "relu-2").metrics
+    r1 = plots.load_run(runs / "relu-2-s1").metrics
+    np.testing.assert_allclose(mean, [(a["train_loss"] + b["train_loss"]) / 2
+                                      for a, b in zip(r0, r1, strict=True)])
+    one = plots.learning_curves_figure([runs / "tanh-2"])
+    assert [t.get_text() for t in one.axes[-1].get_legend().get_texts()][0] == "tanh"
+    assert not one.axes[0].collections                            # one run: no band
+    names = plots.line_labels([plots.load_run(runs / "tanh-2"), plots.load_run(runs / "tanh-8")])
+    assert names[0] == ["T=2", "T=8"]
+
+
+def test_figures_name_what_they_show(runs):
+    fig = plots.accuracy_vs_steps_figure([runs], metric="test_loss")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "test loss" and "test loss against" in ax.get_title()
+    assert "accuracy" not in ax.get_title() + ax.get_ylabel()
+    assert_legend_outside(fig, ax)
+    fig = plots.accuracy_vs_steps_figure([runs])
+    assert fig.axes[0].get_ylabel() == "test accuracy (prediction after the last step)"
+    g = drawn(plots.gradient_norms_figure([runs], label="tanh"))
+    ax = g.axes[0]
+    assert ax.get_ylabel() == "||dL/dh_t||, layer 1"
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert_legend_outside(g, g.axes[-1])
+    a = drawn(plots.activations_figure(runs / "tanh-2"))
+    assert a.axes[1].get_ylabel() == "hidden unit, layer 1"
+    assert all(float(t).is_integer() for t in a.axes[1].get_xticks())
+    assert plots.layer_name("l0") == "layer 1"
+    assert plots.layer_name("l1r") == "layer 2, reverse direction"
 
 
 def test_learning_curves(runs, tmp_path):
@@ -80,7 +141,8 @@ def test_timesteps_figure_needs_only_summaries(tmp_path):
                     "test": {"test_accuracy": 0.9 - 0.01 * T + 0.01 * seed}}))
     out = tmp_path / "fig"
     assert_figures(plots.accuracy_vs_steps([tmp_path], out), out)
-    with pytest.raises(ValueError, match="no finished run records 'test_mse'"):
+    with pytest.raises(ValueError, match=r"no finished run records 'test_mse'; the runs record "
+                                         r"\['test_accuracy'\]"):
         plots.accuracy_vs_steps([tmp_path], out, metric="test_mse")
 
 

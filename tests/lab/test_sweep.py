@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,7 +90,26 @@ def test_cell_hash_is_stable_and_canonical():
     assert sweep.canonical_json(a) == '{"data.steps":8,"label":"tanh","train.seed":1}'
     assert cell_hash(a) == "02dcd743b509d000"
     assert cell_hash({"x": 1}) != cell_hash({"x": 2})
-    assert cell_name(a) == f"steps=8_seed=1_tanh-{cell_hash(a)[:8]}"
+    assert cell_name(a) == f"tanh-T8-seed1-{cell_hash(a)[:8]}"
+
+
+def test_cell_names_are_short_safe_and_unique():
+    label = "tanh, label at the last step"
+    cells = [{"label": label, "model.nonlinearity": "tanh", "model.init": "pytorch",
+              "data.steps": T, "train.seed": s, "train.lr": lr, "model.bidirectional": b}
+             for T in (1, 64) for s in (0, 1) for lr in (0.01, 3e-3) for b in (False, True)]
+    names = [cell_name(c) for c in cells]
+    assert len(set(names)) == len(cells)
+    # at most 48 readable characters, cut at a dash: the flag that did not fit is left out
+    assert names[0] == f"tanh-label-at-the-last-T1-seed0-lr0.01-{cell_hash(cells[0])[:8]}"
+    for n in names:
+        assert re.fullmatch(r"[A-Za-z0-9.-]+-[0-9a-f]{8}", n) and len(n) <= 48 + 9, n
+        assert n.startswith("tanh-label-at-the-last")
+    weird = {"label": "../../etc/passwd; rm -rf *", "data.dataset": "a b/c"}
+    assert re.fullmatch(r"etc-passwd-rm-rf-[0-9a-f]{8}", cell_name(weird))
+    assert cell_name({"name": "tanh-T64-seed0"}).startswith("tanh-T64-seed0-")
+    assert cell_name({"model.nonlinearity": "relu", "train.lr": 0.001}).startswith(
+        "relu-lr0.001-")
     with pytest.raises(ValueError, match="not plain JSON"):
         cell_hash({"x": float("nan")})
     with pytest.raises(ValueError, match="not plain JSON"):

@@ -1,5 +1,5 @@
 """Gradient diagnostics: the finite-difference stencil, relative errors, and the per-step
-gradient norms of docs/derivation.md section 15, checked against PyTorch autograd."""
+gradient norms of docs/derivation.md section 16, checked against PyTorch autograd."""
 
 from __future__ import annotations
 

@@ -244,3 +244,24 @@ def test_bidirectional_is_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match=r"RTRL needs a unidirectional"):
         rtrl.online_update(params, X, Y, spec, opt=optim.make("sgd"),
                            opt_state=optim.make("sgd").init(params))
+
+
+def test_online_every_block():
+    """``every = k``: an update after every block of k steps from the block's loss; with k >= T
+    that is one update with the exact gradient, with masks and the "mean" over all targets."""
+    spec = RNNSpec(D, H, O, num_layers=2, setup="many_to_many")
+    params, X, Y, mask, h0 = problem(spec, 3, B, 6, True)
+    opt = optim.SGD(lr=0.1)
+    p = {k: v.copy() for k, v in params.items()}
+    st = opt.init(p)
+    rtrl.online_update(p, X, Y, spec, opt=opt, opt_state=st, h0=h0, mask=mask, every=6)
+    _, g, _ = net.value_and_grad(params, X, Y, spec, h0=h0, mask=mask)
+    assert st["step"] == 1
+    for k in params:
+        np.testing.assert_allclose(p[k], params[k] - 0.1 * g.params[k], rtol=1e-10, atol=1e-13)
+    p2 = {k: v.copy() for k, v in params.items()}
+    st2 = opt.init(p2)
+    rtrl.online_update(p2, X, Y, spec, opt=opt, opt_state=st2, h0=h0, mask=mask, every=4)
+    assert st2["step"] == 2                          # steps 0-3, then 4-5
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        rtrl.online_update(p2, X, Y, spec, opt=opt, opt_state=st2, every=0)

@@ -49,7 +49,8 @@ def quiet(**kw) -> TrainConfig:
     ({"optimizer_kwargs": {"bogus": 1}}, TypeError, r"optimizer_kwargs .* do not fit"),
     ({"optimizer_kwargs": {"lr": 1}}, ValueError, r"must not contain 'lr'"),
     ({"schedule": "cosin"}, ValueError, r"unknown schedule 'cosin'; valid names are"),
-    ({"schedule": "cosine"}, TypeError, r"schedule_kwargs \{\} do not fit schedule 'cosine'"),
+    ({"schedule": "step"}, TypeError, r"schedule_kwargs \{\} do not fit schedule 'step': "
+     r"schedule 'step' takes \['step_size', 'gamma'\]"),
     ({"clip_norm": 0}, ValueError, r"clip_norm must be a finite number > 0"),
     ({"algorithm": "backprop"}, ValueError, r"unknown algorithm 'backprop'; expected one of"),
     ({"algorithm": "tbptt"}, ValueError, r"algorithm='tbptt' needs k1"),
@@ -232,11 +233,16 @@ def test_monitor_that_is_not_computed_is_an_error():
 # ----------------------------------------------------------------------------- progress bar
 
 
-def test_progress_is_quiet_when_not_a_terminal(capsys):
+def test_progress_writes_one_line_per_epoch_when_not_a_terminal(capsys):
     X, y = sign_task(0, 20)
     model().fit((X, y), TrainConfig(epochs=2, batch_size=8), val=(X, y))   # progress="auto"
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""
+    lines = captured.err.splitlines()
+    assert captured.out == "" and "\r" not in captured.err       # no bar, no batch updates
+    assert [ln.split("  ")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("train_loss" in ln and "val_loss" in ln and "seq/s" in ln for ln in lines)
+    model().fit((X, y), TrainConfig(epochs=2, batch_size=8, progress="off"))
+    assert capsys.readouterr() == ("", "")
 
 
 def test_progress_on_writes_loss_accuracy_and_speed():

@@ -177,8 +177,8 @@ def test_mismatched_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"incompatible: params\['l0.W_xh'\] has shape \(3, 8\) "
                                          r"in the checkpoint but \(3, 9\) in the model"):
         bigger.fit(tr, config(tmp_path), val=va, resume=True)
-    with pytest.raises(ValueError, match=r"config\['lr'\] is 0.01 in the checkpoint but 0.02"):
-        problem()[0].fit(tr, config(tmp_path, lr=0.02), val=va, resume=True)
+    with pytest.raises(ValueError, match=r"config\['batch_size'\] is 8 in the checkpoint but 9"):
+        problem()[0].fit(tr, config(tmp_path, batch_size=9), val=va, resume=True)
     with pytest.raises(ValueError, match=r"config\['optimizer'\] is 'adam' in the checkpoint"):
         problem()[0].fit(tr, config(tmp_path, optimizer="sgd", optimizer_kwargs={}), val=va,
                          resume=True)
@@ -191,10 +191,13 @@ def test_mismatched_checkpoints_are_clear_errors(tmp_path):
         problem()[0].fit(tr, config(tmp_path), val=va, resume=tmp_path / "nope.npz")
     with pytest.raises(IsADirectoryError):
         problem()[0].fit(tr, config(tmp_path), val=va, resume=tmp_path)
-    # what may change: epochs, logging, checkpoint cadence, patience
+    # what may change: epochs, logging, checkpoint cadence, patience, and the learning rate
     ok = problem()[0].fit(tr, config(tmp_path, epochs=2, checkpoint_every=2, patience=4), val=va,
                           resume=True)
     assert ok.epoch == 2
+    slower = problem()[0].fit(tr, config(tmp_path, epochs=3, lr=0.005), val=va, resume=True)
+    sched = config(tmp_path, lr=0.005).make_schedule().with_length(3 * 8)
+    assert slower.epoch == 3 and slower.epochs[-1]["lr"] == sched(slower.step - 1)
 
 
 # ----------------------------------------------------------------------------- real signals

@@ -156,7 +156,8 @@ def test_make_and_config_round_trip():
 
 
 def test_make_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown schedule 'exp'.*'constant', 'cosine', 'step'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown schedule 'exp'.*'constant', 'cosine', 'plateau', 'step'"):
         schedules.make("exp", lr=0.1)
 
 
@@ -175,7 +176,9 @@ def test_make_unknown_name_lists_valid_names():
      "warmup_steps must be >= 0, got -1"),
     ("cosine", {"lr": 0.1, "total_steps": 5, "warmup_steps": 3, "warmup_start_factor": 1.5},
      ValueError, r"start_factor must be in \[0, 1\], got 1.5"),
-    ("cosine", {"lr": 0.1}, TypeError, "total_steps"),
+    ("step", {"lr": 0.1}, TypeError, r"schedule 'step' takes \['step_size', 'gamma'\]"),
+    ("plateau", {"lr": 0.1, "factor": 1.0}, ValueError, r"factor must be in \(0, 1\)"),
+    ("plateau", {"lr": 0.1, "monitor": "loss"}, ValueError, "monitor must be a metric"),
 ])
 def test_bad_values(name, kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -185,3 +188,18 @@ def test_bad_values(name, kw, exc, match):
 def test_warmup_needs_a_schedule():
     with pytest.raises(TypeError, match="schedule must be a Schedule, got float"):
         Warmup(0.1, 5)
+
+
+def test_a_schedule_without_its_length_says_what_it_needs_and_takes_it_from_the_run():
+    sched = schedules.make("cosine", lr=0.1)
+    with pytest.raises(ValueError, match=r"the cosine schedule does not know its length: give "
+                                         r"total_steps="):
+        sched(0)
+    full = sched.with_length(10)
+    assert full == schedules.make("cosine", lr=0.1, total_steps=10)
+    assert full(5) == pytest.approx(0.05) and full(10) == 0.0
+    assert full.with_length(99) is full                      # a given length is kept
+    warm = schedules.make("cosine", lr=0.1, warmup_steps=4).with_length(10)
+    assert warm.schedule.total_steps == 6 and warm(10) == 0.0
+    assert schedules.make("constant", lr=0.1).with_length(3)(7) == 0.1
+    assert schedules.make(**sched.config()) == sched         # config() round-trips None

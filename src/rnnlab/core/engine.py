@@ -4,7 +4,7 @@ An *engine* computes one training step's loss and gradients for a fixed spec::
 
     engine = Reference(spec)                        # or rnnlab.Workspace(spec), the fast engine
     loss, grads = engine.value_and_grad(params, X, Y, h0=None, mask=None, lengths=None,
-                                        steps=None)
+                                        steps=None, sample_weight=None)
     engine.logits, engine.h0_grad, engine.input_grad, engine.h_n()   # of that call
 
 ``grads`` has the parameters' keys, shapes and dtypes; ``logits`` are in the public (batch-first)
@@ -41,8 +41,8 @@ class Engine(Protocol):
 
     def value_and_grad(self, params: Mapping[str, Array], X: ArrayLike, Y: ArrayLike, *,
                        h0: ArrayLike | None = None, mask: ArrayLike | None = None,
-                       lengths: ArrayLike | None = None, steps: int | None = None
-                       ) -> tuple[float, Params]: ...
+                       lengths: ArrayLike | None = None, steps: int | None = None,
+                       sample_weight: ArrayLike | None = None) -> tuple[float, Params]: ...
 
     @property
     def logits(self) -> Array | None: ...
@@ -73,12 +73,13 @@ class Reference:
 
     def value_and_grad(self, params: Mapping[str, Array], X: ArrayLike, Y: ArrayLike, *,
                        h0: ArrayLike | None = None, mask: ArrayLike | None = None,
-                       lengths: ArrayLike | None = None, steps: int | None = None
-                       ) -> tuple[float, Params]:
+                       lengths: ArrayLike | None = None, steps: int | None = None,
+                       sample_weight: ArrayLike | None = None) -> tuple[float, Params]:
         """``(loss, gradients)`` of one batch, arguments as for
         :func:`rnnlab.core.network.value_and_grad`."""
         loss, g, out = network.value_and_grad(params, X, Y, self.spec, h0=h0, mask=mask,
-                                              lengths=lengths, steps=steps)
+                                              lengths=lengths, steps=steps,
+                                              sample_weight=sample_weight)
         self._out, self.h0_grad = out, g.h0
         self.input_grad = g.X if self.want_input_grad else None
         return loss, g.params

@@ -18,24 +18,46 @@ from numpy.typing import ArrayLike, NDArray
 
 from .spec import RNNSpec
 
-__all__ = ["as_float_array", "check_h0", "check_steps", "check_targets", "make_mask",
-           "target_lead", "time_first", "time_first_mask"]
+__all__ = ["SOFT_TARGET_TOLERANCE", "as_float_array", "check_finite", "check_h0",
+           "check_sample_weight", "check_steps", "check_targets", "make_mask", "target_lead",
+           "time_first", "time_first_mask"]
 
 Array = NDArray[np.floating]
 Mask = NDArray[np.bool_]
 
+SOFT_TARGET_TOLERANCE = 1e-3
+"""How far from 1 the sum of a ``softmax_ce`` soft-target row may be (rounding slack; the
+gradient is exact for the row as given either way, docs/derivation.md eq. 10)."""
 
-def as_float_array(name: str, a: ArrayLike, dtype: np.dtype) -> Array:
-    """``a`` as a finite real array of ``dtype`` (no copy when it already is one)."""
+
+def as_float_array(name: str, a: ArrayLike, dtype: np.dtype, *, finite: bool = True) -> Array:
+    """``a`` as a real array of ``dtype`` (no copy when it already is one).
+
+    ``finite=True`` (data, parameters, initial states: what a caller gives) refuses NaN and
+    infinities with a ValueError naming ``name`` and the first offending entry;
+    ``finite=False`` (gradients flowing backwards, ``dlogits``, ``dh_n``: values computed upstream)
+    lets them through, to propagate as IEEE arithmetic makes them (docs/derivation.md, "Non-finite
+    values").
+    """
     arr = np.asarray(a)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
     ) or np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
     arr = arr.astype(dtype, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    if finite:
+        check_finite(name, arr)
     return arr
+
+
+def check_finite(name: str, arr: NDArray[Any]) -> None:
+    """ValueError if the float array ``arr`` holds NaN or an infinity; the message names ``name``,
+    the first offending index and its value."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        first = np.argwhere(~np.isfinite(arr))[0]
+        where = tuple(int(i) for i in first)
+        raise ValueError(f"{name} contains NaN or inf (first at index {where}: "
+                         f"{arr[where]}); expected finite values")
 
 
 def _check_batch_steps(B: int, T: int) -> None:
@@ -144,12 +166,13 @@ def time_first_mask(B: int, T: int, *, mask: ArrayLike | None = None,
 
 
 def check_h0(h0: ArrayLike | None, spec: RNNSpec, B: int, dtype: np.dtype,
-             name: str = "h0") -> Array:
-    """Initial states ``(num_layers * num_directions, B, H)``; zeros when ``h0`` is None."""
+             name: str = "h0", *, finite: bool = True) -> Array:
+    """Initial states ``(num_layers * num_directions, B, H)``; zeros when ``h0`` is None
+    (``finite`` as for :func:`as_float_array`: False for a gradient ``dh_n``)."""
     shape = (spec.num_layers * spec.num_directions, B, spec.hidden_size)
     if h0 is None:
         return np.zeros(shape, dtype=dtype)
-    h = as_float_array(name, h0, dtype)
+    h = as_float_array(name, h0, dtype, finite=finite)
     if h.shape != shape:
         raise ValueError(
             f"{name} must be (num_layers * num_directions, B, H) = {shape}; got {h.shape}"
@@ -161,8 +184,10 @@ def check_targets(Y: ArrayLike, spec: RNNSpec, lead: tuple[int, ...], dtype: np.
                   ) -> NDArray[Any]:
     """Validate targets with leading shape ``lead`` (``(B,)`` or ``(B, T)``).
 
-    Class labels (integers, ``softmax_ce`` only) of shape ``lead`` in ``[0, O)``, or floats of
-    shape ``lead + (O,)``: probabilities in [0, 1] for the classification losses.
+    Class labels (integers, ``softmax_ce`` only) of shape ``lead`` in ``[0, O)``, or finite
+    floats of shape ``lead + (O,)``: probabilities in [0, 1] for the classification losses, and
+    for ``softmax_ce`` distributions, every row summing to 1 (within
+    :data:`SOFT_TARGET_TOLERANCE`).
     """
     O = spec.output_size
     y = np.asarray(Y)
@@ -174,6 +199,9 @@ def check_targets(Y: ArrayLike, spec: RNNSpec, lead: tuple[int, ...], dtype: np.
                 f"class labels must lie in [0, {O}) (output_size); got range [{y.min()}, {y.max()}]"
             )
         return y
+    if spec.loss == "softmax_ce" and y.shape == lead:
+        raise ValueError(f"class labels must be integers; got dtype {y.dtype} (soft targets are "
+                        f"floats of shape {lead + (O,)})")
     if y.shape != lead + (O,):
         kind = "class labels of shape " + str(lead) + " or " if spec.loss == "softmax_ce" else ""
         raise ValueError(f"targets must be {kind}floats of shape {lead + (O,)}; got {y.shape}")
@@ -182,6 +210,17 @@ def check_targets(Y: ArrayLike, spec: RNNSpec, lead: tuple[int, ...], dtype: np.
         raise ValueError(
             f"{spec.loss} targets must be probabilities in [0, 1]; got range [{y.min()}, {y.max()}]"
         )
+    if spec.loss == "softmax_ce":
+        sums = y.sum(axis=-1, dtype=np.float64)
+        off = np.abs(sums - 1.0) > SOFT_TARGET_TOLERANCE
+        if off.any():
+            first = tuple(int(i) for i in np.argwhere(off)[0])
+            raise ValueError(
+                f"softmax_ce soft targets must be distributions over the {O} classes (each row "
+                f"summing to 1); row {first} sums to {sums[first]:.6g} (row sums range "
+                f"[{sums.min():.6g}, {sums.max():.6g}]); normalise them, or give integer class "
+                "labels (for independent yes/no targets use loss='sigmoid_bce')"
+            )
     return y
 
 
@@ -190,3 +229,21 @@ def target_lead(spec: RNNSpec, B: int, T: int) -> tuple[int, ...]:
     many-to-many and one-to-many, ``(B,)`` for a sequence target (many-to-one, whichever steps
     score it)."""
     return (B, T) if spec.setup != "many_to_one" else (B,)
+
+
+def check_sample_weight(w: ArrayLike | None, spec: RNNSpec, B: int, T: int, dtype: np.dtype
+                        ) -> Array | None:
+    """Per-sequence loss weights ``(B,)``, or per (sequence, step) ``(B, T)`` for set-ups that
+    score every step: finite, ``>= 0``, cast to ``dtype`` (eq. 15 with weights)."""
+    if w is None:
+        return None
+    arr = as_float_array("sample_weight", w, dtype)
+    shapes = [(B,)] + ([(B, T)] if spec.per_step_output else [])
+    if arr.shape not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"sample_weight must have shape {want} (one weight per sequence"
+                         + (", or per sequence and step" if spec.per_step_output else "")
+                         + f"); got {arr.shape}")
+    if (arr < 0).any():
+        raise ValueError(f"sample_weight must be >= 0; got a minimum of {arr.min()!r}")
+    return arr

@@ -19,6 +19,12 @@ Reduction (eq. 15): ``"sum"`` adds every element; ``"mean"`` divides by the numb
 for ``softmax_ce`` (one distribution per row) and by rows x outputs for the element-wise losses,
 which is exactly ``torch.nn.functional.{cross_entropy, binary_cross_entropy_with_logits,
 mse_loss}`` with the same reduction.
+
+Row weights (eq. 15w): with ``weight`` ``w`` (one per row, ``>= 0``) each row's loss counts
+``w_r`` times, and ``"mean"`` divides by ``k * sum(w)`` instead of ``k * N``: the weighted mean,
+which is ``cross_entropy(..., weight=class_weight)`` of PyTorch when ``w_r`` is the weight of row
+``r``'s class.  All-one weights give the unweighted numbers; if every weight is 0 the loss and its
+gradient are 0.
 """
 
 from __future__ import annotations
@@ -116,7 +122,57 @@ def softmax_ce_labels(z: Array, y: NDArray[Any], denom: float, dz: Array, tmp: A
     return value / denom
 
 
-def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossResult:
+def row_losses(name: str, z: Array, y: NDArray[Any]) -> tuple[Array, Array]:
+    """Unreduced: each row's loss ``l_r`` (summed over its outputs, eqs. 9-14) ``(N,)`` and
+    ``dl_r/dz`` ``(N, O)``."""
+    if name == "softmax_ce":
+        logp = log_softmax(z)                                   # eq. (8)
+        dz = np.exp(logp)                                       # y_hat
+        if y.ndim == 1:
+            rows = np.arange(z.shape[0])
+            per_row = -logp[rows, y]                            # eq. (9)
+            dz[rows, y] -= 1.0                                  # eq. (10)
+        else:
+            per_row = -(y * logp).sum(axis=1)                   # eq. (9), soft targets
+            dz *= y.sum(axis=-1, keepdims=True)                 # eq. (10): (sum_k y_k) y_hat - y
+            dz -= y
+        return per_row, dz
+    if name == "sigmoid_bce":
+        per_row = (np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)  # (11)
+        dz = sigmoid(z)
+        dz -= y                                                 # eq. (12)
+        return per_row, dz
+    if name == "identity_mse":
+        diff = z - y
+        return (diff * diff).sum(axis=1), 2.0 * diff            # eq. (13)
+    if name == "relu_mse":
+        diff = np.maximum(z, 0.0) - y
+        return (diff * diff).sum(axis=1), 2.0 * diff * (z > 0)  # eq. (14)
+    raise ValueError(f"unknown loss {name!r}; expected one of {list(LOSSES)}")
+
+
+def weighted_loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str,
+                           weight: Array) -> LossResult:
+    """Eq. (15w): ``L = sum_r w_r l_r / D`` with ``D = 1`` (``"sum"``) or ``k * sum_r w_r``
+    (``"mean"``; ``k`` = 1 for cross-entropy, ``O`` otherwise), and ``dL/dz_r = w_r dl_r/dz / D``.
+    ``weight`` is ``(N,)``, validated by the caller (finite, ``>= 0``)."""
+    per_row, dz = row_losses(name, z, y)
+    w = weight.astype(z.dtype, copy=False)
+    if reduction == "sum":
+        denom = 1.0
+    else:
+        k = 1 if name == "softmax_ce" else z.shape[1]
+        denom = float(k * w.sum(dtype=np.float64))
+    if denom == 0.0:                        # every weight 0: nothing is scored
+        return LossResult(0.0, np.zeros_like(z))
+    dz *= w[:, None]
+    if denom != 1.0:
+        dz /= denom
+    return LossResult(float((w * per_row).sum(dtype=np.float64)) / denom, dz)
+
+
+def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str,
+                  weight: Array | None = None) -> LossResult:
     """Loss value and ``dL/dz`` of an output/loss pair (eqs. 9-15).
 
     Parameters
@@ -129,8 +185,13 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossR
         for ``softmax_ce``, probabilities in [0, 1] for ``sigmoid_bce``, values for the MSE pairs).
         Validated by the caller (``network``).
     reduction : {"mean", "sum"}
+    weight : ndarray, (N,), optional
+        A weight ``>= 0`` per row (eq. 15w, :func:`weighted_loss_and_grad`).
     """
-    assert z.ndim == 2, z.shape
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (N, O) rows; got shape {z.shape}")
+    if weight is not None:
+        return weighted_loss_and_grad(name, z, y, reduction, weight)
     denom = denominator(name, z, reduction)
     if name == "softmax_ce":
         if y.ndim == 1:
@@ -138,7 +199,8 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str) -> LossR
             return LossResult(softmax_ce_labels(z, y, denom, dz, np.empty_like(z)), dz)
         logp = log_softmax(z)                                   # (N, O), eq. (8)
         dz = np.exp(logp)                                       # y_hat
-        value = -float((y * logp).sum())
+        value = -float((y * logp).sum())                        # eq. (9), soft targets
+        dz *= y.sum(axis=-1, keepdims=True)                     # eq. (10): (sum_k y_k) y_hat - y
         dz -= y
     elif name == "sigmoid_bce":
         value = float((np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))).sum())  # (11)

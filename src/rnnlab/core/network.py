@@ -13,6 +13,11 @@ each step is one contiguous ``(B, H)`` block, and every product that does not de
 recurrence (input projections, head, weight gradients, ``dX``) is one product over ``T * B``
 rows.  The fast engine (:mod:`rnnlab.fast`) computes the same on reused buffers and threads, and
 is tested against this module.
+
+Non-finite values (docs/derivation.md, "Non-finite values"): ``params``, ``X``, targets and
+``h0`` must be finite (ValueError naming the argument and the first bad entry); a computation that
+overflows returns ``inf``/``NaN`` and never raises, and the gradients ``backward`` takes
+(``dlogits``, ``dh_n``) may be non-finite and propagate.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from . import activations, cell, losses
 from .inputs import (
     as_float_array,
     check_h0,
+    check_sample_weight,
     check_targets,
     make_mask,
     target_lead,
@@ -210,6 +216,7 @@ def loss_and_grad(
     *,
     mask: ArrayLike | None = None,
     lengths: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> losses.LossResult:
     """The loss of ``out`` against targets ``Y`` and its gradient ``dL/dlogits`` (eqs. 9-15).
 
@@ -217,6 +224,10 @@ def loss_and_grad(
     ``(B, T)`` labels or ``(B, T, O)``; many-to-one with ``label_steps="all"`` takes the sequence
     targets ``(B,)`` / ``(B, O)`` and scores them at every real step (seed 000).  Padded steps are
     not scored.
+
+    ``sample_weight`` ``(B,)`` weighs each sequence's loss (every scored step of sequence ``b``
+    counts ``w_b`` times; ``(B, T)`` gives a weight per step where every step is scored): eq.
+    (15w), the weighted mean for ``reduction="mean"``.
 
     Returns
     -------
@@ -229,19 +240,25 @@ def loss_and_grad(
         T = logits.shape[1]
         seq_target = spec.setup == "many_to_one"
         y = check_targets(Y, spec, target_lead(spec, B, T), logits.dtype)
+        w = check_sample_weight(sample_weight, spec, B, T, logits.dtype)
+        if w is not None and w.ndim == 1:              # the sequence's weight at each step
+            w = np.broadcast_to(w[:, None], (B, T))
         if seq_target:   # the same sequence target at every step, made explicit here
             y = np.broadcast_to(y[:, None], (B, T) + y.shape[1:])
         m = make_mask(B, T, mask=mask, lengths=lengths)
         if m is None:
             res = losses.loss_and_grad(spec.loss, logits.reshape(B * T, -1),
-                                       y.reshape((B * T,) + y.shape[2:]), spec.reduction)
+                                       y.reshape((B * T,) + y.shape[2:]), spec.reduction,
+                                       None if w is None else w.reshape(B * T))
             return losses.LossResult(res.value, res.dz.reshape(logits.shape))
-        res = losses.loss_and_grad(spec.loss, logits[m], y[m], spec.reduction)
+        res = losses.loss_and_grad(spec.loss, logits[m], y[m], spec.reduction,
+                                   None if w is None else w[m])
         dz = np.zeros_like(logits)
         dz[m] = res.dz
         return losses.LossResult(res.value, dz)
     y = check_targets(Y, spec, (B,), logits.dtype)
-    return losses.loss_and_grad(spec.loss, logits, y, spec.reduction)
+    w = check_sample_weight(sample_weight, spec, B, 1, logits.dtype)
+    return losses.loss_and_grad(spec.loss, logits, y, spec.reduction, w)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -262,7 +279,8 @@ def backward(
         The parameters given to :func:`forward`.
     dlogits : (B, O) or (B, T, O)
         ``dL/dz``, the gradient with respect to the head's logits (for the fused losses, from
-        :func:`loss_and_grad`; for any other objective, its own upstream gradient).
+        :func:`loss_and_grad`; for any other objective, its own upstream gradient).  A computed
+        value: NaN or inf entries are not refused, they propagate.
     cache : Cache
         From :func:`forward`.
     dh_n : (num_layers * num_directions, B, H), optional
@@ -277,10 +295,11 @@ def backward(
     H, nd, O = spec.hidden_size, spec.num_directions, spec.output_size
     dtype = cache.hbufs[0].dtype
     shape = (B, T, O) if spec.per_step_output else (B, O)
-    dz = as_float_array("dlogits", dlogits, dtype)
+    # gradients flowing backwards may be non-finite (an overflowed forward pass): they propagate
+    dz = as_float_array("dlogits", dlogits, dtype, finite=False)
     if dz.shape != shape:
         raise ValueError(f"dlogits must have shape {shape} (the logits' shape); got {dz.shape}")
-    dhn = None if dh_n is None else check_h0(dh_n, spec, B, dtype, "dh_n")
+    dhn = None if dh_n is None else check_h0(dh_n, spec, B, dtype, "dh_n", finite=False)
     act = activations.get(spec.nonlinearity)
     W_hy = params["W_hy"]
     grads: Params = {}
@@ -345,8 +364,10 @@ def value_and_grad(
     mask: ArrayLike | None = None,
     lengths: ArrayLike | None = None,
     steps: int | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> tuple[float, Gradients, Output]:
-    """Forward, loss and BPTT in one call: ``(loss, gradients, output)``."""
+    """Forward, loss and BPTT in one call: ``(loss, gradients, output)``; ``sample_weight`` as
+    in :func:`loss_and_grad`."""
     out, cache = forward(params, X, spec, h0=h0, mask=mask, lengths=lengths, steps=steps)
-    res = loss_and_grad(spec, out, Y, mask=mask, lengths=lengths)
+    res = loss_and_grad(spec, out, Y, mask=mask, lengths=lengths, sample_weight=sample_weight)
     return res.value, backward(params, res.dz, cache), out

@@ -21,7 +21,10 @@ from numpy.typing import DTypeLike, NDArray
 from .spec import RNNSpec
 
 Params = dict[str, NDArray[np.floating]]
-INITS: tuple[str, ...] = ("pytorch", "keras", "small", "irnn")
+INITS: tuple[str, ...] = ("keras", "pytorch", "small", "irnn", "identity")
+DEFAULT_INIT = "keras"
+"""The default initialiser everywhere (init_params, RNN, configs, estimators): chosen by the
+defaults sweep of docs/results.md ("Defaults"), where it won on every task of the suite."""
 
 
 def shapes(spec: RNNSpec) -> dict[str, tuple[int, ...]]:
@@ -54,25 +57,29 @@ def init_params(
     spec: RNNSpec,
     rng: np.random.Generator,
     *,
-    scheme: str = "pytorch",
+    scheme: str = DEFAULT_INIT,
     dtype: DTypeLike = np.float32,
 ) -> Params:
     """Fresh parameters for ``spec``.
 
     Schemes
     -------
+    ``"keras"`` (the default, :data:`DEFAULT_INIT`)
+        Keras ``SimpleRNN`` + ``Dense`` defaults: Glorot-uniform ``W_xh`` and ``W_hy``,
+        orthogonal ``W_hh``, zero biases.
     ``"pytorch"``
         ``torch.nn.RNN`` + ``nn.Linear`` defaults: every entry ``U(-k, k)``, ``k = 1/sqrt(H)`` for
         the recurrent layers and ``1/sqrt(fan_in)`` for the head.  PyTorch has two biases per
         layer; ``b_h`` is drawn as their sum, so its distribution matches too.
-    ``"keras"``
-        Keras ``SimpleRNN`` + ``Dense`` defaults: Glorot-uniform ``W_xh`` and ``W_hy``,
-        orthogonal ``W_hh``, zero biases.
     ``"small"``
         min-char-rnn: weights ``N(0, 0.01^2)``, zero biases.
     ``"irnn"``
         Le et al. (2015) for ReLU networks: ``W_hh = I``, other weights ``N(0, 0.001^2)``, zero
         biases.
+    ``"identity"``
+        ``W_hh = I`` with the ``"keras"`` scheme's Glorot-uniform ``W_xh`` and ``W_hy`` and zero
+        biases: the identity recurrence of an IRNN with input and output weights of the usual
+        scale (the main job's IRNN recipe, docs/results.md).
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
@@ -97,8 +104,10 @@ def init_params(
             w = _orthogonal(rng, shape[0]) if name == "W_hh" else _glorot(rng, shape)
         elif scheme == "small":
             w = rng.normal(0.0, 0.01, shape)
-        else:  # irnn
+        elif scheme == "irnn":
             w = np.eye(shape[0]) if name == "W_hh" else rng.normal(0.0, 0.001, shape)
+        else:  # identity
+            w = np.eye(shape[0]) if name == "W_hh" else _glorot(rng, shape)
         params[key] = np.ascontiguousarray(w, dtype=dt)
     return params
 

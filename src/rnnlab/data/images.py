@@ -55,6 +55,7 @@ class ImageSource:
     system_dirs: tuple[str, ...] = ()
     debian_package: str | None = None
     subdirs: tuple[str, ...] = ()
+    image_shape: tuple[int, int] = (28, 28)   # every image of the set is this many pixels
 
 
 SOURCES: dict[str, ImageSource] = {
@@ -240,9 +241,14 @@ def locate(
 
 
 def read_image_set(
-    images_path: Path, labels_path: Path, num_classes: int = 10
+    images_path: Path, labels_path: Path, num_classes: int = 10,
+    image_shape: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one (images, labels) pair with strict checks.
+
+    ``image_shape``, when given, is the ``(H, W)`` every image must have (28 x 28 for MNIST and
+    Fashion-MNIST): a file of other images is the wrong file, refused rather than read as other
+    sequences.
 
     Returns
     -------
@@ -250,6 +256,13 @@ def read_image_set(
         ``(N, H, W)`` uint8 images and ``(N,)`` int64 labels in ``[0, num_classes)``.
     """
     images = read_idx(images_path, ndim=3, dtype=np.uint8)
+    if image_shape is not None and images.shape[1:] != tuple(image_shape):
+        H, W = image_shape
+        raise IDXError(
+            f"{images_path}: expected {H}x{W} images, found "
+            f"{'x'.join(map(str, images.shape[1:]))} (shape {images.shape}); is this the right "
+            "file?"
+        )
     labels = read_idx(labels_path, ndim=1, dtype=np.uint8).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
         raise IDXError(
@@ -359,6 +372,8 @@ def load_images(
     check_fraction("val_fraction", val_fraction)
     source = SOURCES[name]
     steps = check_positive_int("steps", steps)
+    H, W = source.image_shape
+    check_steps(steps, H * W, f"a {H}x{W} image")          # before any file is read
     try:
         paths, origin = locate(
             name, data_dir=data_dir, cache_dir=cache_dir, download_missing=download,
@@ -367,8 +382,10 @@ def load_images(
     except DownloadError as exc:
         raise DownloadError(f"{name}: {exc}") from exc
     n_classes = len(source.classes)
-    train_img, train_lab = read_image_set(paths["train_images"], paths["train_labels"], n_classes)
-    test_img, test_lab = read_image_set(paths["test_images"], paths["test_labels"], n_classes)
+    train_img, train_lab = read_image_set(paths["train_images"], paths["train_labels"], n_classes,
+                                          source.image_shape)
+    test_img, test_lab = read_image_set(paths["test_images"], paths["test_labels"], n_classes,
+                                        source.image_shape)
     if train_img.shape[1:] != test_img.shape[1:]:
         raise IDXError(
             f"train images are {train_img.shape[1:]} but test images are {test_img.shape[1:]}"

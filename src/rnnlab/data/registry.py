@@ -18,6 +18,7 @@ from .base import Dataset
 from .digits import load_digits_dataset
 from .images import load_images
 from .mnist1d import load_mnist1d
+from .online_tasks import load_add_task, load_mimic
 from .reber import load_reber
 from .tasks import load_adding, load_copy, load_parity, load_sine, load_xor
 from .text import load_text
@@ -74,10 +75,14 @@ _REGISTRY: dict[str, Entry] = {
                    has_steps=False),
     "sine": Entry(load_sine, "sine next-value regression", load_sine),
     "parity": Entry(load_parity, "parity of a bit string", load_parity),
+    "add-task": Entry(load_add_task, "Marschall et al.'s Add task: a coin stream, target "
+                      "0.5 + 0.5 x[t-t1] - 0.25 x[t-t2]", load_add_task),
+    "mimic": Entry(load_mimic, "Marschall et al.'s Mimic task: the outputs of a random teacher "
+                   "RNN on a Bernoulli stream", load_mimic),
     "text": Entry(load_text, "character-level text from a UTF-8 file (needs path=)", load_text),
 }
 _ALIASES = {"fashion": "fashion-mnist", "pmnist": "permuted-mnist", "mnist-1d": "mnist1d",
-            "sklearn-digits": "digits", "embedded-reber": "reber"}
+            "sklearn-digits": "digits", "embedded-reber": "reber", "mimic-task": "mimic"}
 
 
 def names() -> list[str]:

@@ -38,7 +38,8 @@ class Buffers:
         self.joint_grad: Array | None = None
         self.pending: Array | None = None      # the input the joint loop copies in (deferred)
         if joint:
-            assert nd == 1 and not index, "a joint buffer needs one direction of dense inputs"
+            if nd != 1 or index:
+                raise ValueError("a joint buffer needs one direction of dense inputs")
             self.joint = np.zeros((T + 1, B, H + D + 1), dtype)
             self.joint[:, :, H + D] = 1.0
             self.x1 = self.joint[:T, :, H:]

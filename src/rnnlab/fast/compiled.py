@@ -11,7 +11,8 @@ looks for:
   bias gradient of (19), on a block of batch rows;
 * :func:`_job_runner`: one job (an int64 array, see :data:`JOB_SIZE`) run without the GIL,
   optionally with subnormals flushed;
-* :func:`_workers`: what a worker thread runs between jobs (``serve``, ``spin``);
+* :func:`_atomics` and :func:`_workers`: the acquire/release counters of the thread hand-off,
+  and what a worker thread runs between jobs (``serve``, ``spin``, ``publish``);
 * :func:`_products` (the column-block timing loop) and :func:`_scatter` (eq. 21).
 
 :mod:`rnnlab.fast.kernels` is the Python face that calls them.
@@ -112,6 +113,42 @@ def _address() -> Any:
         return sig, codegen
 
     return intrinsic(address_as_pointer)
+
+
+def _atomics() -> tuple[Any, Any]:
+    """``load_acquire(addr)`` and ``store_release(addr, value)`` on an int64 at an address:
+    LLVM atomic operations with acquire and release ordering, for the counters through which
+    the threads of :mod:`rnnlab.fast.pool` hand jobs and results to each other.
+
+    A release store makes every write the thread did before it visible to a thread whose
+    acquire load reads the stored value, on any architecture (x86-64 and AArch64 alike: LLVM
+    emits a plain ``mov`` on x86-64, ``stlr``/``ldar`` on AArch64), and the compiler may not
+    move memory operations across them.
+    """
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    i64 = ir.IntType(64)
+
+    def load_acquire(typingctx: Any, addr: Any) -> Any:
+        sig = types.int64(types.int64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            ptr = builder.inttoptr(args[0], i64.as_pointer())
+            return builder.load_atomic(ptr, "acquire", 8)
+        return sig, codegen
+
+    def store_release(typingctx: Any, addr: Any, value: Any) -> Any:
+        sig = types.void(types.int64, types.int64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            ptr = builder.inttoptr(args[0], i64.as_pointer())
+            builder.store_atomic(args[1], ptr, "release", 8)
+            return context.get_dummy_value()
+        return sig, codegen
+
+    return intrinsic(load_acquire), intrinsic(store_release)
 
 
 def _step_product(nb: Any, sgemm: Any) -> Any:
@@ -314,8 +351,18 @@ def _sched_yield() -> Any:
     return sched_yield
 
 
-def _workers(nb: Any, run: Any) -> tuple[Any, Any]:
-    """``serve`` (a worker's loop over posted jobs) and ``spin`` (a wait on a counter)."""
+def _workers(nb: Any, run: Any, load_acquire: Any, store_release: Any
+             ) -> tuple[Any, Any, Any, Any]:
+    """``serve`` (a worker's loop over posted jobs), ``spin`` (a wait on a counter),
+    ``publish`` (a counter's new value, after everything written before it) and ``post`` (a job
+    and its count, published).
+
+    The hand-off: a poster writes the job (``jobs[i]``), then publishes ``posted[i]`` with a
+    release store; the worker reads ``posted[i]`` with an acquire load before it reads the job,
+    runs it, and publishes ``finished[i]`` with a release store; the poster's acquire load of
+    ``finished[i]`` (:func:`spin`) then sees every result the job wrote.  These orderings hold on
+    any architecture, not only where the hardware keeps stores in order (x86-64).
+    """
     sched_yield = _sched_yield()
 
     @nb.njit(nogil=True)
@@ -323,15 +370,16 @@ def _workers(nb: Any, run: Any) -> tuple[Any, Any]:
               limit: int) -> tuple[int, bool]:
         # worker i: run its jobs as they are posted; return (jobs taken, True) when the next is
         # a Python piece, (jobs taken, False) after `limit` idle polls
+        at_posted = posted.ctypes.data + 8 * i
+        at_finished = finished.ctypes.data + 8 * i
         idle = 0
         while idle < limit:
-            if posted[i] > taken:
+            if load_acquire(at_posted) > taken:     # acquire: the job written before it
                 if jobs[i, 0] == JOB_PYTHON:
                     return taken, True
                 run(jobs[i])
                 taken += 1
-                sched_yield()                       # an opaque call: the job's stores first
-                finished[i] = taken
+                store_release(at_finished, taken)   # release: the job's results before it
                 idle = 0
             else:
                 idle += 1
@@ -340,15 +388,33 @@ def _workers(nb: Any, run: Any) -> tuple[Any, Any]:
 
     @nb.njit(nogil=True)
     def spin(counters: Any, i: int, target: int, limit: int) -> bool:
-        # wait, without the GIL, until counters[i] >= target; False after `limit` polls.  The
-        # sched_yield call between polls keeps the load inside the loop and lets other threads
-        # of the process run on this core.
+        # wait, without the GIL, until counters[i] >= target (an acquire load: what was written
+        # before the value was published is visible after); False after `limit` polls.  The
+        # sched_yield call between polls lets other threads of the process run on this core.
+        at = counters.ctypes.data + 8 * i
         for _ in range(limit):
-            if counters[i] >= target:
+            if load_acquire(at) >= target:
                 return True
             sched_yield()
-        return counters[i] >= target
-    return serve, spin
+        return load_acquire(at) >= target
+
+    @nb.njit(nogil=True)
+    def publish(counters: Any, i: int, value: int) -> None:
+        # counters[i] = value with a release store: every write this thread made before it
+        # (a job's operands, a Python piece's results) is visible to an acquire load that
+        # reads the value
+        store_release(counters.ctypes.data + 8 * i, value)
+
+    @nb.njit(nogil=True)
+    def post(jobs: Any, posted: Any, i: int, job: Any) -> int:
+        # the poster's half of the hand-off in one call: jobs[i] = job, then posted[i] + 1
+        # published with a release store (only the poster writes posted[i]); returns it
+        for j in range(job.shape[0]):
+            jobs[i, j] = job[j]
+        number = posted[i] + 1
+        store_release(posted.ctypes.data + 8 * i, number)
+        return number
+    return serve, spin, publish, post
 
 
 def _products(nb: Any, step_product: Any) -> Any:
@@ -386,6 +452,7 @@ def build() -> dict[str, Any]:
     forward = _forward_loop(nb, _tanh32(nb), step_product, f32_at)
     backward = _backward_loop(nb, step_product)
     run = _job_runner(nb, forward, backward, sgemm, sgemv, f32_at)
-    serve, spin = _workers(nb, run)
+    serve, spin, publish, post = _workers(nb, run, *_atomics())
     return {"forward": forward, "backward": backward, "spin": spin, "scatter": _scatter(nb),
-            "run": run, "serve": serve, "products": _products(nb, step_product)}
+            "run": run, "serve": serve, "publish": publish, "post": post,
+            "products": _products(nb, step_product)}

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,13 +58,15 @@ from .compiled import (
 )
 
 __all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "column_block",
-           "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "run", "scatter_rows",
-           "serve", "spin", "supports", "vecmat_job", "why_unavailable"]
+           "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "hand_off",
+           "post_job", "publish", "run", "scatter_rows", "serve", "spin", "supports",
+           "vecmat_job", "why_unavailable"]
 
 Array = NDArray[np.floating]
 
 _lock = threading.Lock()
 _built: dict[str, Any] | None = None
+_INT64 = np.dtype(np.int64)
 _why_not: str | None = None
 
 
@@ -92,6 +94,9 @@ def compile() -> None:
     for dt in (np.float32, np.float64):
         scatter_rows(np.zeros(1, np.intp), np.zeros((1, 1), dt), np.zeros((1, 1), dt))
     spin(np.ones(1, np.int64), 0, 1, 1)
+    publish(np.zeros(1, np.int64), 0, 0)
+    post_job(np.zeros((1, JOB_SIZE), np.int64), np.zeros(1, np.int64), 0,
+             np.zeros(JOB_SIZE, np.int64))
     _compiled = True
 
 
@@ -110,9 +115,7 @@ def compile_jobs() -> None:
     run(job)
     serve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, JOB_SIZE), np.int64), 0,
           0, 1)
-    k = _kernels()
-    assert k is not None
-    k["products"](2, 2, 2, 1, a, a, np.empty((2, 2), np.float32))
+    _need()["products"](2, 2, 2, 1, a, a, np.empty((2, 2), np.float32))
     _jobs_compiled = True
 
 
@@ -133,6 +136,26 @@ def _kernels() -> dict[str, Any] | None:
     return _built
 
 
+class KernelUsageError(RuntimeError):
+    """A compiled kernel was called with operands it cannot read safely (an internal error: the
+    fast engine checks :func:`supports` first).  Raised, never asserted: the kernels read raw
+    addresses, so their preconditions hold under ``python -O`` too."""
+
+
+def _fail(what: str) -> NoReturn:
+    """Refuse to hand a kernel operands that break ``what`` (checked, not asserted)."""
+    raise KernelUsageError(f"rnnlab.fast.kernels: {what}")
+
+
+def _need() -> dict[str, Any]:
+    """The built kernels (KernelUsageError when they are not available here)."""
+    k = _kernels()
+    if k is None:
+        raise KernelUsageError(f"rnnlab.fast.kernels: the compiled kernels are not available "
+                               f"({_why_not}); see available()")
+    return k
+
+
 def supports(act_name: str, dtype: np.dtype, masked: bool) -> bool:
     """Whether the kernels cover this loop (else the NumPy loop runs)."""
     return (act_name in KINDS and np.dtype(dtype) == np.float32 and not masked
@@ -143,8 +166,10 @@ def _flat(a: Array) -> tuple[Array, int, int]:
     """A float32 ``(steps, rows, H)`` block with contiguous rows as a flat view from its first
     element, and its step and row strides in elements (element ``(t, i, j)`` is
     ``flat[t * s0 + i * s1 + j]``)."""
-    assert a.dtype == np.float32 and a.strides[2] == 4, (a.dtype, a.strides)
-    assert a.strides[0] % 4 == 0 and a.strides[1] % 4 == 0 and min(a.strides) >= 0
+    if not (a.ndim == 3 and a.dtype == np.float32 and a.strides[2] == 4 and a.strides[0] % 4 == 0
+            and a.strides[1] % 4 == 0 and min(a.strides) >= 0):
+        _fail(f"a (steps, rows, H) float32 block with contiguous rows and non-negative strides; "
+              f"got {a.dtype} {a.shape} strides {a.strides}")
     s0, s1 = a.strides[0] // 4, a.strides[1] // 4
     size = (a.shape[0] - 1) * s0 + (a.shape[1] - 1) * s1 + a.shape[2]
     return np.lib.stride_tricks.as_strided(a, (size,), (4,)), s0, s1
@@ -156,8 +181,11 @@ def forward(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool,
     ``A_t`` (and whose ``h0`` slot is set), as :func:`rnnlab.fast.loops.forward_into`;
     or, with ``W_joint`` (and ``x``), on the state view of a joint buffer (see
     :func:`forward_job`)."""
-    k = _kernels()
-    assert k is not None and W_hh.flags.c_contiguous, "see supports()"
+    k = _need()
+    if not (W_hh.flags.c_contiguous and W_hh.dtype == np.float32
+            and W_hh.shape == (Hbuf.shape[2], Hbuf.shape[2])):
+        _fail(f"W_hh must be a C-contiguous float32 (H, H) matrix; got {W_hh.dtype} "
+              f"{W_hh.shape}")
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
     ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
     hf, h0, h1, W, kx = ops[:5]
@@ -171,15 +199,20 @@ def _forward_operands(Hbuf: Array, W_hh: Array, reverse: bool, W_joint: Array | 
     input block's address, size and strides (zeros without one)."""
     hf, h0, h1 = _flat(Hbuf)
     if W_joint is None:
-        assert x is None
+        if x is not None:
+            _fail("an input block x needs a joint buffer (W_joint)")
         return hf, h0, h1, W_hh, 0, 0, 0, 0, 0
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
     kx = W_joint.shape[0] - H
-    assert not reverse and W_joint.shape[1] == H and kx > 0 and h1 >= H + kx
-    assert W_joint.flags.c_contiguous and W_joint.dtype == np.float32
+    if not (not reverse and W_joint.ndim == 2 and W_joint.shape[1] == H and kx > 0 and h1 >= H + kx
+            and W_joint.flags.c_contiguous and W_joint.dtype == np.float32):
+        _fail(f"a joint buffer needs the forward direction, a C-contiguous float32 W_joint "
+              f"(H + kx, H) and rows of width >= H + kx; got W_joint {W_joint.dtype} "
+              f"{W_joint.shape}, row stride {h1}, reverse={reverse}")
     xa = xsize = x0 = x1 = 0
     if x is not None:
-        assert x.shape == (T, n, kx - 1), (x.shape, Hbuf.shape, kx)
+        if x.shape != (T, n, kx - 1):
+            _fail(f"x must be (T, n, kx - 1) = {(T, n, kx - 1)}; got {x.shape}")
         xf, x0, x1 = _flat(x)
         xa, xsize = xf.ctypes.data, xf.size
     # the flat view reaches the [x_t | 1] part of the rows too
@@ -191,14 +224,27 @@ def backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Array,
              act_name: str, reverse: bool) -> None:
     """The backward loop of :func:`rnnlab.fast.loops.backward_into` without a mask: writes ``dZ``
     ``(T, n, H)`` and turns ``dnext`` ``(n, H)`` from ``dL/dH_T`` into ``dL/dh0``."""
-    k = _kernels()
-    assert k is not None and W_T.flags.c_contiguous and dnext.flags.c_contiguous
+    k = _need()
     T, n, H = dZ.shape
+    _check_backward(Hbuf, dZ, dH, W_T, dnext)
     hf, h0, h1 = _flat(Hbuf)
     gf, g0, g1 = _flat(dZ)
     df, d0, d1 = (np.zeros(1, np.float32), 0, 0) if dH is None else _flat(dH)
     k["backward"](hf, h0, h1, gf, g0, g1, df, d0, d1, dH is not None, T, n, H, W_T,
                   dnext.reshape(-1), KINDS[act_name], reverse, H, dnext.reshape(-1), False)
+
+
+def _check_backward(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array,
+                    dnext: Array) -> None:
+    T, n, H = dZ.shape
+    if not (Hbuf.shape == (T + 1, n, H) and (dH is None or dH.shape == (T, n, H))):
+        _fail(f"Hbuf (T + 1, n, H), dZ and dH (T, n, H) must agree; got {Hbuf.shape}, "
+              f"{dZ.shape}, {None if dH is None else dH.shape}")
+    if not (W_T.flags.c_contiguous and W_T.dtype == np.float32 and W_T.shape == (H, H)):
+        _fail(f"W_hh^T must be a C-contiguous float32 (H, H) matrix; got {W_T.dtype} {W_T.shape}")
+    if not (dnext.flags.c_contiguous and dnext.dtype == np.float32 and dnext.shape == (n, H)):
+        _fail(f"dnext must be a C-contiguous float32 (n, H) array; got {dnext.dtype} "
+              f"{dnext.shape}")
 
 
 def _job(kind: int, flush: bool, *slots: int) -> NDArray[np.int64]:
@@ -221,7 +267,10 @@ def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool, flush: b
     (eq. 39): no projection in the slots.  ``x`` ``(T, n, D)`` float32 with contiguous rows (a
     time-first view of a batch-first input): the job first copies it into the joint rows.
     """
-    assert W_hh.flags.c_contiguous and W_hh.dtype == np.float32, "see supports()"
+    if not (W_hh.flags.c_contiguous and W_hh.dtype == np.float32
+            and W_hh.shape == (Hbuf.shape[2], Hbuf.shape[2])):
+        _fail(f"W_hh must be a C-contiguous float32 (H, H) matrix; got {W_hh.dtype} "
+              f"{W_hh.shape}")
     T, n, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
     ops = _forward_operands(Hbuf, W_hh, reverse, W_joint, x)
     hf, h0, h1, W, kx = ops[:5]
@@ -230,7 +279,8 @@ def forward_job(Hbuf: Array, W_hh: Array, act_name: str, reverse: bool, flush: b
 
 
 def _block(cb: int | None, H: int) -> int:
-    assert cb is None or 1 <= cb <= H, (cb, H)
+    if not (cb is None or 1 <= cb <= H):
+        _fail(f"a column block must lie in [1, {H}]; got {cb}")
     return H if cb is None else cb
 
 
@@ -241,9 +291,10 @@ def backward_job(Hbuf: Array, dZ: Array, dH: Array | None, W_T: Array, dnext: Ar
     ``flush`` and ``cb`` as for :func:`forward_job`); with ``db`` ``(H,)`` (float32,
     contiguous), the column sums of the block's ``dZ`` are added to it (the bias gradient,
     eq. 19, while each row is in the cache)."""
-    assert W_T.flags.c_contiguous and dnext.flags.c_contiguous and W_T.dtype == np.float32
-    assert db is None or (db.shape == (dZ.shape[2],) and db.flags.c_contiguous
-                          and db.dtype == np.float32)
+    _check_backward(Hbuf, dZ, dH, W_T, dnext)
+    if not (db is None or (db.shape == (dZ.shape[2],) and db.flags.c_contiguous
+            and db.dtype == np.float32)):
+        _fail("db must be a contiguous float32 (H,) array")
     T, n, H = dZ.shape
     hf, h0, h1 = _flat(Hbuf)
     gf, g0, g1 = _flat(dZ)
@@ -275,7 +326,8 @@ def gemm_job(a: Array, b: Array, out: Array, flush: bool = False) -> NDArray[np.
     if oa is None or ob is None or oc is None or oc[0] != NO_TRANS:
         return None
     (M, K), N = a.shape, b.shape[1]
-    assert b.shape[0] == K and out.shape == (M, N), (a.shape, b.shape, out.shape)
+    if not (b.shape[0] == K and out.shape == (M, N)):
+        _fail(f"gemm shapes disagree: {a.shape} x {b.shape} -> {out.shape}")
     return _job(JOB_GEMM, flush, oa[0], ob[0], M, N, K, a.ctypes.data, oa[1], b.ctypes.data,
                 ob[1], out.ctypes.data, oc[1])
 
@@ -293,7 +345,8 @@ def vecmat_job(x: Array, a: Array, out: Array,
     if oa is None or oa[0] != NO_TRANS:
         return None
     (K, N) = a.shape
-    assert x.shape == (K,) and out.shape == (N,), (x.shape, a.shape, out.shape)
+    if not (x.shape == (K,) and out.shape == (N,)):
+        _fail(f"gemv shapes disagree: {x.shape} x {a.shape} -> {out.shape}")
     return _job(JOB_GEMV, flush, K, N, a.ctypes.data, oa[1], x.ctypes.data, x.strides[0] // 4,
                 out.ctypes.data, out.strides[0] // 4)
 
@@ -313,8 +366,7 @@ def column_block(n: int, H: int) -> int:
     """
     key = (n, H)
     if key not in _blocks:
-        k = _kernels()
-        assert k is not None, "see available()"
+        k = _need()
         rng = np.random.default_rng(0)
         a = rng.standard_normal((n, H)).astype(np.float32)
         W = rng.standard_normal((H, H)).astype(np.float32)
@@ -338,8 +390,11 @@ def column_block(n: int, H: int) -> int:
 
 def run(job: NDArray[np.int64]) -> None:
     """Run one job in the calling thread, without the GIL."""
-    k = _kernels()
-    assert k is not None and job.shape == (JOB_SIZE,) and job[0] != JOB_PYTHON
+    k = _built if _built is not None else _need()
+    if not (job.dtype == _INT64 and job.shape == (JOB_SIZE,)
+            and JOB_FORWARD <= job.item(0) <= JOB_GEMV):
+        _fail(f"a job is an int64 ({JOB_SIZE},) array of a compiled kind; got {job.dtype} "
+              f"{job.shape} kind {job[0] if job.size else None}")
     k["run"](job)
 
 
@@ -348,24 +403,68 @@ def serve(posted: NDArray[np.int64], finished: NDArray[np.int64], jobs: NDArray[
     """Worker ``i``'s loop, without the GIL: whenever ``posted[i]`` exceeds ``taken``, run the job
     ``jobs[i]`` and set ``finished[i]``; return ``(taken, True)`` when the next is a Python piece
     (kind ``JOB_PYTHON``), ``(taken, False)`` after ``limit`` idle polls (about 0.2 us each)."""
-    k = _kernels()
-    assert k is not None, "see available()"
+    k = _need()
     taken, python = k["serve"](posted, finished, jobs, i, taken, limit)
     return int(taken), bool(python)
+
+
+def publish(counters: NDArray[np.int64], i: int, value: int) -> None:
+    """``counters[i] = value`` as a release store: whatever the calling thread wrote before is
+    visible to a thread whose acquire load (:func:`spin`, :func:`serve`) reads ``value``."""
+    if not (counters.dtype == np.int64 and counters.flags.c_contiguous
+            and 0 <= i < counters.shape[0]):
+        _fail("publish needs a contiguous int64 counter array")
+    _need()["publish"](counters, i, value)
+
+
+class HandOff(NamedTuple):
+    """The compiled hand-off of :class:`rnnlab.fast.pool.Pool`, without the argument checks of
+    :func:`post_job`, :func:`publish`, :func:`serve` and :func:`spin` (the pool passes its own
+    contiguous int64 arrays): ``post(jobs, posted, i, job) -> number``, ``publish(counters, i,
+    value)``, ``serve(...)``, ``spin(...)``; the counters are read with acquire loads and
+    written with release stores (docs/performance.md, "The thread hand-off")."""
+
+    post: Any
+    publish: Any
+    serve: Any
+    spin: Any
+
+
+def hand_off() -> HandOff:
+    """The compiled hand-off functions (:class:`HandOff`); KernelUsageError without the
+    kernels."""
+    k = _need()
+    return HandOff(k["post"], k["publish"], k["serve"], k["spin"])
+
+
+def post_job(jobs: NDArray[np.int64], posted: NDArray[np.int64], i: int,
+             job: NDArray[np.int64]) -> int:
+    """``jobs[i] = job``, then ``posted[i] + 1`` published (a release store: a worker whose
+    acquire load reads it sees the job); returns the new count."""
+    if not (jobs.dtype == posted.dtype == job.dtype == np.int64 and jobs.flags.c_contiguous
+            and posted.flags.c_contiguous and jobs.ndim == 2 and job.shape == (jobs.shape[1],)
+            and 0 <= i < min(jobs.shape[0], posted.shape[0])):
+        _fail("post_job needs the pool's contiguous int64 jobs (n, JOB_SIZE) and posted (n,)")
+    return int(_need()["post"](jobs, posted, i, job))
 
 
 def spin(counters: NDArray[np.int64], i: int, target: int, limit: int) -> bool:
     """Poll, without the GIL, until ``counters[i] >= target`` (True) or ``limit`` polls passed
     (False); :mod:`rnnlab.fast.pool`'s workers wait like this between the pieces of one call."""
-    k = _kernels()
-    assert k is not None, "see available()"
+    k = _need()
     return bool(k["spin"](counters, i, target, limit))
 
 
 def scatter_rows(ids: NDArray[np.intp], rows: Array, out: Array) -> Array:
     """``out[v] = sum of rows[r] with ids[r] == v`` in the order of ``r`` (as ``np.add.at``);
     ``rows`` ``(N, H)`` and ``out`` ``(V, H)`` C-contiguous, ``ids`` validated."""
-    k = _kernels()
-    assert k is not None and rows.flags.c_contiguous and out.flags.c_contiguous
+    k = _need()
+    if not (rows.flags.c_contiguous and out.flags.c_contiguous and rows.ndim == out.ndim == 2
+            and rows.shape[1] == out.shape[1] and ids.shape == (rows.shape[0],)
+            and rows.dtype == out.dtype):
+        _fail(f"scatter_rows needs C-contiguous rows (N, H) and out (V, H) of one dtype and ids "
+              f"(N,); got {rows.shape} {rows.dtype}, {out.shape} {out.dtype}, {ids.shape}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= out.shape[0]):
+        raise KernelUsageError(f"rnnlab.fast.kernels: ids must lie in [0, {out.shape[0]})")
     k["scatter"](ids, rows, out)
     return out

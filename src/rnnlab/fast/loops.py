@@ -120,7 +120,9 @@ def backward_into(
     T, B, H = Hbuf.shape[0] - 1, Hbuf.shape[1], Hbuf.shape[2]
     dtype = Hbuf.dtype
     dZ = out
-    assert dZ.shape == (T, B, H) and dZ.dtype == dtype, (dZ.shape, dZ.dtype)
+    if dZ.shape != (T, B, H) or dZ.dtype != dtype:
+        raise ValueError(f"out must be a {dtype} (T, B, H) = {(T, B, H)} buffer; got {dZ.dtype} "
+                         f"{dZ.shape}")
     # dnext holds the total dL/dH_t of the step being processed, then dL/dH_{t-1}
     dnext = np.zeros((B, H), dtype=dtype) if dh_last is None else dh_last.astype(
         dtype, copy=True

@@ -180,28 +180,38 @@ def _forward_job(W_hh: Array, act: Activation, h0: Array, rev: bool, m_tb: Mask 
 
 
 def loss(spec: RNNSpec, z: Array, y: NDArray[Any], m_tb: Mask | None, bufs: Buffers,
-         run: Runner) -> tuple[float, Array]:
+         run: Runner, weight: Array | None = None) -> tuple[float, Array]:
     """The loss of time-first logits ``z`` (``(T, B, O)`` or ``(B, O)``) and ``dL/dz``, eqs.
     (9)-(15), as :func:`rnnlab.core.network.loss_and_grad` computes them, into ``bufs.dz``;
-    ``y`` the targets, validated (:func:`rnnlab.core.inputs.check_targets`), batch first.
+    ``y`` the targets, validated (:func:`rnnlab.core.inputs.check_targets`), batch first;
+    ``weight`` the validated sample weights, ``(B,)`` or ``(B, T)`` (eq. 15w).
 
     Returns the value and ``dL/dz`` as ``(T * B, O)`` rows (or ``(B, O)``).
     """
     O = spec.output_size
+    w_rows: Array | None = None
     if z.ndim == 3:
         T, B = z.shape[:2]
         y_tb = (np.broadcast_to(y[None], (T,) + y.shape) if spec.setup == "many_to_one"
                 else np.swapaxes(y, 0, 1))                         # (T, B) or (T, B, O)
         rows, dz = z.reshape(T * B, O), bufs.dz.reshape(T * B, O)
         y_rows = y_tb.reshape((T * B,) + y_tb.shape[2:])
+        if weight is not None:                                     # rows are (t, b): time first
+            w_tb = np.broadcast_to(weight[None], (T, B)) if weight.ndim == 1 else weight.T
+            w_rows = np.ascontiguousarray(w_tb).reshape(T * B)
         if m_tb is not None:                                       # padded steps not scored
             sel = m_tb.reshape(-1)
-            res = losses.loss_and_grad(spec.loss, rows[sel], y_rows[sel], spec.reduction)
+            res = losses.loss_and_grad(spec.loss, rows[sel], y_rows[sel], spec.reduction,
+                                       None if w_rows is None else w_rows[sel])
             dz.fill(0.0)
             dz[sel] = res.dz
             return res.value, dz
     else:
-        rows, dz, y_rows = z, bufs.dz, y
+        rows, dz, y_rows, w_rows = z, bufs.dz, y, weight
+    if w_rows is not None:
+        res = losses.loss_and_grad(spec.loss, rows, y_rows, spec.reduction, w_rows)
+        np.copyto(dz, res.dz)
+        return res.value, dz
     if spec.loss == "softmax_ce" and y_rows.ndim == 1:
         denom = losses.denominator(spec.loss, rows, spec.reduction)
         tmp = bufs.loss_tmp.reshape(rows.shape)

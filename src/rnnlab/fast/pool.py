@@ -45,7 +45,8 @@ K_SPLIT = 4                  # a product with K >= this x max(M, N) is cut along
 def spans(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     """``range(n)`` cut into at most ``parts`` contiguous ``(lo, hi)`` pieces of nearly equal
     length, inner boundaries at multiples of ``align``."""
-    assert n >= 0 and parts >= 1 and align >= 1, (n, parts, align)
+    if n < 0 or parts < 1 or align < 1:
+        raise ValueError(f"spans needs n >= 0, parts >= 1, align >= 1; got {n}, {parts}, {align}")
     cuts = [0]
     for i in range(1, parts):
         c = (n * i // parts) // align * align
@@ -102,6 +103,7 @@ class Pool:
         self.finished = np.zeros(n, np.int64)
         self.sleeping = np.zeros(n, np.int64)
         self.jobs = np.zeros((n, kernels.JOB_SIZE), np.int64)
+        self._compiled: kernels.HandOff | None = None
 
     def _queue(self, i: int) -> queue.SimpleQueue[_Piece | None]:
         with self._lock:
@@ -114,22 +116,32 @@ class Pool:
                                  name=f"rnnlab-{len(self._queues)}", daemon=True).start()
             return self._queues[i]
 
+    def _hand_off(self) -> kernels.HandOff:
+        if self._compiled is None:
+            self._compiled = kernels.hand_off()
+        return self._compiled
+
     def post(self, i: int, piece: _Piece) -> int:
         """Give ``piece`` to worker ``i`` (started if needed); returns its number there."""
         self._queue(i).put(piece)          # first: a worker that sees the count finds it
+        number = int(self.posted[i]) + 1
         if _spin_ok():
             self.jobs[i, 0] = kernels.JOB_PYTHON
-        self.posted[i] += 1
-        return int(self.posted[i])
+            self._hand_off().publish(self.posted, i, number)   # release: the kind before it
+        else:
+            self.posted[i] = number
+        return number
 
     def post_job(self, i: int, job: NDArray[np.int64]) -> int:
         """Give a compiled job to worker ``i`` (started if needed); returns its number there."""
         q = self._queue(i)
-        self.jobs[i] = job
-        self.posted[i] += 1                # after the job: x86 keeps stores in order
+        # jobs[i] = job, then the count published with a release store: a worker whose acquire
+        # load sees the new count sees the job too, on any architecture (docs/performance.md,
+        # "The thread hand-off")
+        number = int(self._hand_off().post(self.jobs, self.posted, i, job))
         if self.sleeping[i]:
             q.put(_WAKE)
-        return int(self.posted[i])
+        return number
 
     def wait(self, i: int, number: int, piece: _Piece | None = None) -> None:
         """Return once piece ``number`` of worker ``i`` has finished."""
@@ -168,7 +180,10 @@ class Pool:
                     item.fn(item.lo, item.hi)
             except BaseException as exc:        # handed to the caller
                 item.error = exc
-            self.finished[i] = taken
+            if _spin_ok():                      # release: the piece's results before the count
+                self._hand_off().publish(self.finished, i, taken)
+            else:
+                self.finished[i] = taken
             item.done.set()
 
 
@@ -247,7 +262,10 @@ class Runner:
         a product over many rows (``a`` is ``X^T``: a weight gradient), by its inner dimension
         ``K`` into partial products that are then added (each piece reads contiguous rows of
         both operands and packs half as much)."""
-        assert a.ndim == b.ndim == out.ndim == 2, (a.shape, b.shape, out.shape)
+        if not (a.ndim == b.ndim == out.ndim == 2 and a.shape[1] == b.shape[0]
+                and out.shape == (a.shape[0], b.shape[1])):
+            raise ValueError(f"Runner.matmul needs 2-D operands (M, K) x (K, N) -> (M, N); got "
+                             f"{a.shape} x {b.shape} -> {out.shape}")
         (M, K), N = a.shape, b.shape[1]
         if self.jobs and out.dtype == a.dtype == b.dtype == np.float32:
             flop = 2.0 * M * N * K

@@ -80,7 +80,9 @@ class ThreadTuner:
     def __init__(self, budget: int, explore_every: int = 200, keep: int = 5, run: int = 6,
                  split_run: int = 20, timed: int = 3,
                  options: Sequence[ThreadOption] | None = None) -> None:
-        assert 1 <= timed <= min(run, split_run), (timed, run, split_run)
+        if not 1 <= timed <= min(run, split_run):
+            raise ValueError(f"timed must lie in [1, min(run, split_run)]; got timed={timed}, "
+                             f"run={run}, split_run={split_run}")
         self.budget = budget
         opts = list(thread_options(budget, False, 1, 1) if options is None else options)
         self.options = sorted(opts, key=lambda o: o.split == 1)      # splits are tried first

@@ -25,7 +25,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..core import cell
-from ..core.inputs import check_h0, check_targets, target_lead, time_first, time_first_mask
+from ..core.inputs import (
+    check_h0,
+    check_sample_weight,
+    check_targets,
+    target_lead,
+    time_first,
+    time_first_mask,
+)
 from ..core.network import Cache, input_grad_layout
 from ..core.params import Params, check_params
 from ..core.spec import RNNSpec
@@ -75,10 +82,12 @@ class Workspace:
       result).
 
     Inputs, targets, masks and parameters are validated on every call, as the public functions
-    do.  The returned gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and
-    :attr:`input_grad` are views of the workspace's buffers: valid until the next call, which
-    overwrites them; copy what must outlive it.  A new batch shape or dtype reallocates the
-    buffers.  A workspace is not thread-safe: use one per thread.
+    do (non-finite ones refused); a batch whose computation overflows returns a non-finite loss
+    and gradients, as every engine does (docs/derivation.md, "Non-finite values").  The returned
+    gradients, :attr:`cache`, :attr:`logits`, :attr:`h0_grad` and :attr:`input_grad` are views
+    of the workspace's buffers: valid until the next call, which overwrites them; copy what must
+    outlive it.  A new batch shape or dtype reallocates the buffers.  A workspace is not
+    thread-safe: use one per thread.
 
     Parameters
     ----------
@@ -225,9 +234,10 @@ class Workspace:
         mask: ArrayLike | None = None,
         lengths: ArrayLike | None = None,
         steps: int | None = None,
+        sample_weight: ArrayLike | None = None,
     ) -> tuple[float, Params]:
         """``(loss, gradients)`` of one batch, arguments as for
-        :func:`rnnlab.core.network.value_and_grad`.
+        :func:`rnnlab.core.network.value_and_grad` (``sample_weight``: eq. 15w).
 
         The gradients are a dict in the parameters' key order whose arrays belong to the
         workspace (overwritten by the next call).
@@ -237,6 +247,7 @@ class Workspace:
         x_tb, B, T = time_first(X, spec, dtype, steps)      # validated, (T, B, D) or ids (T, B)
         m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
         y = check_targets(Y, spec, target_lead(spec, B, T), dtype)
+        w = check_sample_weight(sample_weight, spec, B, T, dtype)
         h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)
         bufs = self._buffers(B, T, dtype)
         if h0_all is None:
@@ -254,7 +265,7 @@ class Workspace:
         t0 = time.perf_counter()
         with rest:
             cache = network.forward(params, x_tb, m_tb, h0_all, spec, bufs, run)
-            value, dz = network.loss(spec, bufs.logits, y, m_tb, bufs, run)
+            value, dz = network.loss(spec, bufs.logits, y, m_tb, bufs, run, w)
             grads, d_inp, dh0 = network.backward(params, dz, cache, bufs,
                                                  self.want_input_grad, run)
         if tuner is not None and option is not None:

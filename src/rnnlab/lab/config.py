@@ -46,7 +46,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.params import INITS
+from ..core.params import DEFAULT_INIT, INITS
 from ..core.spec import RNNSpec, unknown_fields
 from ..data import registry
 from ..train.config import TrainConfig
@@ -55,6 +55,7 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "check_name",
     "dumps_toml",
     "flat_keys",
     "load_config",
@@ -71,7 +72,8 @@ ALIASES: dict[str, str] = {
     "T": "data.steps", "steps": "data.steps", "seed": "train.seed", "dataset": "data.dataset",
     "hidden": "model.hidden_size", "layers": "model.num_layers",
 }
-_DICT_FIELDS: tuple[str, ...] = ("data.options", "train.optimizer_kwargs", "train.schedule_kwargs")
+_DICT_FIELDS: tuple[str, ...] = ("data.options", "train.optimizer_kwargs", "train.schedule_kwargs",
+                                "train.algorithm_kwargs")
 
 
 def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
@@ -101,8 +103,8 @@ class ModelConfig:
     ----------
     hidden_size, num_layers, nonlinearity, bidirectional
         As in :class:`rnnlab.RNNSpec`.
-    init : {"pytorch", "keras", "small", "irnn"}
-        :func:`rnnlab.init_params` scheme.
+    init : {"keras", "pytorch", "small", "irnn", "identity"}
+        :func:`rnnlab.init_params` scheme (default ``"keras"``, docs/results.md "Defaults").
     dtype : {"float32", "float64"}
     setup, loss : str, optional
         Override what :func:`rnnlab.train.spec_for_dataset` derives from the dataset's task.
@@ -114,7 +116,7 @@ class ModelConfig:
     num_layers: int = 1
     nonlinearity: str = "tanh"
     bidirectional: bool = False
-    init: str = "pytorch"
+    init: str = DEFAULT_INIT
     dtype: str = "float32"
     setup: str | None = None
     loss: str | None = None
@@ -197,6 +199,16 @@ class DataConfig:
                              data_dir=self.data_dir, **self.options)
 
 
+def check_name(name: object, what: str = "name") -> str:
+    """``name`` if it is a run (or sweep) directory name: one path component of letters, digits
+    and ``._=+,-``, not ``.`` or ``..``; else ValueError naming ``what``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._=+,-]+", name) \
+            or name in (".", ".."):
+        raise ValueError(f"{what} must be a non-empty directory name of letters, digits and "
+                         f"._=+,- ; got {name!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One run: a name, the model, the data and the training (module docstring).
@@ -223,10 +235,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9._=+,-]+", self.name) \
-                or self.name in (".", ".."):
-            raise ValueError(f"name must be a non-empty directory name of letters, digits and "
-                             f"._=+,- ; got {self.name!r}")
+        check_name(self.name)
         if self.label is not None and not isinstance(self.label, str):
             raise TypeError(f"label must be a string; got {self.label!r}")
         if not isinstance(self.diagnostics, bool):
@@ -482,5 +491,6 @@ def field_types() -> dict[str, str]:
     for part, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
         for f in fields(cls):
             out[f"{part}.{f.name}"] = _type_name(f.type)
-            assert f.default is not MISSING or f.default_factory is not MISSING
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise TypeError(f"config field {part}.{f.name} has no default")
     return out

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import socket
 import sys
 import time
@@ -39,11 +38,14 @@ from ..core.spec import RNNSpec
 from ..learning.diagnostics import per_step_gradients
 from ..train import DivergenceError, History, spec_for_dataset
 from ..train import fit as train_fit
+from ..train.files import LOCK_NAME, DirectoryLock, remove_stale_temps
+from ..train.loop import check_fit, check_resume
 from ..train.metrics import evaluate, metric_names
 from ..version import __version__
-from .config import ExperimentConfig, dumps_toml, load_config
+from .config import ExperimentConfig, load_config, save_config
 
-__all__ = ["METHODS", "run", "run_cell", "timesteps", "timesteps_cells", "versions"]
+__all__ = ["METHODS", "RUN_FILES", "cell_dir", "cell_function", "check_cells", "run",
+           "run_cell", "run_dir_of", "timesteps", "timesteps_cells", "versions"]
 
 DIAGNOSTIC_SEQUENCES = 128
 
@@ -78,19 +80,101 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+RUN_FILES: tuple[str, ...] = ("config.toml", "metrics.jsonl", "summary.json", "diagnostics.npz",
+                              ".config.toml.tmp", ".metrics.jsonl.tmp", ".summary.json.tmp",
+                              ".diagnostics.npz.tmp")
+"""What :func:`run` writes in a run directory besides ``checkpoints/`` (``--overwrite`` deletes
+these and the checkpoints, nothing else)."""
+CHECKPOINT_FILES: tuple[str, ...] = ("last.npz", "best.npz")
+
+
+def _leftovers_only(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds nothing but what a start that failed or was killed before
+    writing anything leaves: an empty ``checkpoints/`` and a lock file."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.name == "checkpoints" and p.is_dir() and all(
+                q.name == LOCK_NAME for q in p.iterdir()):
+            continue
+        return False
+    return True
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a run directory this run may not write (before anything is written)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run directory {str(run_dir)!r} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if overwrite:
-            if not (run_dir / "config.toml").exists():
-                raise ValueError(f"refusing to overwrite {str(run_dir)!r}: it is not empty and "
-                                 "holds no config.toml (not a run directory)")
-            shutil.rmtree(run_dir)
-        elif not resume:
-            raise FileExistsError(f"run directory {str(run_dir)!r} already exists; pass --resume "
-                                  "to continue it or --overwrite to start again")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if not run_dir.is_dir() or _leftovers_only(run_dir):
+        return
+    if not (run_dir / "config.toml").exists():
+        what = "overwrite" if overwrite else "write into"
+        error = ValueError if overwrite or resume else FileExistsError
+        raise error(
+            f"refusing to {what} {str(run_dir)!r}: it is not empty and holds no config.toml "
+            "(not a run directory); choose another name or runs directory")
+    if not (overwrite or resume):
+        raise FileExistsError(f"run directory {str(run_dir)!r} already exists; pass --resume "
+                              "to continue it or --overwrite to start again")
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    """``--overwrite``: delete what runs write in ``run_dir`` (:data:`RUN_FILES`, the
+    checkpoints and their temporary files) and nothing else."""
+    ck = run_dir / "checkpoints"
+    lock = DirectoryLock(ck, "checkpoint directory") if ck.is_dir() else None
+    if lock is not None:
+        lock.acquire()                                     # no fit is writing there
+    try:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for name in CHECKPOINT_FILES:
+            (ck / name).unlink(missing_ok=True)
+        remove_stale_temps(ck)
+    finally:
+        if lock is not None:
+            lock.release()
+    if ck.is_dir() and not any(ck.iterdir()):
+        ck.rmdir()
+
+
+def _lost_checkpoint(run_dir: Path) -> str | None:
+    """Why resuming ``run_dir`` from scratch would lose training (its last checkpoint is gone),
+    or None (there is a checkpoint, or there never was one to lose)."""
+    ck = run_dir / "checkpoints"
+    if (ck / "last.npz").exists() or not (run_dir / "config.toml").exists():
+        return None
+    if not ck.is_dir():
+        return "its checkpoints/ directory is gone"
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            epochs = json.loads(summary.read_text(encoding="utf-8")).get("epochs")
+        except (OSError, ValueError, AttributeError):
+            epochs = None
+        if isinstance(epochs, int) and epochs > 0:
+            return f"its summary.json reports {epochs} epoch(s) trained"
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        every = load_config(run_dir / "config.toml").train.checkpoint_every
+    except (OSError, ValueError, TypeError):
+        return None
+    if len(lines) >= every:
+        return (f"its metrics.jsonl logs {len(lines)} epoch(s), and a checkpoint is written "
+                f"every {every}")
+    return None
+
+
+def _same_run(previous: Mapping[str, Any], cfg: ExperimentConfig) -> bool:
+    """Whether the summary ``previous`` is of a run of ``cfg`` (what the trainer's progress bar
+    and the run directory's own paths do not change)."""
+    def key(d: Any) -> Any:
+        d = json.loads(json.dumps(_json_safe(d)))
+        if isinstance(d, dict) and isinstance(d.get("train"), dict):
+            for k in ("progress", "checkpoint_dir", "log_path"):
+                d["train"].pop(k, None)
+        return d
+    return key(previous.get("config")) == key(cfg.to_dict())
 
 
 def _diagnostic_batch(ds: Any) -> tuple[Any, Any, Any]:
@@ -143,17 +227,28 @@ def run(
 ) -> dict[str, Any]:
     """Train ``cfg`` and fill ``run_dir`` (module docstring); return the summary.
 
+    One process at a time: the run directory is locked for the whole call
+    (:class:`rnnlab.train.files.DirectoryLock`; a second process gets ``LockedError`` naming
+    the holder).  Nothing is written before the config, the data and the resume checkpoint have
+    been checked, and a start that fails before training leaves nothing behind, so the corrected
+    command can simply be run again.
+
     Parameters
     ----------
     cfg : ExperimentConfig
     run_dir : path
-        The run directory; created if needed.
+        The run directory; created if needed.  An existing directory that is not a run
+        directory (not empty, no ``config.toml``) is never written into.
     resume : bool
-        Continue an existing run directory from ``checkpoints/last.npz`` (a finished run with the
-        same config returns its summary without training).  Without it an existing, non-empty
-        directory is an error.
+        Continue an existing run directory from ``checkpoints/last.npz``: a finished run whose
+        summary has this very config returns that summary without training; more epochs train
+        on; a config whose trajectory-defining settings differ from the checkpoint's is refused
+        (ValueError listing them) and changes nothing.  A run whose checkpoint is missing but
+        which had one (its summary or log shows trained epochs) is refused rather than trained
+        from scratch.  Without it an existing run directory is an error.
     overwrite : bool
-        Delete an existing run directory first.
+        Start again: delete what an earlier run wrote in the directory (``config.toml``,
+        ``metrics.jsonl``, ``summary.json``, ``diagnostics.npz``, the checkpoints), nothing else.
     progress : {"auto", "on", "off"}
         The trainer's progress bar (on ``stream``, default stderr).
 
@@ -165,37 +260,85 @@ def run(
     """
     t_start = time.perf_counter()
     rdir = Path(run_dir)
-    _prepare_run_dir(rdir, resume, overwrite)
+    _check_run_dir(rdir, resume, overwrite)          # refuse before creating anything
+    made = [p for p in (*reversed(rdir.parents), rdir) if not p.exists()]
+    rdir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = DirectoryLock(rdir, "run directory").acquire()
+    except BaseException:
+        _remove_empty(made)
+        raise
+    try:
+        return _run_locked(cfg, rdir, made, resume, overwrite, progress, stream, t_start)
+    finally:
+        lock.release()
+        _remove_empty(made)
+
+
+def _remove_empty(dirs: Sequence[Path]) -> None:
+    """Remove the directories of ``dirs`` (made by this call) that are empty, deepest first."""
+    for d in reversed(dirs):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _run_locked(cfg: ExperimentConfig, rdir: Path, made: Sequence[Path], resume: bool,
+                overwrite: bool, progress: str, stream: IO[str] | None,
+                t_start: float) -> dict[str, Any]:
+    _check_run_dir(rdir, resume, overwrite)          # again, now that nobody else writes here
+    fresh = overwrite or not (rdir / "config.toml").exists()
     tc = cfg.train.replace(checkpoint_dir=str(rdir / "checkpoints"),
                            log_path=str(rdir / "metrics.jsonl"), progress=progress)
     cfg = cfg.replace(train=tc)
     summary_path = rdir / "summary.json"
-    if resume and summary_path.exists() and (rdir / "config.toml").exists():
-        try:
-            previous = json.loads(summary_path.read_text(encoding="utf-8"))
-            saved = load_config(rdir / "config.toml")
-            same = saved == cfg.replace(train=tc.replace(progress=saved.train.progress))
-        except (ValueError, TypeError, OSError):
-            previous, same = None, False
-        if same and previous and previous.get("status") in ("completed", "early_stopped"):
-            return dict(previous)
+    if not fresh:
+        remove_stale_temps(rdir, tuple(n for n in RUN_FILES if n.endswith(".tmp")))
+        lost = _lost_checkpoint(rdir)
+        if lost is not None:
+            raise FileNotFoundError(
+                f"cannot resume run directory {str(rdir)!r}: checkpoints/last.npz is missing, but "
+                f"{lost}; training from scratch would replace that run. Start it again with "
+                "--overwrite (or restore the checkpoint)")
+        if summary_path.exists():
+            try:
+                previous = json.loads(summary_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = None
+            if isinstance(previous, dict) and previous.get("status") in (
+                    "completed", "early_stopped") and _same_run(previous, cfg):
+                return dict(previous)
     ds = cfg.data.load()
     spec = spec_for_dataset(ds, cfg.model.hidden_size, **cfg.model.spec_kwargs())
     seed_seq = np.random.SeedSequence(cfg.train.seed)
     params = init_params(spec, np.random.default_rng(seed_seq.spawn(1)[0]),
                          scheme=cfg.model.init, dtype=cfg.model.dtype)
-    (rdir / "config.toml").write_text(dumps_toml(cfg.to_dict()), encoding="utf-8")
+    check_fit(params, spec, ds, tc)                # every split and setting, before any write
+    ckpt = rdir / "checkpoints" / "last.npz"
+    has_ckpt = not fresh and ckpt.exists()
+    if has_ckpt:   # a refused resume must not touch the run: check it before writing config.toml
+        check_resume(ckpt, params, spec, tc, ds.train.X.shape)
+    if overwrite:
+        _remove_run_files(rdir)
+    wrote_config = not (rdir / "config.toml").exists()
     batch = _diagnostic_batch(ds)
-    grad_init = _gradient_norms(params, spec, batch) if cfg.diagnostics else None
-    has_ckpt = (rdir / "checkpoints" / "last.npz").exists()
-    t_train = time.perf_counter()
-    status, message = "completed", ""
     try:
-        history = train_fit(params, spec, ds, tc, resume="auto" if resume and has_ckpt else None,
-                            stream=stream)
-        status, message = history.status, history.message
-    except DivergenceError as exc:
-        history, status, message = exc.history, "diverged", str(exc)
+        grad_init = _gradient_norms(params, spec, batch) if cfg.diagnostics else None
+        save_config(cfg, rdir / "config.toml")
+        summary_path.unlink(missing_ok=True)       # it would describe the run before this one
+        t_train = time.perf_counter()
+        status, message = "completed", ""
+        try:
+            history = train_fit(params, spec, ds, tc, resume="auto" if has_ckpt else None,
+                                stream=stream)
+            status, message = history.status, history.message
+        except DivergenceError as exc:
+            history, status, message = exc.history, "diverged", str(exc)
+    except BaseException:
+        if fresh and not ckpt.exists():            # a failed start: leave nothing behind
+            _undo_start(rdir, wrote_config)
+        raise
     train_time = time.perf_counter() - t_train
     test = dict(history.test or {})
     if status in ("completed", "early_stopped") and "accuracy" in metric_names(spec) \
@@ -208,13 +351,28 @@ def run(
     if cfg.diagnostics and grad_init is not None and np.isfinite(
             np.concatenate([p.ravel() for p in params.values()])).all():
         keys = [k for layer in range(spec.num_layers) for k in spec.layer_keys(layer)]
-        np.savez(rdir / "diagnostics.npz", keys=np.array(keys),
-                 grad_norm_init=grad_init, grad_norm_final=_gradient_norms(params, spec, batch),
-                 **_hidden_sample(params, spec, batch))
+        tmp = rdir / ".diagnostics.npz.tmp"            # atomic: a kill leaves the old file
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.array(keys), grad_norm_init=grad_init,
+                     grad_norm_final=_gradient_norms(params, spec, batch),
+                     **_hidden_sample(params, spec, batch))
+        os.replace(tmp, rdir / "diagnostics.npz")
     summary = _summary(cfg, ds, spec, params, history, status, message, test,
                        time.perf_counter() - t_start, train_time)
     _write_json(summary_path, summary)
     return summary
+
+
+def _undo_start(rdir: Path, wrote_config: bool) -> None:
+    """Delete what a fresh start wrote before it failed (no checkpoint was written)."""
+    names = [n for n in RUN_FILES if n != "config.toml" or wrote_config]
+    for name in names:
+        (rdir / name).unlink(missing_ok=True)
+    ck = rdir / "checkpoints"
+    if ck.is_dir():
+        remove_stale_temps(ck)
+        if not any(ck.iterdir()):
+            ck.rmdir()
 
 
 def _summary(cfg: ExperimentConfig, ds: Any, spec: RNNSpec, params: Any, h: History,
@@ -242,6 +400,8 @@ def _summary(cfg: ExperimentConfig, ds: Any, spec: RNNSpec, params: Any, h: Hist
         "health": list(h.health),
         "final": h.epochs[-1] if h.epochs else None,
         "test": dict(test),
+        "startup_s": h.startup_s,
+        "fast_path": "on" if h.fast_path is None else f"off: {h.fast_path}",
         "wall_time_s": wall,
         "train_time_s": train_time,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -274,6 +434,82 @@ def cell_function(base: ExperimentConfig, out_dir: str | os.PathLike[str]
     return partial(run_cell, base=base.to_dict(), out_dir=os.fspath(out_dir))
 
 
+def run_dir_of(out_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
+    """A finished sweep record's run directory (the name its summary gives, which stays right
+    when the naming of cells changes)."""
+    from .sweep import cell_name
+
+    summary = record.get("summary")
+    name = summary.get("name") if isinstance(summary, Mapping) else None
+    return Path(out_dir) / "runs" / (str(name) if name else cell_name(record["cell"]))
+
+
+def cell_dir(cell: Mapping[str, Any]) -> str:
+    """Where :func:`run_cell` writes a cell, relative to the sweep directory:
+    ``runs/<cell name>`` (``outputs=`` of :func:`rnnlab.sweep.run_sweep`)."""
+    from .sweep import cell_name
+
+    return f"runs/{cell_name(cell)}"
+
+
+def check_cells(base: ExperimentConfig, cells: Sequence[Mapping[str, Any]], *,
+                remote: bool = False, echo: Callable[[str], None] | None = None) -> None:
+    """Check every cell of a sweep as its run would check it, before the first one runs.
+
+    Each cell's config is built, its dataset loaded (once per distinct ``[data]`` table), its
+    network made and :func:`rnnlab.train.check_fit` run on them: a ``T`` that does not divide
+    the images, a label out of range, a monitor without a validation split, a forward-only
+    algorithm on a bidirectional network... fail here, naming the cell, instead of after the
+    cells before it have trained.  Nothing is written.
+
+    With ``remote=True`` (the cells run on a cluster whose workers may hold data this machine
+    lacks) a dataset that cannot be found or fetched here is skipped with a note to ``echo``;
+    anything else still fails.
+    """
+    from ..data.download import DownloadError
+    from .sweep import canonical_json
+
+    built = []
+    for c in cells:
+        try:
+            built.append((c, base.with_overrides(c)))
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"sweep cell {canonical_json(c)}: {exc}") from None
+    groups: dict[str, list[tuple[Mapping[str, Any], ExperimentConfig]]] = {}
+    for c, cfg in built:
+        groups.setdefault(json.dumps(_json_safe(cfg.to_dict()["data"]), sort_keys=True),
+                          []).append((c, cfg))
+    for members in groups.values():
+        first = members[0][0]
+        try:
+            ds = members[0][1].data.load()
+        except (FileNotFoundError, DownloadError, ImportError) as exc:
+            if not remote:
+                raise type(exc)(f"sweep cell {canonical_json(first)}: {exc}") from None
+            if echo is not None:
+                echo(f"note: {len(members)} cell(s) not checked here, their data is not on this "
+                     f"machine ({type(exc).__name__}); the workers load it")
+            continue
+        except (ValueError, TypeError, OSError) as exc:
+            raise type(exc)(f"sweep cell {canonical_json(first)}: {exc}") from None
+        seen: set[str] = set()
+        for c, cfg in members:
+            try:
+                spec = spec_for_dataset(ds, cfg.model.hidden_size, **cfg.model.spec_kwargs())
+                train = {k: v for k, v in cfg.train.to_dict().items() if k != "seed"}
+                key = json.dumps([spec.to_dict(), cfg.model.dtype, cfg.model.init, train],
+                                 sort_keys=True, default=str)
+                if key in seen:
+                    continue
+                seen.add(key)
+                params = init_params(spec, np.random.default_rng(0), scheme=cfg.model.init,
+                                     dtype=cfg.model.dtype)
+                check_fit(params, spec, ds, cfg.train.replace(checkpoint_dir=None,
+                                                              log_path=None))
+            except (ValueError, TypeError, OSError) as exc:
+                raise type(exc)(f"sweep cell {canonical_json(c)}: {exc}") from None
+
+
 # ----------------------------------------------------------------------------- seed 000
 
 
@@ -285,13 +521,17 @@ class Method:
     overrides: Mapping[str, Any]
 
 
+# Each method's recipe, measured by the sweeps of docs/results.md ("Recipes"): configs/recipes/
 METHODS: dict[str, Method] = {
     "tanh": Method("tanh, label at the last step", {
-        "model.nonlinearity": "tanh", "model.init": "pytorch", "model.label_steps": "last"}),
+        "model.nonlinearity": "tanh", "model.init": "keras", "model.label_steps": "last",
+        "train.lr": 3e-3}),
     "irnn": Method("IRNN (ReLU, W_hh = I)", {
-        "model.nonlinearity": "relu", "model.init": "irnn", "model.label_steps": "last"}),
+        "model.nonlinearity": "relu", "model.init": "identity", "model.label_steps": "last",
+        "train.lr": 1e-3}),
     "every-step": Method("tanh, label at every step", {
-        "model.nonlinearity": "tanh", "model.init": "pytorch", "model.label_steps": "all"}),
+        "model.nonlinearity": "tanh", "model.init": "keras", "model.label_steps": "all",
+        "train.lr": 3e-3}),
 }
 DIGITS_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 IMAGE_STEPS: tuple[int, ...] = (1, 4, 7, 14, 28, 56, 112)
@@ -405,9 +645,11 @@ def timesteps(
          f"lr={base.train.lr}, clip {base.train.clip_norm}) on "
          f"{cluster or f'{jobs} local process(es)'} -> {out_dir}")
     t0 = time.perf_counter()
+    check_cells(base, cells, remote=cluster is not None, echo=echo)
     report = sweep.run_sweep(cell_function(base, out_dir), cells, out_dir, jobs=jobs,
                              cluster=cluster, overwrite=overwrite, echo=echo,
-                             meta={"base": base.to_dict(), "experiment": "timesteps"})
+                             meta={"base": base.to_dict(), "experiment": "timesteps"},
+                             outputs=cell_dir)
     summaries = [r["summary"] for r in report.records if r["status"] == "done"]
     if report.failed:
         echo(f"{len(report.failed)} run(s) failed: " + "; ".join(
@@ -419,8 +661,7 @@ def timesteps(
     chance = summaries[0].get("baselines", {}).get("accuracy_chance")
     if chance is not None:
         echo(f"chance: {chance:.3f}")
-    run_dirs = [out_dir / "runs" / sweep.cell_name(r["cell"]) for r in report.records
-                if r["status"] == "done"]
+    run_dirs = [run_dir_of(out_dir, r) for r in report.records if r["status"] == "done"]
     figs = plots.accuracy_vs_steps(run_dirs, out_dir / "accuracy_vs_T")
     gl = METHODS[methods[0]].label
     figs += plots.gradient_norms([d for d in run_dirs if (d / "diagnostics.npz").exists()],

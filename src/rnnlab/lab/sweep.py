@@ -44,19 +44,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..train.files import DirectoryLock
+
 __all__ = [
+    "OUTPUTS",
     "ResultsFile",
     "SweepReport",
     "canonical_json",
     "cell_hash",
     "cell_name",
     "expand",
+    "format_duration",
     "grid",
+    "results_table",
     "run_sweep",
+    "shown_keys",
 ]
 
 RESULTS = "results.jsonl"
 META = "sweep.json"
+OUTPUTS = "outputs.jsonl"
+"""The sweep's record of the paths (relative to its directory) it has handed to cells, each
+created by the sweep: ``overwrite`` deletes exactly these, ``results.jsonl`` and ``sweep.json``."""
 CellFn = Callable[[Mapping[str, Any]], Any]
 
 
@@ -79,21 +88,52 @@ def cell_hash(cell: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(cell).encode()).hexdigest()[:16]
 
 
+# short names of config keys, for run-folder names, tables and figure legends
+SHORT_KEYS: dict[str, str] = {"data.steps": "T", "train.seed": "seed", "model.hidden_size": "H",
+          "model.num_layers": "L", "train.lr": "lr", "train.batch_size": "B",
+          "train.epochs": "ep", "data.seed": "dseed", "train.k1": "k1", "train.k2": "k2",
+          "train.clip_norm": "clip"}
+
+
+def _slug(text: str, limit: int, lower: bool = True) -> str:
+    """Letters (lower-case unless ``lower=False``), digits, ``.`` and ``-``; cut at a ``-`` to
+    at most ``limit``."""
+    s = re.sub(r"[^A-Za-z0-9.]+", "-", text.lower() if lower else text).strip("-.")
+    if len(s) > limit:
+        cut = s[:limit + 1].rsplit("-", 1)[0] if "-" in s[:limit + 1] else s[:limit]
+        s = cut.strip("-.")
+    return s
+
+
 def cell_name(cell: Mapping[str, Any]) -> str:
-    """A readable directory name: the cell's ``name`` if it has one, else its values
-    (``steps=8_seed=1``), then ``-<hash8>``; at most ~80 characters."""
+    """A short, safe and unique directory name: a readable part, then ``-<hash8>``.
+
+    The readable part is the cell's ``name`` if it has one, else its label (a slug of at most 24
+    characters, lower case) and its other values with short keys (``T8``, ``seed1``, ``H32``,
+    ``lr0.01``; string values as they are when there is no label), in letters, digits, ``.`` and
+    ``-``, at most 48 characters: ``tanh-label-at-the-last-T64-seed0-1a2b3c4d``.  The hash of
+    the whole cell keeps names unique.
+    """
+    h = cell_hash(cell)[:8]
     if isinstance(cell.get("name"), str):
-        text = re.sub(r"[^A-Za-z0-9._=+,-]+", "-", cell["name"]).strip("-_.")[:70]
-        return f"{text}-{cell_hash(cell)[:8]}" if text else cell_hash(cell)
-    parts = []
+        text = _slug(cell["name"], 48, lower=False)
+        return f"{text}-{h}" if text else cell_hash(cell)
+    parts: list[str] = []
+    label = cell.get("label")
+    if isinstance(label, str) and _slug(label, 24):
+        parts.append(_slug(label, 24))
     for k, v in cell.items():
-        short = k.rsplit(".", 1)[-1]
-        if short == "label":
-            parts.append(str(v))
-        elif not isinstance(v, Mapping | list):
-            parts.append(f"{short}={v}")
-    text = re.sub(r"[^A-Za-z0-9._=+,-]+", "-", "_".join(parts)).strip("-_.")[:70]
-    return f"{text}-{cell_hash(cell)[:8]}" if text else cell_hash(cell)
+        if k in ("label", "name") or isinstance(v, Mapping | list) or v is None:
+            continue
+        short = SHORT_KEYS.get(k, k.rsplit(".", 1)[-1].replace("_", ""))
+        if isinstance(v, bool):
+            parts.append(short if v else f"no{short}")
+        elif isinstance(v, int | float):
+            parts.append(f"{short}{v:g}" if isinstance(v, float) else f"{short}{v}")
+        elif isinstance(v, str) and not isinstance(label, str):
+            parts.append(_slug(v, 16))
+    text = _slug("-".join(p for p in parts if p), 48, lower=False)
+    return f"{text}-{h}" if text else cell_hash(cell)
 
 
 def grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -151,7 +191,7 @@ class ResultsFile:
         """hash -> the record of every cell finished with status ``done``."""
         return {r["hash"]: r for r in self.read() if r.get("status") == "done"}
 
-    def append(self, record: Mapping[str, Any]) -> None:
+    def append(self, record: Any) -> None:
         """One line, one ``write`` on an ``O_APPEND`` descriptor, then ``fsync``."""
         data = (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,14 +265,17 @@ def _error(exc: BaseException) -> str:
 
 
 class _Driver:
-    """Turns worker outcomes into results lines and progress messages."""
+    """Turns worker outcomes into results lines and progress messages (with an ETA)."""
 
     def __init__(self, results: ResultsFile, cells: Sequence[Mapping[str, Any]],
                  done_before: int, echo: Callable[[str], None] | None) -> None:
         self.results, self.total, self.count = results, len(cells), done_before
         self.echo = echo
-        self.shown = _shown_keys(cells)
+        self.shown = shown_keys(cells)
         self.records: dict[str, dict[str, Any]] = {}
+        self.t0 = time.perf_counter()
+        self.todo = self.total - done_before      # cells this session runs
+        self.finished = 0                         # of them, ended (done or not)
 
     def finish(self, h: str, cell: Mapping[str, Any], outcome: Mapping[str, Any] | None,
                error: str | None, attempts: int) -> None:
@@ -253,13 +296,19 @@ class _Driver:
         self.records[h] = rec
         if rec["status"] == "done":
             self.count += 1
+        self.finished += 1
         if self.echo is not None:
-            self.echo(_progress_line(rec, self.count, self.total, self.shown))
+            line = _progress_line(rec, self.count, self.total, self.shown)
+            left = self.todo - self.finished
+            if left > 0:            # wall time per finished cell (parallel workers included)
+                elapsed = time.perf_counter() - self.t0
+                line += f"  ETA {format_duration(elapsed / self.finished * left)}"
+            self.echo(line)
 
 
-def _shown_keys(cells: Sequence[Mapping[str, Any]]) -> list[str]:
+def shown_keys(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     """The keys worth printing: those that vary, minus those an earlier shown key determines
-    (a method's overrides follow from its label)."""
+    (a method's overrides follow from its label); all keys if none varies."""
     keys = list(dict.fromkeys(k for c in cells for k in c))
 
     def val(c: Mapping[str, Any], k: str) -> str:
@@ -274,6 +323,49 @@ def _shown_keys(cells: Sequence[Mapping[str, Any]]) -> list[str]:
         if not determined:
             shown.append(k)
     return shown or keys
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _test_metrics(summary: Any) -> dict[str, float]:
+    """The test metrics a table shows: the last-step accuracy/loss where recorded, else the
+    first two."""
+    if not isinstance(summary, Mapping) or not isinstance(summary.get("test"), Mapping):
+        return {}
+    test = summary["test"]
+    keys = ([k for k in test if k.endswith("accuracy_last")]
+            or [k for k in ("test_accuracy", "test_mse", "test_perplexity", "test_loss")
+                if k in test][:2] or list(test)[:2])
+    return {k: test[k] for k in keys if isinstance(test[k], int | float)}
+
+
+def results_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """One line per cell: the keys that vary, the status, the test metrics and the time."""
+    if not records:
+        return "(no cells)"
+    shown = shown_keys([r["cell"] for r in records])
+    metrics = list(dict.fromkeys(k for r in records for k in _test_metrics(r.get("summary"))))
+    head = [k.rsplit(".", 1)[-1] for k in shown] + ["status"] + metrics + ["time"]
+    rows = []
+    for r in records:
+        row = [str(r["cell"].get(k, "")) for k in shown] + [str(r.get("status", ""))]
+        tm = _test_metrics(r.get("summary"))
+        row += [f"{tm[m]:.4f}" if m in tm else "-" for m in metrics]
+        row.append(format_duration(r["elapsed_s"]) if "elapsed_s" in r else "-")
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    return "\n".join(lines)
 
 
 def _progress_line(rec: Mapping[str, Any], count: int, total: int, shown: Sequence[str]) -> str:
@@ -371,9 +463,9 @@ def _connect(cluster: str, jobs: int, timeout: float) -> tuple[Any, Any]:
 
 def _run_dask(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driver, jobs: int,
               retries: int, cluster: str, timeout: float) -> None:
+    client, local = _connect(cluster, jobs, timeout)   # first: its ImportError names the extra
     from distributed import as_completed
 
-    client, local = _connect(cluster, jobs, timeout)
     try:
         ac = as_completed()
         pending: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -397,16 +489,86 @@ def _run_dask(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driv
             local.close()
 
 
-def _prepare_out(out: Path, meta: Mapping[str, Any] | None, overwrite: bool) -> None:
+def _read_lines(path: Path) -> list[Any]:
+    """The complete, parseable JSON lines of ``path`` (none if it does not exist)."""
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _inside(out: Path, rel: object) -> Path | None:
+    """``out / rel`` if ``rel`` is a relative path that stays inside ``out``, else None."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        return None
+    p = out / rel
+    try:
+        p.resolve().relative_to(out.resolve())
+    except ValueError:
+        return None
+    return None if p.resolve() == out.resolve() else p
+
+
+def _recorded_outputs(out: Path, outputs: Callable[[Mapping[str, Any]], str] | None
+                      ) -> list[Path]:
+    """Every path the sweep in ``out`` recorded writing: those in ``outputs.jsonl``, or, for a
+    sweep of an earlier version that kept no such record, ``outputs(cell)`` of each cell its
+    results file lists (named by the cell's hash: nobody else's)."""
+    rels: list[object] = list(_read_lines(out / OUTPUTS))
+    if outputs is not None and not (out / OUTPUTS).exists():      # kept no record
+        for rec in ResultsFile(out / RESULTS).read():
+            if isinstance(rec.get("cell"), Mapping):
+                try:
+                    rels.append(outputs(rec["cell"]))
+                except (TypeError, ValueError, KeyError):
+                    continue
+    paths: dict[Path, None] = {}
+    for rel in rels:
+        p = _inside(out, rel)
+        if p is not None:
+            paths[p] = None
+    return list(paths)
+
+
+def _forget(out: Path, outputs: Callable[[Mapping[str, Any]], str] | None,
+            echo: Callable[[str], None] | None) -> None:
+    """``overwrite``: delete what the sweep in ``out`` wrote, nothing else."""
+    import shutil
+
+    removed = 0
+    for p in _recorded_outputs(out, outputs):
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.is_dir():
+            with DirectoryLock(p, "run directory"):       # nobody is running it meanwhile
+                shutil.rmtree(p)
+        else:
+            continue
+        removed += 1
+        parent = p.parent                 # directories left empty by it (runs/), up to out
+        while parent != out and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    for name in (RESULTS, META, OUTPUTS, f".{META}.tmp"):
+        (out / name).unlink(missing_ok=True)
+    if echo is not None and removed:
+        echo(f"--overwrite: removed {removed} output(s) of the earlier sweep in {out}")
+
+
+def _prepare_out(out: Path, meta: Mapping[str, Any] | None, overwrite: bool,
+                 outputs: Callable[[Mapping[str, Any]], str] | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
     meta_path = out / META
     if overwrite:
-        for name in (RESULTS, META):
-            (out / name).unlink(missing_ok=True)
-        if (out / "runs").is_dir():
-            import shutil
-
-            shutil.rmtree(out / "runs")
-    out.mkdir(parents=True, exist_ok=True)
+        _forget(out, outputs, echo)
     if meta is None:
         return
     data = json.loads(json.dumps(meta, sort_keys=True))
@@ -435,8 +597,13 @@ def run_sweep(
     meta: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] | None = None,
     timeout: float = 60.0,
+    outputs: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> SweepReport:
     """Run ``fn(cell)`` for every cell not yet done in ``out/results.jsonl``.
+
+    One sweep at a time writes ``out``: it is locked for the whole call
+    (:class:`rnnlab.train.files.DirectoryLock`); a second sweep into it gets ``LockedError``
+    naming the holder, before anything runs.
 
     Parameters
     ----------
@@ -455,14 +622,21 @@ def run_sweep(
     retries : int
         Extra attempts for a cell whose worker died (Dask: also for exceptions).
     overwrite : bool
-        Delete earlier results (and ``out/runs``) first.
+        Forget the earlier sweep in ``out`` first: delete its ``results.jsonl``, ``sweep.json``
+        and the outputs it recorded handing to its cells (``outputs.jsonl``), nothing else.
     meta : dict, optional
         Settings every cell shares (the base config): stored in ``sweep.json``; resuming with
         different ones is a ValueError.
     echo : callable, optional
-        Receives one progress line per finished cell.
+        Receives one progress line per finished cell, with an estimate of the time left.
     timeout : float
         Seconds to wait when connecting to a Dask cluster.
+    outputs : callable, optional
+        ``outputs(cell) -> str``: the path, relative to ``out``, that ``fn`` writes for a cell
+        (``"runs/<cell name>"`` for :func:`rnnlab.experiments.cell_function`).  Before the
+        cells run, each such path that does not exist yet is recorded in ``outputs.jsonl`` as
+        the sweep's own; ``overwrite`` deletes those.  A path that already exists and is not on
+        record is not the sweep's: it is never deleted.
 
     Returns
     -------
@@ -479,21 +653,28 @@ def run_sweep(
     if not unique:
         raise ValueError("the sweep has no cells")
     out_dir = Path(out)
-    _prepare_out(out_dir, meta, overwrite)
-    results = ResultsFile(out_dir / RESULTS)
-    done = results.done()
-    todo = [(h, c) for h, c in unique.items() if h not in done]
-    drv = _Driver(results, list(unique.values()), len(unique) - len(todo), echo)
-    if echo is not None and len(todo) < len(unique):
-        echo(f"{len(unique) - len(todo)} of {len(unique)} cells already done in "
-             f"{results.path}; running the other {len(todo)}")
-    if todo:
-        if cluster is not None:
-            _run_dask(fn, todo, drv, jobs, retries, cluster, timeout)
-        elif jobs == 1:
-            _run_inline(fn, todo, drv)
-        else:
-            _run_pool(fn, todo, drv, min(jobs, len(todo)), retries)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"sweep directory {str(out_dir)!r} exists and is not a "
+                                 "directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out_dir, "sweep directory"):
+        _prepare_out(out_dir, meta, overwrite, outputs, echo)
+        results = ResultsFile(out_dir / RESULTS)
+        done = results.done()
+        todo = [(h, c) for h, c in unique.items() if h not in done]
+        if outputs is not None:
+            _record_outputs(out_dir, outputs, [c for _, c in todo])
+        drv = _Driver(results, list(unique.values()), len(unique) - len(todo), echo)
+        if echo is not None and len(todo) < len(unique):
+            echo(f"{len(unique) - len(todo)} of {len(unique)} cells already done in "
+                 f"{results.path}; running the other {len(todo)}")
+        if todo:
+            if cluster is not None:
+                _run_dask(fn, todo, drv, jobs, retries, cluster, timeout)
+            elif jobs == 1:
+                _run_inline(fn, todo, drv)
+            else:
+                _run_pool(fn, todo, drv, min(jobs, len(todo)), retries)
     records = []
     for h, c in unique.items():
         if h in done:
@@ -503,6 +684,22 @@ def run_sweep(
                                                "error": "no result"}))
     return SweepReport(records, ran=len(todo), skipped=len(unique) - len(todo),
                        wall_time_s=time.perf_counter() - t0)
+
+
+def _record_outputs(out: Path, outputs: Callable[[Mapping[str, Any]], str],
+                    cells: Sequence[Mapping[str, Any]]) -> None:
+    """Record as the sweep's own each output path of ``cells`` that does not exist yet."""
+    known = {p for p in _read_lines(out / OUTPUTS) if isinstance(p, str)}
+    log = ResultsFile(out / OUTPUTS)
+    (out / OUTPUTS).touch()              # the record exists, empty if nothing is the sweep's
+    for cell in cells:
+        rel = outputs(cell)
+        if _inside(out, rel) is None:
+            raise ValueError(f"the output path {rel!r} of sweep cell {canonical_json(cell)} is "
+                             f"not inside the sweep directory {str(out)!r}")
+        if rel not in known and not (out / rel).exists():
+            log.append(rel)
+            known.add(rel)
 
 
 # ----------------------------------------------------------------------------- sweep files
@@ -545,7 +742,7 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[Any, dict[str, list[Any]],
 
     Returns ``(base config, grid, variants, name)``.
     """
-    from .config import ExperimentConfig, read_mapping
+    from .config import ExperimentConfig, check_name, read_mapping
 
     data = read_mapping(path)
     sw = data.pop("sweep", {})
@@ -566,5 +763,10 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[Any, dict[str, list[Any]],
         base = ExperimentConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
-    name = str(sw.get("name") or Path(path).stem)
-    return base, dict(axes), [dict(v) for v in variants], name
+    name = sw.get("name") or Path(path).stem
+    try:
+        check_name(name, "the sweep's name")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc} (it names the output directory runs/<name>; set "
+                         "[sweep] name or rename the file)") from None
+    return base, dict(axes), [dict(v) for v in variants], str(name)

@@ -1,5 +1,5 @@
 """Gradient diagnostics: finite differences (docs/derivation.md, eq. 22) and per-step gradient
-norms, the data behind the vanishing/exploding-gradient picture (section 15, eqs. 35-37)."""
+norms, the data behind the vanishing/exploding-gradient picture (section 16, eqs. 35-37)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def finite_difference(f: Callable[[], float], x: Array, eps: float = 1e-3) -> Ar
     if x.dtype != np.float64:
         raise TypeError(f"finite differences need float64 arrays; got {x.dtype}")
     grad = np.empty_like(x)
+    if not x.flags.c_contiguous:
+        raise ValueError("finite differences perturb x in place through a flat view; x must be "
+                         "C-contiguous (np.ascontiguousarray), and f must read that array")
     flat, gflat = x.reshape(-1), grad.reshape(-1)
-    assert np.shares_memory(flat, x), "x must be contiguous"
     for i in range(flat.size):
         orig = flat[i]
         vals = []
@@ -58,7 +60,7 @@ def relative_error(a: Array, b: Array, floor: float = 1e-8) -> float:
 
 @dataclass(frozen=True)
 class StepGradients:
-    """Where in time the gradient comes from (docs/derivation.md, section 15, eqs. 35-37).
+    """Where in time the gradient comes from (docs/derivation.md, section 16, eqs. 35-37).
 
     Rows are layers and directions in PyTorch's order (``keys``: ``"l0", "l0r", "l1", ...``);
     columns are steps ``t = 0 .. T-1`` in time order.
@@ -137,7 +139,7 @@ def per_step_gradients(
     lengths: ArrayLike | None = None,
     steps: int | None = None,
 ) -> StepGradients:
-    """Per-step gradient norms of full BPTT, for every layer and direction (section 15).
+    """Per-step gradient norms of full BPTT, for every layer and direction (section 16).
 
     Arguments as for :func:`rnnlab.network.value_and_grad`; any spec (bidirectional, masks,
     every set-up).  Runs :func:`rnnlab.network.forward` and the layer loop of

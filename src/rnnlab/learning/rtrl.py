@@ -258,6 +258,8 @@ def value_and_grad(
     Returns
     -------
     loss : float
+        Non-finite when the computation overflows (nothing raises then; docs/derivation.md,
+        "Non-finite values").
     grads : Gradients
         ``params`` and ``h0`` equal BPTT's (to rounding); ``X`` is None (the gradient with
         respect to the inputs is not a forward-mode quantity).
@@ -325,6 +327,7 @@ def online_update(
     lengths: ArrayLike | None = None,
     steps: int | None = None,
     max_bytes: float | None = DEFAULT_MAX_BYTES,
+    every: int = 1,
 ) -> tuple[float, network.Output]:
     """Online RTRL (seed 004, eq. 32): an optimizer step at every step that scores a target.
 
@@ -333,7 +336,9 @@ def online_update(
     differentiated through the carried sensitivities, and ``opt.update_(params, grads,
     opt_state, lr=lr)`` changes ``params`` in place.  The sensitivities computed under the old
     parameters are carried across the update, the standard online approximation; steps that
-    score nothing (padding, many-to-one before the last step) make no update.
+    score nothing (padding, many-to-one before the last step) make no update.  With
+    ``every = k`` the update comes after every block of ``k`` steps (and after the last step),
+    from the loss of the block's targets (eq. 42).
 
     Parameters
     ----------
@@ -343,15 +348,21 @@ def online_update(
         As for :func:`value_and_grad`.
     opt, opt_state, lr
         From :mod:`rnnlab.optim`: ``opt.init(params)`` and an optional learning-rate override.
+    every : int
+        Steps per update (1: at every scored step).
 
     Returns
     -------
     loss : float
         Eq. (15) over every scored target, each predicted by the parameters current at its step
-        (before that step's update).
+        (before that step's update).  An overflow makes it non-finite and the updates after it
+        non-finite too (they are applied: :func:`rnnlab.fit` snapshots and undoes them).
     out : Output
         Those predictions; ``h_n`` the final states.
     """
+    if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
+        raise ValueError(f"every must be an int >= 1 (time steps between updates); got "
+                         f"{every!r}")
     batch = prepare(params, X, Y, spec, algorithm="RTRL", h0=h0, mask=mask, lengths=lengths,
                     steps=steps)
     _check_memory(spec, batch.B, batch.dtype, False, max_bytes)
@@ -362,27 +373,31 @@ def online_update(
     logits_tb = np.empty((T, B, O), dtype=batch.dtype) if per_step else None
     total = 0.0
     logits = np.empty((B, O), dtype=batch.dtype)
+    grads: Params = {kk: np.zeros_like(p) for kk, p in params.items()}
+    n_block = 0
     for t in range(T):
         walker.step(params, batch.x[t], _pad_rows(batch, t))
-        if not per_step and t < T - 1:
-            continue
-        W_hy = params["W_hy"]
-        top = walker.h[-1]
-        np.matmul(top, W_hy, out=logits)
-        logits += params["b_y"]
-        if logits_tb is not None:
-            logits_tb[t] = logits
-        value, dz, n = _scored(batch, logits, t if per_step else None)
-        if n == 0:
-            continue
-        total += value
-        if spec.reduction == "mean":
-            dz /= n * k                                                      # L_t's own mean
-        grads: Params = {kk: np.zeros_like(p) for kk, p in params.items()}
-        walker.unpack(walker.contract(dz @ W_hy.T).sum(axis=0), grads)
-        grads["W_hy"] = top.T @ dz
-        grads["b_y"] = dz.sum(axis=0)
-        opt.update_(params, grads, opt_state, lr=lr)                         # eq. (32)
+        if per_step or t == T - 1:
+            W_hy = params["W_hy"]
+            top = walker.h[-1]
+            np.matmul(top, W_hy, out=logits)
+            logits += params["b_y"]
+            if logits_tb is not None:
+                logits_tb[t] = logits
+            value, dz, n = _scored(batch, logits, t if per_step else None)
+            if n:
+                total += value
+                n_block += n
+                walker.unpack(walker.contract(dz @ W_hy.T).sum(axis=0), grads)
+                grads["W_hy"] += top.T @ dz
+                grads["b_y"] += dz.sum(axis=0)
+        if n_block and ((t + 1) % every == 0 or t == T - 1):
+            if spec.reduction == "mean":
+                for g in grads.values():
+                    g /= n_block * k                                         # L_t's own mean
+            opt.update_(params, grads, opt_state, lr=lr)                     # eq. (32)
+            grads = {kk: np.zeros_like(p) for kk, p in params.items()}
+            n_block = 0
     out_logits = logits.copy() if logits_tb is None else np.ascontiguousarray(
         logits_tb.transpose(1, 0, 2))
     return total / batch.denom, _output(spec, out_logits, walker.h)

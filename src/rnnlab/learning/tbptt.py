@@ -137,6 +137,8 @@ def value_and_grad(
     -------
     loss : float
         The network's loss (eq. 15): the forward pass is exact, only the gradient is truncated.
+        Non-finite when the computation overflows (nothing raises then; docs/derivation.md,
+        "Non-finite values").
     grads : Gradients
         ``params``: the gradient of the truncated objective (eq. 24); ``X``: its gradient with
         respect to the inputs (None for index inputs); ``h0``: with respect to ``h0`` (zero unless

@@ -9,9 +9,10 @@
 """
 
 from .config import ALGORITHMS, RESUME_KEYS, TrainConfig
+from .files import LockedError
 from .history import DivergenceError, History
-from .loop import fit
+from .loop import check_fit, fit
 from .splits import spec_for_dataset
 
-__all__ = ["ALGORITHMS", "DivergenceError", "History", "RESUME_KEYS", "TrainConfig", "fit",
-           "spec_for_dataset"]
+__all__ = ["ALGORITHMS", "DivergenceError", "History", "LockedError", "RESUME_KEYS",
+           "TrainConfig", "check_fit", "fit", "spec_for_dataset"]

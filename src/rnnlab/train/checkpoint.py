@@ -16,7 +16,8 @@ Writing is atomic: the archive goes to a temporary file in the target's director
 which is flushed, fsync'ed and renamed over the target with ``os.replace``, after
 which the directory is fsync'ed.  A crash at any point leaves either the previous
 file or the new one; at worst a stale ``.<name>.<random>.tmp`` file remains, which
-later saves ignore.
+later saves ignore and :func:`rnnlab.fit` removes when it next takes the directory's
+lock (:func:`rnnlab.train.files.remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -310,19 +311,40 @@ def _read_archive(path: Path) -> dict[str, np.ndarray]:
             data = np.load(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise CheckpointError(
-                f"{path} is not a valid rnnlab checkpoint (not an .npz archive: {exc})"
+                f"{path} is not a valid rnnlab checkpoint (not an .npz archive: "
+                f"{_first_line(exc)})"
             ) from exc
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise CheckpointError(f"{path} is not a valid rnnlab checkpoint "
                                   "(it holds a single .npy array, not an .npz archive)")
         with data:
-            try:
-                return {name: data[name] for name in data.files}
-            except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile,
-                    zlib.error) as exc:
-                raise CheckpointError(
-                    f"{path} is corrupt or truncated (cannot read an array: {exc})"
-                ) from exc
+            out: dict[str, np.ndarray] = {}
+            for name in data.files:
+                try:
+                    # NpzFile returns a member that is not .npy data (say, a raw pickle) as
+                    # its bytes, unread: refuse it here, before anything looks at it
+                    value = data[name]
+                except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile,
+                        zlib.error) as exc:
+                    raise CheckpointError(
+                        f"{path} is corrupt or truncated (cannot read array {name!r}: "
+                        f"{_first_line(exc)})") from exc
+                if not isinstance(value, np.ndarray):
+                    raise CheckpointError(
+                        f"{path} is not a valid rnnlab checkpoint: member {name!r} is not an .npy "
+                        f"array (it starts with {bytes(value[:8])!r}; a pickle or other raw data "
+                        "is never loaded)")
+                if value.dtype.kind not in _ARRAY_KINDS:
+                    raise CheckpointError(
+                        f"{path} is not a valid rnnlab checkpoint: member {name!r} has dtype "
+                        f"{value.dtype} (only bool, integer, float and complex arrays)")
+                out[name] = value
+            return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _parse_meta(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -389,8 +411,9 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
             path=path,
             format_version=FORMAT_VERSION,
         )
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is corrupt: missing or malformed entry {exc}") from exc
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path} is corrupt: missing or malformed entry "
+                              f"{_first_line(exc)}") from exc
 
 
 def restore_rng(ckpt: Checkpoint) -> np.random.Generator:

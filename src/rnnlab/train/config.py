@@ -16,18 +16,21 @@ from typing import Any
 import numpy as np
 
 from ..core.spec import unknown_fields
+from ..learning import ONLINE, RULES, rule_options
 from . import optim, schedules
 from .metrics import resolve_mode
 
-ALGORITHMS: tuple[str, ...] = ("bptt", "tbptt", "rtrl", "rtrl_online")
+ALGORITHMS: tuple[str, ...] = tuple(RULES) + tuple(ONLINE)
 ENGINES: tuple[str, ...] = ("fast", "reference")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
 PROGRESS: tuple[str, ...] = ("auto", "on", "off")
-# config fields that shape the trajectory: a resumed run must agree on them (docs/training.md)
+TRACKING: tuple[str, ...] = ("tensorboard",)
+# config fields that shape the trajectory: a resumed run must agree on them (docs/training.md);
+# `lr` may change (continuing with a smaller rate is a common, deliberate choice)
 RESUME_KEYS: tuple[str, ...] = (
-    "batch_size", "optimizer", "optimizer_kwargs", "lr", "schedule", "schedule_kwargs",
-    "clip_norm", "algorithm", "k1", "k2", "stateful", "shuffle", "seed", "on_nonfinite",
-    "monitor", "mode", "min_delta", "spec", "dtype",
+    "batch_size", "optimizer", "optimizer_kwargs", "schedule", "schedule_kwargs",
+    "clip_norm", "algorithm", "algorithm_kwargs", "k1", "k2", "stateful", "shuffle", "seed",
+    "on_nonfinite", "monitor", "mode", "min_delta", "spec", "dtype",
 )
 
 
@@ -68,6 +71,52 @@ def _kwargs(name: str, value: object) -> dict[str, Any]:
     return dict(value)
 
 
+# options of the rules that fit cannot honour: the trainer's network is the vanilla cell
+_CELL_OPTIONS: dict[str, tuple[str, float]] = {"alpha": ("rflo", 1.0), "decay": ("eprop", 0.0)}
+
+
+def _plain(value: object) -> bool:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def _algorithm_kwargs(algorithm: str, value: object) -> dict[str, Any]:
+    """``algorithm_kwargs`` checked against the options of ``algorithm``'s rule."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"algorithm_kwargs must be a dict of keyword arguments; got {value!r}")
+    kw = dict(value)
+    if not kw:
+        return kw
+    # k1/k2 are TrainConfig fields; sample_weight is data, passed by fit from the dataset
+    valid = {k: v for k, v in rule_options(algorithm).items()
+             if k != "sample_weight" and not (algorithm == "tbptt" and k in ("k1", "k2"))}
+    unknown = sorted(set(kw) - set(valid))
+    if unknown:
+        listed = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
+        extra = " (k1 and k2 are TrainConfig fields)" if algorithm == "tbptt" else ""
+        raise ValueError(f"unknown algorithm_kwargs {unknown} for algorithm {algorithm!r}; its "
+                         f"options are: {listed}{extra}")
+    for k, v in kw.items():
+        if not _plain(v):
+            raise TypeError(f"algorithm_kwargs[{k!r}] must be plain data (a number, string, "
+                            f"bool or list: a run's config is saved as JSON); got "
+                            f"{type(v).__name__}. Pass arrays to the rule functions of "
+                            "rnnlab.learning directly")
+        if k in _CELL_OPTIONS:
+            rule, vanilla = _CELL_OPTIONS[k]
+            if v != vanilla:
+                raise ValueError(
+                    f"algorithm_kwargs {k}={v!r}: fit trains rnnlab's vanilla cell ({k}="
+                    f"{vanilla}); the leaky network of {rule} is available through "
+                    f"rnnlab.learning.{rule}.value_and_grad / online_update (docs/online.md)")
+    return kw
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything about a training run except the model and the data (docs/training.md).
@@ -88,9 +137,17 @@ class TrainConfig:
         ``warmup_steps``); schedules count optimizer updates, not epochs.
     clip_norm : float, optional
         Clip the global gradient norm to this value before each update.
-    algorithm : {"bptt", "tbptt", "rtrl", "rtrl_online"}
-        How gradients are computed; ``k1``/``k2`` are truncated BPTT's window sizes (``k2``
-        defaults to ``k1``).
+    algorithm : str
+        How gradients are computed (:data:`ALGORITHMS`): ``"bptt"``, ``"tbptt"``, ``"rtrl"``, the
+        estimators ``"uoro"``, ``"kf_rtrl"``, ``"snap"``, ``"rflo"``, ``"eprop"`` (one gradient
+        per minibatch), or an online rule (``"rtrl_online"``, ``"uoro_online"``, ...: an
+        optimizer step inside the sequence; docs/online.md).  ``k1``/``k2`` are truncated BPTT's
+        window sizes (``k2`` defaults to ``k1``).
+    algorithm_kwargs : dict
+        The rule's options (:func:`rnnlab.learning.rule_options`), e.g. ``{"n": 2}`` for SnAp,
+        ``{"feedback": "symmetric"}`` for RFLO, ``{"every": 5}`` for an online rule; plain data
+        only.  The random signs of UORO and KF-RTRL come from a Generator of the run (seeded
+        from ``seed``, saved in checkpoints).
     engine : {"fast", "reference"}
         What computes full BPTT (``algorithm="bptt"``): the fast engine
         (:class:`rnnlab.Workspace`) or the reference engine (the public functions, the
@@ -132,9 +189,16 @@ class TrainConfig:
         Progress bar on stderr; ``"auto"`` shows it only when stderr is a terminal.
     log_path : str, optional
         JSONL file that receives one line of metrics per epoch.
+    tracking : {"tensorboard"}, optional
+        Also write every epoch's metrics (and the config, and the final test metrics as
+        hyper-parameter results) to an experiment tracker: ``"tensorboard"`` writes TensorBoard
+        event files (needs ``pip install 'rnnlab[tracking]'``).
+    tracking_dir : str, optional
+        Where the tracker writes (default: ``tensorboard/`` beside ``log_path``, else beside
+        ``checkpoint_dir``).
     """
 
-    epochs: int = 10
+    epochs: int = 50
     batch_size: int = 32
     optimizer: str = "adam"
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +207,7 @@ class TrainConfig:
     schedule_kwargs: dict[str, Any] = field(default_factory=dict)
     clip_norm: float | None = None
     algorithm: str = "bptt"
+    algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     engine: str = "fast"
     k1: int | None = None
     k2: int | None = None
@@ -162,6 +227,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     progress: str = "auto"
     log_path: str | None = None
+    tracking: str | None = None
+    tracking_dir: str | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -182,6 +249,7 @@ class TrainConfig:
         if self.clip_norm is not None:
             put("clip_norm", _positive("clip_norm", self.clip_norm))
         _choice("algorithm", self.algorithm, ALGORITHMS)
+        put("algorithm_kwargs", _algorithm_kwargs(self.algorithm, self.algorithm_kwargs))
         _choice("engine", self.engine, ENGINES)
         if self.algorithm == "tbptt":
             if self.k1 is None:
@@ -193,9 +261,9 @@ class TrainConfig:
         elif self.k1 is not None or self.k2 is not None:
             raise ValueError(f"k1/k2 are only used with algorithm='tbptt'; got k1={self.k1!r}, "
                              f"k2={self.k2!r} with algorithm={self.algorithm!r}")
-        if self.algorithm == "rtrl_online" and self.clip_norm is not None:
-            raise ValueError("clip_norm is not supported with algorithm='rtrl_online' (the update "
-                             "is applied inside every time step); set clip_norm=None")
+        if self.algorithm in ONLINE and self.clip_norm is not None:
+            raise ValueError(f"clip_norm is not supported with algorithm={self.algorithm!r} (the "
+                             "update is applied inside the sequence); set clip_norm=None")
         for name in ("stateful", "shuffle", "restore_best", "health"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
@@ -220,7 +288,9 @@ class TrainConfig:
         if isinstance(self.progress, bool):
             put("progress", "on" if self.progress else "off")
         _choice("progress", self.progress, PROGRESS)
-        for name in ("checkpoint_dir", "log_path"):
+        if self.tracking is not None:
+            _choice("tracking", self.tracking, TRACKING)
+        for name in ("checkpoint_dir", "log_path", "tracking_dir"):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, str | os.PathLike):

@@ -35,8 +35,19 @@ class History:
     step_losses : list of float
         The loss of every minibatch run by this call, in order (non-finite for skipped ones).
     status : {"completed", "early_stopped", "interrupted", "diverged"}
+        ``"early_stopped"`` also when a callback stopped training (``message`` names it).
     epoch, step : int
         Completed epochs and minibatches.
+    opt_state : dict or None
+        The optimizer state at the end (slots and step count): pass it to the next
+        ``fit(..., opt_state=...)`` to continue with the same moments (``warm_start``).
+    startup_s : float
+        Seconds spent before the first step (building the engine: compiling its kernels).
+    fast_path : str or None
+        Why the compiled loops of the fast engine do not run in this training, or None when they
+        do (``rnnlab[fast]`` installed, float32, no mask, tanh/ReLU/identity).
+    lr_scale : float
+        The factor a callback (ReduceLROnPlateau) put on the learning rate; 1.0 otherwise.
     monitor, best_value, best_epoch
         The metric early stopping watches (``TrainConfig.monitor``), its best value and epoch.
     weights : {"best", "last"}
@@ -61,6 +72,10 @@ class History:
     checkpoint: str | None = None
     test: dict[str, float] | None = None
     message: str = ""
+    opt_state: dict[str, Any] | None = field(default=None, repr=False)
+    startup_s: float = 0.0
+    fast_path: str | None = None
+    lr_scale: float = 1.0
     weights: str = "last"
     weights_epoch: int | None = None
     health: list[dict[str, Any]] = field(default_factory=list)

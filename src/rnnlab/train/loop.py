@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -35,23 +35,28 @@ from ..core.spec import RNNSpec
 from ..data.base import Dataset
 from ..learning import ONLINE
 from ..learning.diagnostics import per_step_gradients
-from . import checkpoint, optim
+from . import checkpoint, optim, tracking
+from .callbacks import Callback, LambdaCallback, ReduceLROnPlateau, StopTraining
 from .config import ALGORITHMS, RESUME_KEYS, TrainConfig
-from .files import finite_or_none, prepare_dir, write_log
+from .files import DirectoryLock, finite_or_none, prepare_dir, remove_stale_temps, write_log
 from .health import Health, chance_level
 from .history import DivergenceError, History
 from .metrics import Accumulator, EarlyStopping, metric_names, task_metrics
 from .progress import Progress
+from .schedules import Plateau, Warmup
 from .signals import StopFlag, catch
 from .splits import TrainData, as_data, check_fits, spec_for_dataset
-from .steps import gradient_function
+from .steps import fast_path_note, gradient_function, rule_rng
 
 __all__ = [
     "ALGORITHMS",
     "DivergenceError",
     "History",
     "TrainConfig",
+    "check_fit",
+    "check_resume",
     "fit",
+    "resume_config",
     "spec_for_dataset",
 ]
 
@@ -99,56 +104,177 @@ def _decode_array(d: Mapping[str, Any] | None) -> NDArray[Any] | None:
     return np.array(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"])
 
 
+def _callbacks(callbacks: Sequence[Callback] | None,
+               callback: Callable[[dict[str, Any]], Any] | None) -> list[Callback]:
+    out: list[Callback] = []
+    for cb in callbacks or ():
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be rnnlab.train.callbacks.Callback objects; got "
+                            f"{type(cb).__name__} (wrap a function in LambdaCallback)")
+        out.append(cb)
+    if callback is not None:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable with an epoch record; got {callback!r}")
+        out.append(LambdaCallback(on_epoch_end=lambda epoch, logs: callback(dict(logs))))
+    return out
+
+
+def _plateau(sched: Any) -> Plateau | None:
+    if isinstance(sched, Warmup):
+        sched = sched.schedule
+    return sched if isinstance(sched, Plateau) else None
+
+
+def _monitors(spec: RNNSpec, val: TrainData | None) -> list[str]:
+    names = metric_names(spec)
+    available = ["train_loss"] + [f"train_{m}" for m in ("accuracy", "perplexity")
+                                  if m in names]
+    if val is not None:
+        available += [f"val_{m}" for m in names]
+    return available
+
+
+def _check(params: Params, spec: RNNSpec, cfg: TrainConfig, train: TrainData,
+           val: TrainData | None, test: TrainData | None) -> np.dtype:
+    """Everything :func:`fit` validates before it writes anything; returns the dtype."""
+    dtype = check_params(params, spec)
+    if cfg.stateful and spec.bidirectional:
+        raise ValueError("stateful=True carries final states forward in time; it cannot be "
+                         "used with a bidirectional network")
+    if cfg.stateful and len(train) < cfg.batch_size:
+        raise ValueError(f"stateful training reads batch_size={cfg.batch_size} streams of "
+                         f"windows; the train split has only {len(train)} sequences")
+    if cfg.algorithm != "bptt" and spec.bidirectional:
+        raise ValueError(f"algorithm {cfg.algorithm!r} walks time forwards and needs a "
+                         "unidirectional network (bidirectional=False); use algorithm='bptt'")
+    if train.weight is not None and cfg.algorithm != "bptt":
+        raise ValueError(f"sample_weight needs algorithm='bptt'; {cfg.algorithm!r} (a "
+                         "learning rule of rnnlab.learning) takes no weights")
+    for name, d in (("train", train), ("val", val), ("test", test)):
+        if d is not None:
+            check_fits(params, spec, d, name)
+    available = _monitors(spec, val)
+    if cfg.monitor not in available and cfg.patience is not None:
+        why = " (there is no validation split)" if val is None else ""
+        raise ValueError(f"monitor {cfg.monitor!r} is not computed for this run{why}; "
+                         f"available: {available}")
+    if cfg.log_path is not None and Path(cfg.log_path).is_dir():
+        raise IsADirectoryError(f"log_path {cfg.log_path!r} is a directory; expected a file "
+                                "path")
+    if cfg.checkpoint_dir is not None and Path(cfg.checkpoint_dir).exists() \
+            and not Path(cfg.checkpoint_dir).is_dir():
+        raise NotADirectoryError(f"checkpoint_dir {cfg.checkpoint_dir!r} exists and is not a "
+                                 "directory")
+    return dtype
+
+
+def check_fit(params: Params, spec: RNNSpec, data: Any, config: TrainConfig | None = None, *,
+              val: Any = None, test: Any = None) -> None:
+    """Validate a :func:`fit` call without training or writing anything.
+
+    The same checks :func:`fit` makes before its first step, with the same errors: the
+    parameters against ``spec``, every sequence of every split (shapes, finite values, labels
+    and targets, masks), the config against the data (stateful streams, the monitor of early
+    stopping, a bidirectional network with a forward-only rule), and that the configured paths
+    can be used.  Sweeps call it for every cell before the first runs.
+    """
+    cfg = TrainConfig() if config is None else config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig; got {type(cfg).__name__}")
+    if not isinstance(spec, RNNSpec):
+        raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
+    check_params(params, spec)
+    ds = data if isinstance(data, Dataset) else None
+    train = as_data(ds.train if ds is not None else data, "train")
+    if train is None:
+        raise ValueError("the train split has no sequences")
+    val_d = as_data(val if val is not None else (ds.val if ds is not None else None), "val")
+    test_d = as_data(test if test is not None else (ds.test if ds is not None else None), "test")
+    _check(params, spec, cfg, train, val_d, test_d)
+
+
+def resume_config(cfg: TrainConfig, spec: RNNSpec, dtype: Any) -> dict[str, Any]:
+    """The config a checkpoint of :func:`fit` records (``TrainConfig`` fields, ``spec``,
+    ``dtype``), compared on resume over :data:`RESUME_KEYS`."""
+    return {**cfg.to_dict(), "spec": spec.to_dict(), "dtype": str(np.dtype(dtype))}
+
+
+def check_resume(path: str | os.PathLike[str], params: Params, spec: RNNSpec, cfg: TrainConfig,
+                 train_shape: tuple[int, ...] | None = None) -> checkpoint.Checkpoint:
+    """Load the checkpoint at ``path`` and check that :func:`fit` can resume from it with
+    ``params``, ``spec`` and ``cfg`` (and a train split of ``train_shape``): the
+    :data:`RESUME_KEYS` of the config, parameter keys, shapes and dtypes, the optimizer state.
+    Raises ValueError listing every difference (``CheckpointError`` for an unreadable file);
+    returns the checkpoint."""
+    ck = checkpoint.load(path)
+    dtype = check_params(params, spec)
+    checkpoint.check_compatible(ck, params, resume_config(cfg, spec, dtype),
+                                config_keys=RESUME_KEYS)
+    shape = ck.extra.get("train_shape")
+    if shape is not None and train_shape is not None and list(shape) != list(train_shape):
+        raise ValueError(f"checkpoint {path} was trained on a train split of shape "
+                         f"{tuple(shape)}; this one is {tuple(train_shape)} (resuming needs "
+                         "the same data)")
+    opt = cfg.make_optimizer()
+    slots = {"step", *opt.slots()}
+    if ck.opt_state is None or set(ck.opt_state) != slots:
+        got = None if ck.opt_state is None else sorted(ck.opt_state)
+        raise ValueError(f"checkpoint {path} holds optimizer state {got}; "
+                         f"{opt!r} needs {sorted(slots)}")
+    return ck
+
+
 class _Loop:
-    """One call of :func:`fit`: set-up, optional resume, the epochs."""
+    """One call of :func:`fit`: set-up, optional resume, the epochs.
+
+    It is also what callbacks see as ``callback.trainer`` (:class:`rnnlab.train.callbacks.Trainer`:
+    ``params``, ``spec``, ``config``, ``history``, ``epoch``, ``step``, ``lr_scale``,
+    ``stop_training``, ``available_metrics``).
+    """
 
     def __init__(self, params: Params, spec: RNNSpec, cfg: TrainConfig, train: TrainData,
                  val: TrainData | None, test: TrainData | None, *,
-                 callback: Callable[[dict[str, Any]], None] | None, stream: IO[str],
+                 callbacks: list[Callback], stream: IO[str],
+                 opt_state: Mapping[str, Any] | None = None,
                  dataset: Dataset | None = None) -> None:
         self.params, self.spec, self.cfg = params, spec, cfg
+        self.config = cfg
         self.dataset = dataset          # its task metrics are scored on its own test split
-        self.dtype = check_params(params, spec)
+        self.dtype = _check(params, spec, cfg, train, val, test)
         self.train, self.val, self.test = train, val, test
-        if cfg.stateful and spec.bidirectional:
-            raise ValueError("stateful=True carries final states forward in time; it cannot be "
-                             "used with a bidirectional network")
-        if cfg.stateful and len(train) < cfg.batch_size:
-            raise ValueError(f"stateful training reads batch_size={cfg.batch_size} streams of "
-                             f"windows; the train split has only {len(train)} sequences")
-        for name, d in (("train", train), ("val", val), ("test", test)):
-            if d is not None:
-                check_fits(params, spec, d, name)
-        self.grad_fn = gradient_function(cfg)
-        self.opt, self.sched = cfg.make_optimizer(), cfg.make_schedule()
+        n, B = len(train), cfg.batch_size
+        self.batches_per_epoch = n // B if cfg.stateful else -(-n // B)
+        self.opt = cfg.make_optimizer()
+        self.sched = cfg.make_schedule().with_length(cfg.epochs * self.batches_per_epoch)
         self.opt_state: dict[str, Any] = self.opt.init(params)
+        if opt_state is not None:
+            self._set_opt_state(opt_state)
         self.rng = np.random.default_rng(cfg.seed)
         self.eval_bs = cfg.eval_batch_size or max(cfg.batch_size, 256)
         self.names = metric_names(spec)
-        self.callback = callback
-        available = ["train_loss"] + [f"train_{m}" for m in ("accuracy", "perplexity")
-                                      if m in self.names]
-        if val is not None:
-            available += [f"val_{m}" for m in self.names]
+        self.available_metrics = _monitors(spec, val)
+        self.lr_scale = 1.0
+        self.stop_training = False
+        self.stop_reason = ""
+        self.callbacks = list(callbacks)
+        plateau = _plateau(self.sched)
+        if plateau is not None:
+            self.callbacks.insert(0, ReduceLROnPlateau(**plateau.callback_kwargs()))
+        if cfg.tracking is not None:
+            where = tracking.default_dir(cfg.tracking_dir, cfg.log_path, cfg.checkpoint_dir)
+            self.callbacks.append(tracking.make_tracker(cfg.tracking, where))
         self.stopper: EarlyStopping | None = None
-        if cfg.monitor in available:
+        if cfg.monitor in _monitors(spec, val):
             self.stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)
-        elif cfg.patience is not None:
-            why = " (there is no validation split)" if val is None else ""
-            raise ValueError(f"monitor {cfg.monitor!r} is not computed for this run{why}; "
-                             f"available: {available}")
-        self.ckpt_dir = None if cfg.checkpoint_dir is None else prepare_dir(cfg.checkpoint_dir)
         self.log_path = None
         if cfg.log_path is not None:
             self.log_path = Path(cfg.log_path)
-            if self.log_path.is_dir():
-                raise IsADirectoryError(f"log_path {cfg.log_path!r} is a directory; expected a "
-                                        "file path")
             try:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot create the directory of log_path "
                                          f"{cfg.log_path!r}: {exc.strerror}") from None
+        self.ckpt_dir = None if cfg.checkpoint_dir is None else prepare_dir(cfg.checkpoint_dir)
         self.history = History(monitor=self.stopper.monitor if self.stopper else None)
         self.epoch = self.step = self.batch = 0     # completed epochs / steps / batches of epoch
         self.partial: _EpochStats | None = None
@@ -163,12 +289,28 @@ class _Loop:
                       else None)
         self.finished_early = False
         self.flag = StopFlag()
+        self.fast_path = fast_path_note(cfg, spec, self.dtype, train.mask is not None)
+        t0 = time.perf_counter()
+        self.rule_rng = rule_rng(cfg)          # a stochastic rule's random signs (UORO, KF-RTRL)
+        self.grad_fn = gradient_function(cfg, spec, self.rule_rng)  # engine compiled now
+        self.startup_s = time.perf_counter() - t0
         self.progress = Progress(cfg.progress, stream, cfg.epochs)
+
+    def _set_opt_state(self, state: Mapping[str, Any]) -> None:
+        slots = {"step", *self.opt.slots()}
+        if not isinstance(state, Mapping) or set(state) != slots:
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"opt_state must hold {sorted(slots)} for {self.opt!r}; got {got}")
+        for slot in self.opt.slots():
+            optim.check_tree(self.params, state[slot], f"opt_state[{slot!r}]")
+        self.opt_state = {s: v if s == "step" else {k: np.array(a, copy=True)
+                                                     for k, a in v.items()}
+                          for s, v in state.items()}
 
     # ------------------------------------------------------------------------ checkpoints
 
     def _config(self) -> dict[str, Any]:
-        return {**self.cfg.to_dict(), "spec": self.spec.to_dict(), "dtype": str(self.dtype)}
+        return resume_config(self.cfg, self.spec, self.dtype)
 
     def resume(self, resume: bool | str | os.PathLike[str]) -> None:
         if resume is True or resume == "auto":
@@ -182,18 +324,8 @@ class _Loop:
             path = Path(resume)
         else:
             raise TypeError(f"resume must be True, 'auto' or a path; got {resume!r}")
-        ck = checkpoint.load(path)
-        checkpoint.check_compatible(ck, self.params, self._config(), config_keys=RESUME_KEYS)
-        shape = ck.extra.get("train_shape")
-        if shape is not None and shape != list(self.train.X.shape):
-            raise ValueError(f"checkpoint {path} was trained on a train split of shape "
-                             f"{tuple(shape)}; this one is {self.train.X.shape} (resuming needs "
-                             "the same data)")
-        slots = {"step", *self.opt.slots()}
-        if ck.opt_state is None or set(ck.opt_state) != slots:
-            got = None if ck.opt_state is None else sorted(ck.opt_state)
-            raise ValueError(f"checkpoint {path} holds optimizer state {got}; "
-                             f"{self.opt!r} needs {sorted(slots)}")
+        ck = check_resume(path, self.params, self.spec, self.cfg, self.train.X.shape)
+        assert ck.opt_state is not None
         for k in self.params:
             self.params[k] = np.array(ck.params[k], copy=True)
         self.opt_state = {s: v if s == "step" else {k: np.array(a, copy=True)
@@ -206,12 +338,22 @@ class _Loop:
         if x.get("partial") is not None:
             self.partial = _EpochStats.from_state(self.spec, x["partial"])
         self.hidden = _decode_array(x.get("hidden"))
+        if self.rule_rng is not None:
+            if x.get("rule_rng") is None:
+                raise ValueError(f"checkpoint {path} holds no state of the rule's Generator "
+                                 f"(algorithm {self.cfg.algorithm!r} draws random numbers)")
+            self.rule_rng.bit_generator.state = x["rule_rng"]
         self.history.epochs = [dict(r) for r in x.get("history", [])]
         self.history.skipped = int(x.get("skipped", 0))
         if self.stopper is not None and x.get("early_stopping") is not None:
             self.stopper.load_state_dict(x["early_stopping"])
             self.best_params = self._saved_best()
         self.finished_early = x.get("status") == "early_stopped"
+        self.lr_scale = float(x.get("lr_scale", 1.0))
+        states = x.get("callbacks") or []
+        for cb, st in zip(self.callbacks, states, strict=False):
+            if isinstance(st, Mapping) and st.get("class") == type(cb).__name__:
+                cb.load_state_dict(st.get("state") or {})
         self.last_ckpt = (str(path), ck.epoch, ck.step)
 
     def _save(self, name: str, rng: np.random.Generator, stats: _EpochStats | None,
@@ -226,6 +368,11 @@ class _Loop:
             "skipped": self.history.skipped,
             "status": status,
             "train_shape": list(self.train.X.shape),
+            # where a stochastic rule's Generator stands after the last completed step
+            "rule_rng": None if self.rule_rng is None else self.rule_rng.bit_generator.state,
+            "lr_scale": self.lr_scale,
+            "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()}
+                          for cb in self.callbacks],
         }
         path = checkpoint.save(self.ckpt_dir / name, params=self.params,
                                opt_state=self.opt_state, rng=rng, epoch=self.epoch,
@@ -237,9 +384,31 @@ class _Loop:
 
     # ------------------------------------------------------------------------ the run
 
+    def _call(self, hook: str, *args: Any) -> Any:
+        """Every callback's ``hook``; a StopTraining is remembered (training stops after the
+        epoch) rather than raised."""
+        stop = False
+        for cb in self.callbacks:
+            try:
+                if getattr(cb, hook)(*args):
+                    stop = True
+                    self._stop(cb, "")
+            except StopTraining as exc:
+                stop = True
+                self._stop(cb, str(exc))
+        return stop
+
+    def _stop(self, cb: Callback, why: str) -> None:
+        if not self.stop_reason:
+            self.stop_reason = f"stopped by {type(cb).__name__}" + (f": {why}" if why else "")
+        self.stop_training = True
+
     def run(self) -> History:
         if self.log_path is not None:
             write_log(self.log_path, self.history.epochs, "w")
+        for cb in self.callbacks:
+            cb.set_trainer(self)
+        self._call("on_train_begin", {"epoch": self.epoch, "step": self.step})
         with catch(self.flag):
             try:
                 self._epochs()
@@ -247,6 +416,8 @@ class _Loop:
                 self.progress.close()
         h = self.history
         h.epoch, h.step = self.epoch, self.step
+        h.opt_state, h.startup_s, h.fast_path = self.opt_state, self.startup_s, self.fast_path
+        h.lr_scale = self.lr_scale
         if self.stopper is not None:
             h.best_value, h.best_epoch = self.stopper.best, self.stopper.best_epoch
         if h.status in ("completed", "early_stopped"):
@@ -257,6 +428,7 @@ class _Loop:
             if ds is not None and not self.cfg.stateful and self.test.X is ds.test.X:
                 h.test.update({f"test_{k}": v for k, v in task_metrics(
                     self.params, self.spec, ds, "test", batch_size=self.eval_bs).items()})
+        self._call("on_train_end", {"epoch": self.epoch, "step": self.step, "status": h.status})
         return h
 
     def _check_gradients(self, epoch: int) -> None:
@@ -320,12 +492,17 @@ class _Loop:
                 stats, self.partial = self.partial, None
             else:
                 stats, self.batch, self.hidden = _EpochStats(Accumulator(self.spec)), 0, None
+            self._call("on_epoch_begin", e + 1, {"epoch": e + 1, "step": self.step})
             self.progress.start(e + 1, len(batches), self.batch)
             for b in range(self.batch, len(batches)):
                 t0 = time.perf_counter()
-                self._step(batches[b], stats, e, b, len(batches))
+                loss, lr = self._step(batches[b], stats, e, b, len(batches))
                 stats.seconds += time.perf_counter() - t0
                 self.batch = b + 1
+                self._show(stats)
+                if self.callbacks:
+                    self._call("on_train_batch_end", self.step,
+                               {"loss": loss, "lr": lr, "epoch": e + 1, "batch": b + 1})
                 if self.flag.signum is not None:
                     return self._interrupted(epoch_rng, stats, e, len(batches))
             stop = self._end_epoch(e, stats)
@@ -333,12 +510,27 @@ class _Loop:
                 return self._interrupted(self.rng, None, e, len(batches))
             if stop:
                 self.history.status = "early_stopped"
-                self.history.message = (
-                    f"early stopping after epoch {e + 1}: {self.cfg.monitor} did not improve "
-                    f"for {self.cfg.patience} evaluation(s); best {self.history.best_value} "
-                    f"at epoch {self.stopper.best_epoch if self.stopper else None}")
+                if self.stop_reason:
+                    self.history.message = f"{self.stop_reason} (after epoch {e + 1})"
+                else:
+                    self.history.message = (
+                        f"early stopping after epoch {e + 1}: {self.cfg.monitor} did not "
+                        f"improve for {self.cfg.patience} evaluation(s); best "
+                        f"{self.history.best_value} at epoch "
+                        f"{self.stopper.best_epoch if self.stopper else None}")
                 return
         return
+
+    def _show(self, st: _EpochStats) -> None:
+        """The progress bar's running numbers (rates from the steps' own time)."""
+        if not self.progress.enabled:
+            return
+        info = {"loss": f"{st.loss_sum / st.count:.4f}" if st.count else "nan"}
+        if "accuracy" in self.names:
+            info["acc"] = f"{st.acc.result()['accuracy']:.3f}"
+        if st.seconds > 0:
+            info["seq/s"] = f"{st.seqs / st.seconds:.0f}"
+        self.progress.update(info)
 
     def _interrupted(self, rng: np.random.Generator, stats: _EpochStats | None, e: int,
                      n: int) -> None:
@@ -354,18 +546,20 @@ class _Loop:
         self.history.status = "interrupted"
         self.history.message = f"interrupted by {name} after {where}; {saved}"
 
-    def _step(self, idx: NDArray[np.intp], st: _EpochStats, e: int, b: int, n: int) -> None:
+    def _step(self, idx: NDArray[np.intp], st: _EpochStats, e: int, b: int, n: int
+              ) -> tuple[float, float]:
         """One minibatch: its gradient and update (never applied when non-finite), then the
-        epoch's running totals."""
+        epoch's running totals; returns the loss and the learning rate."""
         X, Y, M = self.train.take(idx)
+        W = self.train.take_weight(idx)
         steps = Y.shape[1] if self.spec.setup == "one_to_many" else None
-        lr = self.sched(self.opt_state["step"])
+        lr = self.sched(self.opt_state["step"]) * self.lr_scale
         h0 = self.hidden if self.cfg.stateful else None
         if self.cfg.algorithm in ONLINE:
             loss, out, bad = self._online_step(X, Y, M, steps, lr, h0)
             norm = math.nan
         else:
-            loss, out, norm, bad = self._batch_step(X, Y, M, steps, lr, h0)
+            loss, out, norm, bad = self._batch_step(X, Y, M, W, steps, lr, h0)
         self.history.step_losses.append(loss)
         if self.health is not None:
             self.health.step(loss, e + 1, self.step + 1)
@@ -385,21 +579,16 @@ class _Loop:
         if self.cfg.stateful:
             h = out.h_n
             self.hidden = h if np.isfinite(h).all() else None
-        if self.progress.enabled:
-            info = {"loss": f"{st.loss_sum / st.count:.4f}" if st.count else "nan"}
-            if "accuracy" in self.names:
-                info["acc"] = f"{st.acc.result()['accuracy']:.3f}"
-            info["seq/s"] = f"{st.seqs / max(st.seconds, 1e-9):.0f}"
-            self.progress.update(info)
+        return loss, lr
 
-    def _batch_step(self, X: Any, Y: Any, M: Any, steps: int | None, lr: float, h0: Any
+    def _batch_step(self, X: Any, Y: Any, M: Any, W: Any, steps: int | None, lr: float, h0: Any
                     ) -> tuple[float, Any, float, str | None]:
         """Gradient, clipping and one optimizer update, applied only when everything is finite:
         ``(loss, output, gradient norm, what was not finite or None)``."""
         params = self.params
         # overflow warnings are expected on a diverging step: finiteness is checked below
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, g, out = self.grad_fn(params, X, Y, self.spec, h0, M, steps)
+            loss, g, out = self.grad_fn(params, X, Y, self.spec, h0, M, steps, W)
             loss = float(loss)
             grads = g.params
             if self.cfg.clip_norm is not None:
@@ -515,6 +704,9 @@ class _Loop:
         self.epoch, self.batch = e + 1, 0
         self.hidden = None
         self.history.epochs.append(rec)
+        # callbacks before the checkpoint: it holds their state (a lowered rate) and a stop
+        if self._call("on_epoch_end", e + 1, dict(rec)) or self.stop_training:
+            self.stop_training = stop = True
         if self.ckpt_dir is not None:
             status = "early_stopped" if stop else "running"
             if improved:
@@ -524,8 +716,6 @@ class _Loop:
         if self.log_path is not None:
             write_log(self.log_path, [rec], "a")
         self.progress.end(rec)
-        if self.callback is not None:
-            self.callback(rec)
         return stop
 
 
@@ -538,7 +728,10 @@ def fit(
     val: Any = None,
     test: Any = None,
     resume: bool | str | os.PathLike[str] | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    sample_weight: Any = None,
+    opt_state: Mapping[str, Any] | None = None,
     stream: IO[str] | None = None,
 ) -> History:
     """Train ``params`` (updated in place) on ``data``.
@@ -560,7 +753,17 @@ def fit(
         to resume from it if it exists.  Shapes and the trajectory-defining config fields
         (:data:`RESUME_KEYS`) must match, else ValueError.
     callback : callable, optional
-        Called with each epoch's record after it is logged.
+        Called with each epoch's record after it is evaluated; a true return value stops
+        training after that epoch.
+    callbacks : list of Callback, optional
+        Keras-style callbacks (:mod:`rnnlab.train.callbacks`): ``EarlyStopping``,
+        ``ReduceLROnPlateau``, ``TensorBoard``, your own; any can stop training.
+    sample_weight : array, optional
+        Loss weights of the training split, ``(N,)`` per sequence or ``(N, T)`` per step (eq.
+        15w of docs/derivation.md); ``algorithm="bptt"`` only.  Metrics stay unweighted.
+    opt_state : dict, optional
+        The optimizer state to start from (``History.opt_state`` of an earlier call), e.g. to
+        continue training with the same Adam moments; ignored when resuming from a checkpoint.
     stream : file, optional
         Where the progress bar writes (default ``sys.stderr``).
 
@@ -569,10 +772,16 @@ def fit(
     History
         ``status`` is ``"interrupted"`` after SIGINT/SIGTERM (the step in flight is finished and
         a checkpoint saved if ``checkpoint_dir`` is set), else ``"completed"`` or
-        ``"early_stopped"``.
+        ``"early_stopped"`` (the monitor's patience ran out or a callback stopped training).
 
     Raises
     ------
+    ValueError, TypeError
+        Before the first step, for anything :func:`check_fit` refuses: every sequence of every
+        split is checked (non-finite inputs or targets, labels out of range, wrong shapes).
+    LockedError
+        ``checkpoint_dir`` is in use by another ``fit`` (another process, or another call in
+        this one); the message names the holder's pid, host and command.
     DivergenceError
         A non-finite loss, gradient or update with ``on_nonfinite="stop"``; the message names the
         step and the last good checkpoint.
@@ -585,11 +794,25 @@ def fit(
     check_params(params, spec)
     ds = data if isinstance(data, Dataset) else None
     train = as_data(ds.train if ds is not None else data, "train")
-    assert train is not None
+    if train is None:
+        raise ValueError("the train split has no sequences")
+    train = train.with_weight(sample_weight)
     val_d = as_data(val if val is not None else (ds.val if ds is not None else None), "val")
     test_d = as_data(test if test is not None else (ds.test if ds is not None else None), "test")
-    loop = _Loop(params, spec, cfg, train, val_d, test_d, callback=callback,
-                 stream=sys.stderr if stream is None else stream, dataset=ds)
-    if resume:
-        loop.resume(resume)
-    return loop.run()
+    loop = _Loop(params, spec, cfg, train, val_d, test_d,
+                 callbacks=_callbacks(callbacks, callback),
+                 stream=sys.stderr if stream is None else stream, opt_state=opt_state,
+                 dataset=ds)
+    if loop.ckpt_dir is None:
+        if resume:
+            loop.resume(resume)
+        return loop.run()
+    # one process at a time writes a checkpoint directory (LockedError names the holder); under
+    # the lock no write is in flight, so what killed writes left behind can go
+    with DirectoryLock(loop.ckpt_dir, "checkpoint directory"):
+        remove_stale_temps(loop.ckpt_dir)
+        if loop.log_path is not None:
+            remove_stale_temps(loop.log_path.parent, (f".{loop.log_path.name}.tmp",))
+        if resume:
+            loop.resume(resume)
+        return loop.run()

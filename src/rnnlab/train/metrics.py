@@ -31,6 +31,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..core import losses, network
+from ..core.inputs import check_targets, target_lead
+from ..core.params import check_params
 from ..core.spec import RNNSpec
 from ..data.base import Dataset
 
@@ -190,7 +192,16 @@ def evaluate(
     -------
     dict
         ``{name: value}`` for every name in :func:`metric_names`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Before any forward pass, for targets the loss would refuse (as
+        :func:`rnnlab.network.loss_and_grad` checks them): class labels outside ``[0, O)``,
+        float labels, soft targets that are not distributions, non-finite values, wrong shapes.
     """
+    if not isinstance(spec, RNNSpec):
+        raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
     Xa, ya = np.asarray(X), np.asarray(y)
     n = Xa.shape[0] if Xa.ndim else 0
     if ya.ndim == 0 or ya.shape[0] != n:
@@ -198,6 +209,15 @@ def evaluate(
                          f"and y {ya.shape}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    dtype = check_params(params, spec)
+    if spec.setup == "one_to_many":
+        T = steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+    else:
+        T = Xa.shape[1] if Xa.ndim >= 2 else None
+    if T is not None or not spec.per_step_output:
+        # the targets of the whole split, checked once as the loss checks a batch's (a label
+        # of -1 is not "the last class", a label of O not an IndexError)
+        check_targets(ya, spec, target_lead(spec, n, T or 0), dtype)
     ma = None if mask is None else np.asarray(mask)
     acc = Accumulator(spec)
     for start in range(0, n, batch_size):

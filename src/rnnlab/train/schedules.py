@@ -13,7 +13,13 @@ Semantics (``t`` is the step):
 * :class:`StepDecay` -- ``lr * gamma ** (t // step_size)`` (``torch.optim.lr_scheduler.StepLR``).
 * :class:`Cosine` -- ``min_lr + (lr - min_lr) * (1 + cos(pi * t / total_steps)) / 2`` for
   ``t <= total_steps`` (``CosineAnnealingLR`` with ``T_max=total_steps``,
-  ``eta_min=min_lr``), then stays at ``min_lr`` (PyTorch would rise again).
+  ``eta_min=min_lr``), then stays at ``min_lr`` (PyTorch would rise again).  Without
+  ``total_steps`` the schedule does not know its length yet: :func:`rnnlab.fit` sets it to the
+  run's updates (epochs x minibatches per epoch) through :meth:`Schedule.with_length`; calling an
+  unresolved schedule is a ValueError that says so.
+* :class:`Plateau` -- ``lr``, lowered by ``factor`` whenever the monitored metric stops improving:
+  :func:`rnnlab.fit` runs it through the callback
+  :class:`rnnlab.train.callbacks.ReduceLROnPlateau` (the one schedule that reads metrics).
 * :class:`Warmup` -- linear warm-up in front of any schedule ``inner``, with the
   semantics of ``SequentialLR([LinearLR(start_factor, total_iters=W), inner],
   milestones=[W])``: for ``t < W`` the rate is
@@ -28,10 +34,11 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
-__all__ = ["SCHEDULES", "Constant", "Cosine", "Schedule", "StepDecay", "Warmup", "make"]
+__all__ = ["SCHEDULES", "Constant", "Cosine", "Plateau", "Schedule", "StepDecay", "Warmup",
+           "make"]
 
 
 def _real(name: str, value: object) -> float:
@@ -69,6 +76,13 @@ class Schedule(ABC):
 
     @abstractmethod
     def _at(self, step: int) -> float: ...
+
+    def with_length(self, total_steps: int) -> Schedule:
+        """This schedule for a run of ``total_steps`` updates: a schedule that needs its length
+        and was not given one takes it (:func:`rnnlab.fit` calls this); others are returned
+        as they are."""
+        _int("total_steps", total_steps, 1)
+        return self
 
     def config(self) -> dict[str, Any]:
         """JSON-friendly description; ``make(**sched.config())`` rebuilds the schedule."""
@@ -114,22 +128,36 @@ class StepDecay(Schedule):
 
 @dataclass(frozen=True)
 class Cosine(Schedule):
-    """Cosine decay from ``lr`` to ``min_lr`` over ``total_steps``, then ``min_lr``."""
+    """Cosine decay from ``lr`` to ``min_lr`` over ``total_steps``, then ``min_lr``.
+
+    ``total_steps=None``: the length of the run, set by :func:`rnnlab.fit` (epochs x minibatches
+    per epoch) through :meth:`with_length`.
+    """
 
     lr: float
-    total_steps: int
+    total_steps: int | None = None
     min_lr: float = 0.0
     name: ClassVar[str] = "cosine"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr", _positive("lr", self.lr))
-        object.__setattr__(self, "total_steps", _int("total_steps", self.total_steps, 1))
+        if self.total_steps is not None:
+            object.__setattr__(self, "total_steps", _int("total_steps", self.total_steps, 1))
         min_lr = _real("min_lr", self.min_lr)
         if not 0.0 <= min_lr <= self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr!r}], got {min_lr!r}")
         object.__setattr__(self, "min_lr", min_lr)
 
+    def with_length(self, total_steps: int) -> Cosine:
+        """A copy over ``total_steps`` updates when none was given (else this schedule)."""
+        total = _int("total_steps", total_steps, 1)
+        return self if self.total_steps is not None else replace(self, total_steps=total)
+
     def _at(self, step: int) -> float:
+        if self.total_steps is None:
+            raise ValueError("the cosine schedule does not know its length: give total_steps= "
+                             "(the number of updates to decay over), or let rnnlab.fit set it "
+                             "to epochs x minibatches per epoch")
         if step >= self.total_steps:
             return self.min_lr
         cos = math.cos(math.pi * step / self.total_steps)
@@ -166,6 +194,12 @@ class Warmup(Schedule):
         factor = self.start_factor + (1.0 - self.start_factor) * step / w
         return self.schedule(0) * factor
 
+    def with_length(self, total_steps: int) -> Warmup:
+        """The wrapped schedule gets what is left after the warm-up (at least one update)."""
+        total = _int("total_steps", total_steps, 1)
+        inner = self.schedule.with_length(max(1, total - self.warmup_steps))
+        return self if inner is self.schedule else replace(self, schedule=inner)
+
     def config(self) -> dict[str, Any]:
         """Config of the wrapped schedule plus ``warmup_steps``/``warmup_start_factor``."""
         out = self.schedule.config()
@@ -174,8 +208,65 @@ class Warmup(Schedule):
         return out
 
 
+@dataclass(frozen=True)
+class Plateau(Schedule):
+    """``lr`` until the monitored metric stops improving, then ``factor`` times less, again after
+    each plateau (:class:`rnnlab.train.callbacks.ReduceLROnPlateau`, which :func:`rnnlab.fit`
+    installs for this schedule: the rate depends on metrics, so this object alone gives the
+    starting rate).
+
+    Parameters
+    ----------
+    lr : float
+    monitor : str
+        A record key (``"val_loss"``, ``"train_loss"``, ``"val_accuracy"``, ...).
+    factor : float
+        In (0, 1).
+    patience : int
+        Evaluations without improvement before a reduction.
+    min_delta, cooldown, min_lr, mode
+        As in :class:`~rnnlab.train.callbacks.ReduceLROnPlateau`.
+    """
+
+    lr: float
+    monitor: str = "val_loss"
+    factor: float = 0.1
+    patience: int = 10
+    min_delta: float = 1e-4
+    cooldown: int = 0
+    min_lr: float = 0.0
+    mode: str = "auto"
+    name: ClassVar[str] = "plateau"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr", _positive("lr", self.lr))
+        if not isinstance(self.monitor, str) or not self.monitor.startswith(("train_", "val_")):
+            raise ValueError(f"monitor must be a metric such as 'val_loss' or 'train_loss'; "
+                             f"got {self.monitor!r}")
+        factor = _real("factor", self.factor)
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "patience", _int("patience", self.patience, 1))
+        object.__setattr__(self, "cooldown", _int("cooldown", self.cooldown, 0))
+        for name in ("min_delta", "min_lr"):
+            v = _real(name, getattr(self, name))
+            if v < 0.0:
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
+            object.__setattr__(self, name, v)
+        if self.mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {self.mode!r}")
+
+    def _at(self, step: int) -> float:
+        return self.lr
+
+    def callback_kwargs(self) -> dict[str, Any]:
+        """The arguments of the ReduceLROnPlateau callback that runs this schedule."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lr"}
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls for cls in (Constant, StepDecay, Cosine)
+    cls.name: cls for cls in (Constant, StepDecay, Cosine, Plateau)
 }
 """Base schedules known to :func:`make` (warm-up is requested with keywords)."""
 
@@ -187,7 +278,7 @@ def make(name: str, *, warmup_steps: int = 0, warmup_start_factor: float | None 
     Parameters
     ----------
     name : str
-        One of ``"constant"``, ``"step"``, ``"cosine"`` (case-insensitive).
+        One of ``"constant"``, ``"step"``, ``"cosine"``, ``"plateau"`` (case-insensitive).
     warmup_steps : int
         If > 0, wrap the schedule in :class:`Warmup` with this many steps.
     warmup_start_factor : float, optional
@@ -207,7 +298,13 @@ def make(name: str, *, warmup_steps: int = 0, warmup_start_factor: float | None 
     cls = SCHEDULES.get(name.lower())
     if cls is None:
         raise ValueError(f"unknown schedule {name!r}; valid names are {sorted(SCHEDULES)}")
-    sched: Schedule = cls(**kwargs)
+    try:
+        sched: Schedule = cls(**kwargs)
+    except TypeError as exc:            # a missing or unexpected argument: name what is expected
+        expected = [f.name for f in fields(cls) if f.name != "lr"]  # type: ignore[arg-type]
+        given = sorted(k for k in kwargs if k != "lr")
+        raise TypeError(f"schedule {cls.name!r} takes {expected} (besides lr); got {given}: "
+                        f"{exc}") from None
     warmup_steps = _int("warmup_steps", warmup_steps, 0)
     if warmup_steps == 0 and warmup_start_factor is None:
         return sched

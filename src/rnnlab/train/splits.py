@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..core import network
+from ..core.inputs import check_targets, make_mask, target_lead, time_first
 from ..core.params import Params
 from ..core.spec import RNNSpec
 from ..data.base import Dataset
@@ -24,12 +25,39 @@ class TrainData:
     X: NDArray[Any]
     y: NDArray[Any]
     mask: NDArray[np.bool_] | None
+    weight: NDArray[np.floating] | None = None
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
     def take(self, idx: Any) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.bool_] | None]:
         return self.X[idx], self.y[idx], None if self.mask is None else self.mask[idx]
+
+    def take_weight(self, idx: Any) -> NDArray[np.floating] | None:
+        return None if self.weight is None else self.weight[idx]
+
+    def with_weight(self, sample_weight: Any) -> TrainData:
+        """This split with loss weights: ``(N,)`` per sequence or ``(N, T)`` per step, finite and
+        ``>= 0`` (docs/derivation.md, eq. 15w)."""
+        if sample_weight is None:
+            return self
+        w = np.asarray(sample_weight)
+        if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_) \
+                or np.issubdtype(w.dtype, np.complexfloating):
+            raise TypeError(f"sample_weight must be a real numeric array; got dtype {w.dtype}")
+        n = len(self)
+        T = self.X.shape[1] if self.X.ndim >= 2 else None
+        if w.shape != (n,) and not (T is not None and w.shape == (n, T)):
+            raise ValueError(f"sample_weight must have shape ({n},), one weight per training "
+                             f"sequence{f', or ({n}, {T}) per step' if T else ''}; got "
+                             f"{w.shape}")
+        w = w.astype(np.float64)
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("sample_weight must be finite and >= 0")
+        if not (w > 0).any():
+            raise ValueError("sample_weight is 0 for every training sequence: nothing to learn "
+                             "from")
+        return TrainData(self.X, self.y, self.mask, w)
 
 
 def as_data(obj: Any, name: str) -> TrainData | None:
@@ -76,13 +104,37 @@ def spec_for_dataset(ds: Dataset, hidden_size: int, **kwargs: Any) -> RNNSpec:
                    loss=kwargs.pop("loss", loss), input_kind=ds.input_kind, **kwargs)
 
 
+CHECK_ROWS = 4096
+"""Sequences validated at a time by :func:`check_fits` (bounds the memory of the check)."""
+
+
 def check_fits(params: Params, spec: RNNSpec, data: TrainData, name: str) -> None:
-    """Run the model on one sequence of ``data`` so mismatches surface before training."""
+    """Validate every sequence of ``data`` for the model, before training starts.
+
+    Every input, target and mask row is checked as a training step would check it
+    (:mod:`rnnlab.core.inputs`: shapes, finite values, ids and class labels in range, soft targets
+    that are distributions), a block of :data:`CHECK_ROWS` sequences at a time, and the model is
+    run on one sequence, so that a mismatch anywhere in the split surfaces before the first
+    step, naming the split and the sequences, not minutes into training.
+    """
     X, y, mask = data.take(slice(0, 1))
     steps = y.shape[1] if spec.setup == "one_to_many" else None
+    dtype = params["W_hy"].dtype
     try:
         out, _ = network.forward(params, X, spec, mask=mask, steps=steps)
         network.loss_and_grad(spec, out, y, mask=mask)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"the {name} split does not fit the model ({spec.setup}, "
                         f"loss={spec.loss}): {exc}") from None
+    n = len(data)
+    for lo in range(0, n, CHECK_ROWS):
+        hi = min(n, lo + CHECK_ROWS)
+        X, y, mask = data.take(slice(lo, hi))
+        try:
+            _, B, T = time_first(X, spec, dtype, steps)
+            make_mask(B, T, mask=mask)
+            check_targets(y, spec, target_lead(spec, B, T), dtype)
+        except (ValueError, TypeError) as exc:
+            where = f"sequence {lo}" if hi - lo == 1 else f"sequences {lo}..{hi - 1}"
+            raise type(exc)(f"the {name} split ({where} of {n}) does not fit the model "
+                            f"({spec.setup}, loss={spec.loss}): {exc}") from None
