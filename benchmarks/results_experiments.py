@@ -1,0 +1,1333 @@
+"""The experiments of ``python -m benchmarks.results``: what each trains, and its tables and
+figures.
+
+An :class:`Experiment` has a ``plan(quick)`` (its cells: configurations x seeds x libraries,
+:mod:`benchmarks.results_run`) and a ``report(plan, results, figdir, work)`` that turns the
+finished cells into blocks of the page (text, tables, figures, the configuration) and targets.
+Every setting an experiment uses is written in its :class:`Setup` s; only the experiments about
+defaults (``digits``, the default rows of ``keras``) read them from the library at run time, and
+their configuration block shows the values that ran.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.results_run import Cell, Setup
+
+ECHO_METRICS = ("test_accuracy", "test_accuracy_last", "test_mse", "test_mse_ratio",
+                "test_strict_accuracy", "test_perplexity", "test_error_xor")
+FORTUNES = Path("/usr/share/games/fortunes")
+STEP_TASKS = ("xor", "reber", "text", "sine", "copy")
+
+Results = Mapping[str, Mapping[str, Any]]
+Block = dict[str, Any]
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    seeds: str
+    epochs: str
+    skipped: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    plan: Callable[[bool, Path], Plan]     # (quick, the experiment's work directory)
+    report: Callable[[Plan, Results, Path, Path], tuple[list[Block], list[dict[str, str]]]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def cell_label(c: Cell) -> str:
+    s = c.setup
+    t = f" T={s.steps}" if s.steps else ""
+    algo = s.train.get("algorithm", "bptt")
+    extra = "" if algo == "bptt" else f" {algo}"
+    mode = f" [{c.mode}]" if c.lib.startswith("keras") else ""
+    return (f"{s.dataset}{t} H={s.hidden} {s.nonlinearity}/{s.init}"
+            f"{' every-step' if s.label_steps == 'all' else ''}{extra} seed {c.seed}{mode}")
+
+
+def cost(c: Cell) -> float:
+    """A rough relative cost, to start the longest cells first."""
+    s = c.setup
+    n = s.n_train or 10000
+    per = {"torch": 3.0}.get(c.lib, 1.0) * (8.0 if s.train.get("algorithm") == "rtrl" else 1.0)
+    return per * n * (s.steps or 40) * s.hidden * float(s.train.get("epochs", 10))
+
+
+def res_of(results: Results, c: Cell) -> Mapping[str, Any]:
+    return results.get(c.key(), {"status": "missing"})
+
+
+def metric(results: Results, cells: Sequence[Cell], key: str) -> list[float]:
+    out = []
+    for c in cells:
+        r = res_of(results, c)
+        v = (r.get("test") or {}).get(key)
+        out.append(math.nan if v is None else float(v))
+    return out
+
+
+def finite(vals: Sequence[float]) -> list[float]:
+    return [v for v in vals if not math.isnan(v)]
+
+
+def pct(vals: Sequence[float], std: bool = True) -> str:
+    v = finite(vals)
+    if not v:
+        return "-"
+    if len(v) == 1 or not std:
+        return f"{100 * statistics.fmean(v):.1f} %"
+    return f"{100 * statistics.fmean(v):.1f} ± {100 * statistics.pstdev(v):.1f} %"
+
+
+def num(vals: Sequence[float], fmt: str = ".4f") -> str:
+    v = finite(vals)
+    if not v:
+        return "-"
+    if len(v) == 1:
+        return format(v[0], fmt)
+    return f"{format(statistics.fmean(v), fmt)} ± {format(statistics.pstdev(v), fmt)}"
+
+
+def mean(vals: Sequence[float]) -> float:
+    v = finite(vals)
+    return statistics.fmean(v) if v else math.nan
+
+
+def fit_time(results: Results, cells: Sequence[Cell]) -> str:
+    t = [float(x) for x in (res_of(results, c).get("fit_s") for c in cells) if x is not None]
+    return f"{statistics.median(t):.1f}" if t else "-"
+
+
+def epoch_time(results: Results, cells: Sequence[Cell]) -> str:
+    """Median training-epoch time after the first (compilation) epoch."""
+    t = []
+    for c in cells:
+        eps = res_of(results, c).get("epochs") or []
+        t += [e["time"] for e in eps[1:] if e.get("time") is not None]
+    return f"{statistics.median(t):.2f}" if t else "-"
+
+
+def weights_note(results: Results, cells: Sequence[Cell]) -> str:
+    w = [res_of(results, c) for c in cells]
+    parts = [f"{r.get('weights', '?')} ({r.get('weights_epoch', '?')})" for r in w]
+    return ", ".join(parts)
+
+
+def statuses(results: Results, cells: Sequence[Cell]) -> str:
+    s = [res_of(results, c).get("status", "missing") for c in cells]
+    bad = [x for x in s if x not in ("completed", "early_stopped")]
+    return "" if not bad else f" ({len(bad)} {'/'.join(sorted(set(bad)))})"
+
+
+def target(what: str, goal: str, measured: str, met: bool | None, miss: str = "") -> dict[str, str]:
+    verdict = "n/a" if met is None else ("met" if met else f"missed{': ' + miss if miss else ''}")
+    return {"what": what, "target": goal, "measured": measured, "verdict": verdict}
+
+
+def config_block(setups: Mapping[str, Setup], extra: Mapping[str, Any] | None = None) -> Block:
+    cfg: dict[str, Any] = {label: s.to_dict() for label, s in setups.items()}
+    if extra:
+        cfg.update(extra)
+    return {"kind": "config", "config": cfg}
+
+
+def settings_table(setups: Mapping[str, Setup], caption: str = "Settings") -> Block:
+    """The settings that matter, one row per configuration."""
+    rows = []
+    for label, s in setups.items():
+        tr = s.train
+        opt = tr.get("optimizer", "adam")
+        kw = tr.get("optimizer_kwargs") or {}
+        if kw:
+            opt += " (" + ", ".join(f"{k} {v}" for k, v in kw.items()) + ")"
+        sched = tr.get("schedule", "constant")
+        rows.append([label, s.dataset + (f", T={s.steps}" if s.steps else ""),
+                     str(s.hidden), s.nonlinearity, s.init,
+                     "every step" if s.label_steps == "all" or s.dataset in STEP_TASKS
+                     else "last step",
+                     tr.get("algorithm", "bptt"), opt, f"{tr.get('lr')}", sched,
+                     str(tr.get("clip_norm")), str(tr.get("batch_size")), str(tr.get("epochs")),
+                     "all" if s.n_train is None else str(s.n_train)])
+    return {"kind": "table", "caption": caption,
+            "header": ["configuration", "data", "H", "f", "init", "label", "gradient",
+                       "optimizer", "lr", "schedule", "clip", "batch", "epochs", "train seqs"],
+            "rows": rows}
+
+
+def _figure(w: float = 6.0, h: float = 4.0) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h))
+
+
+def save(fig: Any, figdir: Path, name: str, caption: str) -> Block:
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figdir / f"{name}.png", dpi=100, bbox_inches="tight")
+    fig.savefig(figdir / f"{name}.svg", bbox_inches="tight")
+    return {"kind": "figure", "file": name, "caption": caption}
+
+
+LIB_STYLE = {"rnnlab": ("-", "o"), "torch": ("--", "x"), "keras-jax": (":", "s"),
+             "keras-torch": ("-.", "^")}
+
+
+def mean_curve(results: Results, cells: Sequence[Cell], key: str) -> tuple[list[int], list[float]]:
+    by: dict[int, list[float]] = {}
+    for c in cells:
+        for e in res_of(results, c).get("epochs") or []:
+            if e.get(key) is not None:
+                by.setdefault(int(e["epoch"]), []).append(float(e[key]))
+    xs = sorted(by)
+    return xs, [statistics.fmean(by[x]) for x in xs]
+
+
+def curves_figure(results: Results, groups: Mapping[str, Sequence[Cell]], key: str,
+                  figdir: Path, name: str, caption: str, ylabel: str, log: bool = False,
+                  hline: tuple[float, str] | None = None) -> Block:
+    fig = _figure()
+    ax = fig.subplots()
+    for i, (label, cells) in enumerate(groups.items()):
+        xs, ys = mean_curve(results, cells, key)
+        if not xs:
+            continue
+        lib = cells[0].lib if cells else "rnnlab"
+        ls, mk = LIB_STYLE.get(lib, ("-", "o"))
+        ax.plot(xs, ys, ls, marker=mk if len(xs) <= 30 else None, ms=3, color=f"C{i}",
+                label=label)
+    if hline:
+        ax.axhline(hline[0], color="0.5", ls=":", lw=1, label=hline[1])
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, figdir, name, caption)
+
+
+def cells_for(setup: Setup, seeds: Sequence[int], libs: Sequence[str], **kw: Any) -> dict[
+        str, list[Cell]]:
+    return {lib: [Cell(setup, s, lib, **kw) for s in seeds] for lib in libs}
+
+
+def _all(groups: Mapping[Any, Mapping[str, list[Cell]]]) -> list[Cell]:
+    return [c for g in groups.values() for cs in g.values() for c in cs]
+
+
+def seeds_text(seeds: Sequence[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def library_defaults() -> tuple[int, str, dict[str, Any]]:
+    """What ``rnnlab train --dataset NAME`` uses when nothing is given: the hidden size of
+    :class:`rnnlab.lab.config.ModelConfig`, the initialiser of :class:`rnnlab.RNN` and every
+    :class:`rnnlab.TrainConfig` default that shapes training."""
+    import rnnlab
+    from rnnlab.lab.config import ModelConfig
+
+    tc = rnnlab.TrainConfig()
+    keys = ("epochs", "batch_size", "optimizer", "optimizer_kwargs", "lr", "schedule",
+            "schedule_kwargs", "clip_norm", "monitor", "patience", "restore_best")
+    init = inspect.signature(rnnlab.RNN).parameters["init"].default
+    return ModelConfig().hidden_size, init, {k: getattr(tc, k) for k in keys}
+
+
+def plan_digits(quick: bool, work: Path) -> Plan:
+    H, init, train = library_defaults()
+    if quick:
+        train = {**train, "epochs": 2}
+    setup = Setup("digits", None, hidden=H, init=init, train=train)
+    seeds = (0,) if quick else (0, 1, 2, 3, 4)
+    groups = {"main": cells_for(setup, seeds, ("rnnlab", "torch"))}
+    return Plan(_all(groups), seeds_text(seeds), str(train["epochs"]),
+                info={"groups": groups, "setup": setup})
+
+
+def report_digits(plan: Plan, results: Results, figdir: Path, work: Path
+                  ) -> tuple[list[Block], list[dict[str, str]]]:
+    g = plan.info["groups"]["main"]
+    setup = plan.info["setup"]
+    acc = {lib: metric(results, cs, "test_accuracy") for lib, cs in g.items()}
+    rows = [[lib, pct(acc[lib]), " ".join(f"{100 * v:.1f}" for v in acc[lib]),
+             weights_note(results, cs), fit_time(results, cs) + statuses(results, cs)]
+            for lib, cs in g.items()]
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "scikit-learn's 8x8 digits read row by row (the dataset's default view, T = 8), "
+            "trained with **every setting at the library's default** (`rnnlab train --dataset "
+            "digits` with nothing else: the hidden size of `ModelConfig`, the initialiser of "
+            "`rnnlab.RNN`, `TrainConfig()`); the configuration below shows the values that "
+            "ran. PyTorch: the same network, weights and batches.")},
+        settings_table({"defaults": setup}),
+        {"kind": "table", "caption": "Test accuracy (359 test images), mean ± std over seeds",
+         "header": ["library", "test accuracy", "per seed (%)", "weights scored (epoch)",
+                    "fit s (median)"], "rows": rows},
+        curves_figure(results, {f"{lib} (validation)": cs for lib, cs in g.items()},
+                      "val_accuracy", figdir, "val_accuracy",
+                      "digits with the defaults: validation accuracy per epoch (mean over seeds)",
+                      "validation accuracy"),
+        config_block({"defaults": setup}),
+    ]
+    m = mean(acc["rnnlab"])
+    t = target("digits, default settings, rnnlab", ">= 97 %", pct(acc["rnnlab"]), m >= 0.97,
+               f"{100 * (0.97 - m):.1f} points short")
+    return blocks, [t]
+
+
+# ----------------------------------------------------------------------------- single-setup
+# comparisons: MNIST-1D, Fashion-MNIST rows, pixel by pixel, character LM
+
+
+def compare_report(plan: Plan, results: Results, figdir: Path, *, intro: str,
+                   key: str = "test_accuracy", literature: Sequence[Sequence[str]] = (),
+                   curve: str = "val_accuracy", curve_label: str = "validation accuracy",
+                   caption: str = "", as_pct: bool = True) -> tuple[list[Block], dict[str, Any]]:
+    setups: dict[str, Setup] = plan.info["setups"]
+    groups: dict[str, dict[str, list[Cell]]] = plan.info["groups"]
+    rows = []
+    vals: dict[tuple[str, str], list[float]] = {}
+    for label, g in groups.items():
+        for lib, cs in g.items():
+            v = metric(results, cs, key)
+            vals[(label, lib)] = v
+            fmt = pct(v) if as_pct else num(v, ".3f")
+            each = " ".join(f"{100 * x:.1f}" if as_pct else f"{x:.3f}" for x in v)
+            rows.append([label, lib, fmt, each, weights_note(results, cs),
+                         fit_time(results, cs) + statuses(results, cs),
+                         epoch_time(results, cs)])
+    for lit in literature:
+        rows.append(list(lit) + [""] * (7 - len(lit)))
+    head = ["configuration", "library / source", key.removeprefix("test_").replace("_", " "),
+            "per seed", "weights scored (epoch)", "fit s (median)", "epoch s (median)"]
+    figs = {f"{label}: {lib}": cs for label, g in groups.items() for lib, cs in g.items()}
+    blocks: list[Block] = [
+        {"kind": "text", "text": intro},
+        settings_table(setups),
+        {"kind": "table", "caption": caption or "Test results (mean ± std over seeds)",
+         "header": head, "rows": rows},
+        curves_figure(results, figs, curve, figdir, curve.replace("val_", "val-"),
+                      f"{curve_label} per epoch (mean over seeds); solid rnnlab, dashed PyTorch",
+                      curve_label, log=curve.endswith("perplexity")),
+        config_block(setups),
+    ]
+    return blocks, {"vals": vals}
+
+
+def _single(name: str, setups: Mapping[str, Setup], seeds: Sequence[int],
+            libs: Sequence[str] = ("rnnlab", "torch"), **info: Any) -> Plan:
+    groups = {label: cells_for(s, seeds, libs) for label, s in setups.items()}
+    epochs = ", ".join(sorted({str(s.train.get("epochs")) for s in setups.values()}))
+    return Plan(_all(groups), seeds_text(seeds), epochs,
+                info={"groups": groups, "setups": dict(setups), **info})
+
+
+def plan_mnist1d(quick: bool, work: Path) -> Plan:
+    epochs = 2 if quick else 100
+    setup = Setup("mnist1d", None, hidden=128, init="keras", n_train=400 if quick else None,
+                  train={"epochs": epochs, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
+                         "schedule": "cosine",
+                         "schedule_kwargs": {"total_steps": epochs * (13 if quick else 113)},
+                         "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
+    return _single("mnist1d", {"H=128, keras init, Adam 1e-3 cosine": setup},
+                   (0,) if quick else (0, 1, 2))
+
+
+def report_mnist1d(plan: Plan, results: Results, figdir: Path, work: Path
+                   ) -> tuple[list[Block], list[dict[str, str]]]:
+    blocks, info = compare_report(
+        plan, results, figdir,
+        intro=("MNIST-1D (Greydanus 2020; the `mnist1d` package's default 4000/1000 signals of "
+               "length 40, one value a step, T = 40), a vanilla tanh RNN. The weights scored are "
+               "those the run reports: the epoch of the best validation accuracy, restored "
+               "(`restore_best`)."),
+        literature=[["Greydanus (2020)", "GRU", "91 ± 2 %"], ["Greydanus (2020)", "CNN", "94 %"],
+                    ["Greydanus (2020)", "MLP", "68 %"]])
+    r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
+    m = mean(r)
+    return blocks, [target("MNIST-1D, rnnlab, the reported weights", ">= 91 %", pct(r), m >= 0.91,
+                           f"{100 * (0.91 - m):.1f} points short")]
+
+
+def plan_fashion_rows(quick: bool, work: Path) -> Plan:
+    epochs = 1 if quick else 30
+    n = 1000 if quick else None
+    steps_per_epoch = math.ceil((n or 54000) / 64)
+    setup = Setup("fashion-mnist", 28, hidden=256, init="keras", n_train=n,
+                  n_val=500 if quick else None,
+                  train={"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
+                         "schedule": "cosine",
+                         "schedule_kwargs": {"total_steps": epochs * steps_per_epoch},
+                         "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
+    return _single("fashion-rows", {"H=256, keras init, Adam 1e-3 cosine": setup}, (0,))
+
+
+def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
+                        ) -> tuple[list[Block], list[dict[str, str]]]:
+    blocks, info = compare_report(
+        plan, results, figdir,
+        intro=("Fashion-MNIST read row by row (T = 28 steps of 28 pixels), one tanh layer, the "
+               "whole training set (54,000; 6,000 held out for validation), the 10,000 test "
+               "images. The published numbers are the dataset's benchmark table (Zalando's "
+               "fashion-mnist README)."),
+        literature=[["fashion-mnist benchmark", "Keras SimpleRNN(256)", "88.3 %"],
+                    ["fashion-mnist benchmark", "GRU", "88.8-89.7 %"]])
+    r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
+    m = mean(r)
+    return blocks, [target("Fashion-MNIST rows, vanilla RNN (rnnlab)", ">= 89.5 %", pct(r),
+                           m >= 0.895, f"{100 * (0.895 - m):.1f} points short")]
+
+
+def plan_pixel(quick: bool, work: Path) -> Plan:
+    epochs = 1 if quick else 10
+    n = 256 if quick else 6000
+    steps = 49 if quick else 784
+    per = math.ceil(n / 32)
+    base = dict(epochs=epochs, batch_size=32, optimizer="adam", clip_norm=1.0,
+                monitor="val_accuracy", restore_best=True)
+    setups = {
+        "tanh, keras init, Adam 1e-3": Setup(
+            "fashion-mnist", steps, hidden=64, init="keras", n_train=n, n_val=200 if quick
+            else 1000, train={**base, "lr": 1e-3}),
+        "IRNN, Adam 1e-4": Setup(
+            "fashion-mnist", steps, hidden=64, nonlinearity="relu", init="irnn", n_train=n,
+            n_val=200 if quick else 1000, train={**base, "lr": 1e-4}),
+    }
+    del per
+    return _single("pixel", setups, (0,))
+
+
+def report_pixel(plan: Plan, results: Results, figdir: Path, work: Path
+                 ) -> tuple[list[Block], list[dict[str, str]]]:
+    n = next(iter(plan.info["setups"].values())).n_train
+    blocks, info = compare_report(
+        plan, results, figdir,
+        intro=(f"Fashion-MNIST pixel by pixel: T = 784 steps of one pixel. To fit the time "
+               f"budget the training set is cut to {n} images (a fixed random subset; 1,000 "
+               "validation images), the test set is the full 10,000. Le et al. (2015) trained "
+               "on the whole of MNIST (60,000) for on the order of 10^6 updates; their numbers "
+               "are MNIST's, not Fashion-MNIST's, and are given for scale."),
+        literature=[["Le et al. (2015), MNIST", "RNN + tanh", "~35 %"],
+                    ["Le et al. (2015), MNIST", "IRNN", "97 %"],
+                    ["Le et al. (2015), MNIST", "LSTM", "65 %"]])
+    ts = []
+    for (lb, lib), v in info["vals"].items():
+        if lib == "rnnlab":
+            ts.append(target(f"pixel by pixel, {lb} (rnnlab)", "reported (no target)", pct(v),
+                             None))
+    return blocks, ts
+
+
+def fortune_corpus(work: Path, max_chars: int) -> Path | None:
+    """Debian's fortunes (every plain file of /usr/share/games/fortunes, sorted by name, the
+    overstrike sequences ``c\\b`` removed), cut to ``max_chars`` characters, as one UTF-8 file."""
+    if not FORTUNES.is_dir():
+        return None
+    parts = []
+    for f in sorted(FORTUNES.iterdir()):
+        if f.suffix in (".dat", ".u8") or f.is_dir():
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        parts.append(re.sub(r".\x08", "", text))
+    corpus = "".join(parts)[:max_chars]
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"fortunes-{max_chars}.txt"
+    if not path.exists() or path.read_text(encoding="utf-8") != corpus:
+        path.write_text(corpus, encoding="utf-8")
+    return path
+
+
+def plan_charlm(quick: bool, work: Path) -> Plan:
+    max_chars = 20000 if quick else 1_000_000
+    path = fortune_corpus(work, max_chars)
+    if path is None:
+        return Plan([], "-", "-", skipped=(
+            f"{FORTUNES} is absent: install Debian's fortunes package (`apt-get install -y "
+            "fortunes`, as root) to run the character model."))
+    epochs = 1 if quick else 8
+    windows = int(max_chars * 0.9) // 50
+    setup = Setup("text", 50, hidden=64 if quick else 256, init="keras",
+                  data={"path": str(path.resolve())},
+                  train={"epochs": epochs, "batch_size": 32, "optimizer": "adam", "lr": 2e-3,
+                         "schedule": "cosine",
+                         "schedule_kwargs": {"total_steps": epochs * math.ceil(windows / 32)},
+                         "clip_norm": 5.0, "monitor": "val_loss", "restore_best": True})
+    return _single("charlm", {"H=256, keras init, Adam 2e-3 cosine": setup}, (0,),
+                   corpus=str(path), chars=max_chars)
+
+
+def report_charlm(plan: Plan, results: Results, figdir: Path, work: Path
+                  ) -> tuple[list[Block], list[dict[str, str]]]:
+    from benchmarks.results_run import load_data
+
+    setup = next(iter(plan.info["setups"].values()))
+    ds = load_data(setup)
+    uni = math.exp(ds.baselines["ce_unigram"])
+    V = ds.input_size
+    blocks, info = compare_report(
+        plan, results, figdir, key="test_perplexity", curve="val_perplexity",
+        curve_label="validation perplexity", as_pct=False,
+        intro=(f"A character-level language model on Debian's `fortunes` package (every plain "
+               f"file of `{FORTUNES}`, sorted by name, overstrike sequences removed, the first "
+               f"{plan.info['chars']:,} characters; V = {V} characters; 90 / 5 / 5 % contiguous "
+               f"train / validation / test; non-overlapping windows of 50 characters, the next "
+               f"character predicted at every step). Perplexity per character on the test part: "
+               f"a unigram model scores {uni:.1f}, a uniform one {V}."),
+        literature=[["baseline", "unigram (add-one)", f"{uni:.2f}"],
+                    ["baseline", "uniform", f"{V}"]])
+    r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
+    t = [x for (lb, lib), x in info["vals"].items() if lib == "torch"][0]
+    return blocks, [target("character LM (fortunes), test perplexity", "rnnlab ≈ PyTorch",
+                           f"{num(r, '.3f')} vs {num(t, '.3f')}",
+                           None if math.isnan(mean(r)) or math.isnan(mean(t)) else
+                           abs(mean(r) - mean(t)) <= 0.05 * mean(t))]
+
+
+# ----------------------------------------------------------------------------- seed 000
+
+
+def seed000_methods() -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
+    """rnnlab.lab.experiments.METHODS as (label, Setup fields, train fields)."""
+    from rnnlab.lab.experiments import METHODS
+
+    out = {}
+    for name, m in METHODS.items():
+        model: dict[str, Any] = {}
+        train: dict[str, Any] = {}
+        for k, v in m.overrides.items():
+            sec, _, key = k.partition(".")
+            if sec == "model":
+                model[{"hidden_size": "hidden"}.get(key, key)] = v
+            elif sec == "train":
+                if key.startswith("optimizer_kwargs."):
+                    train.setdefault("optimizer_kwargs", {})[key.split(".", 1)[1]] = v
+                else:
+                    train[key] = v
+        out[name] = (m.label, model, train)
+    return out
+
+
+def plan_seed000(dataset: str, quick: bool, work: Path) -> Plan:
+    from rnnlab.lab.experiments import timesteps_base
+
+    base = timesteps_base(dataset)
+    t = base.train
+    train = {"epochs": t.epochs, "batch_size": t.batch_size, "optimizer": t.optimizer,
+             "optimizer_kwargs": dict(t.optimizer_kwargs), "lr": t.lr, "schedule": t.schedule,
+             "schedule_kwargs": dict(t.schedule_kwargs), "clip_norm": t.clip_norm,
+             "monitor": t.monitor, "restore_best": t.restore_best}
+    steps: tuple[int, ...]
+    if dataset == "digits":
+        steps = (1, 4, 16) if quick else (1, 2, 4, 8, 16, 32, 64)
+        n_train = None
+        seeds = (0,) if quick else (0, 1, 2)
+        if quick:
+            train["epochs"] = 2
+    else:
+        steps = (4, 28, 112) if quick else (1, 2, 4, 7, 14, 28, 56, 112, 196, 392, 784)
+        n_train = 300 if quick else 2000
+        seeds = (0,)
+        train["epochs"] = 1 if quick else 10
+    setups: dict[tuple[str, int], Setup] = {}
+    for name, (_label, model, tr) in seed000_methods().items():
+        for T in steps:
+            setups[(name, T)] = Setup(
+                dataset, T, hidden=model.get("hidden", base.model.hidden_size),
+                nonlinearity=model.get("nonlinearity", "tanh"), init=model.get("init", "pytorch"),
+                label_steps=model.get("label_steps", "last"), train={**train, **tr},
+                n_train=n_train, n_val=None if n_train is None else (200 if quick else 1000))
+    groups = {key: cells_for(s, seeds, ("rnnlab", "torch"), diagnostics=True)
+              for key, s in setups.items()}
+    return Plan(_all(groups), seeds_text(seeds), str(train["epochs"]),
+                info={"groups": groups, "setups": setups, "steps": steps, "dataset": dataset})
+
+
+def _gradient_run_dirs(results: Results, cells: Sequence[Cell], work: Path, label: str
+                       ) -> list[Path]:
+    """Minimal run directories (summary.json + diagnostics.npz) for rnnlab.lab.plots."""
+    dirs = []
+    for c in cells:
+        r = res_of(results, c)
+        gi, gf = r.get("grad_norm_init"), r.get("grad_norm_final")
+        if not gi or not gf:
+            continue
+        d = work / "gradient-runs" / f"{c.setup.steps}-{c.seed}-{c.lib}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "summary.json").write_text(json.dumps({
+            "label": label, "dataset": {"steps": c.setup.steps, "input_size": 0}}))
+        clean = [np.nan_to_num(np.asarray(g, dtype=np.float64), nan=1e-300, posinf=1e300)
+                 for g in (gi, gf)]
+        np.savez(d / "diagnostics.npz", keys=np.array(["l0"]),
+                 grad_norm_init=clean[0][None, :], grad_norm_final=clean[1][None, :])
+        dirs.append(d)
+    return dirs
+
+
+def report_seed000(plan: Plan, results: Results, figdir: Path, work: Path
+                   ) -> tuple[list[Block], list[dict[str, str]]]:
+    from benchmarks.results_run import load_data
+
+    groups = plan.info["groups"]
+    steps = plan.info["steps"]
+    dataset = plan.info["dataset"]
+    methods = seed000_methods()
+    key = "test_accuracy_last"
+    header = ["T", "D"]
+    for name in methods:
+        header += [f"{name}: rnnlab", f"{name}: torch", "Δ (points)"]
+    rows = []
+    worst: dict[str, list[tuple[int, float, float]]] = {m: [] for m in methods}
+    P = 64 if dataset == "digits" else 784
+    for T in steps:
+        row = [str(T), str(P // T)]
+        for name in methods:
+            g = groups[(name, T)]
+            r, t = metric(results, g["rnnlab"], key), metric(results, g["torch"], key)
+            d = 100 * (mean(r) - mean(t))
+            spread = 100 * max(statistics.pstdev(finite(r)) if len(finite(r)) > 1 else 0.0,
+                               statistics.pstdev(finite(t)) if len(finite(t)) > 1 else 0.0)
+            worst[name].append((T, d, spread))
+            row += [pct(r), pct(t), "-" if math.isnan(d) else f"{d:+.1f}"]
+        rows.append(row)
+    first = groups[(next(iter(methods)), steps[0])]["rnnlab"][0].setup
+    n_note = ("the whole training split" if first.n_train is None else
+              f"a fixed random subset of {first.n_train} training images ({first.n_val} for "
+              "validation; the full 10,000 test images)")
+    setups = {f"{name}, T={T}": s for (name, T), s in plan.info["setups"].items()
+              if T == steps[0]}
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            f"Seed 000's question: does reading the same image in more, smaller steps hurt? "
+            f"{'The 8x8 digits' if dataset == 'digits' else 'Fashion-MNIST'} cut into T steps "
+            f"of D = {P}/T pixels, for every method of `rnnlab.lab.experiments.METHODS` (the "
+            f"main job's settings, `timesteps_base`), trained on {n_note}. Accuracy is the "
+            "prediction after the last step. Each rnnlab run is paired with a PyTorch run of "
+            "the identical configuration (same initial weights, batches, optimizer).")},
+        settings_table(setups, caption=f"Settings (shown for T = {steps[0]}; every T alike)"),
+        {"kind": "table", "caption": f"Test accuracy against T, mean ± std over seeds "
+         f"({plan.seeds}); Δ = rnnlab - torch", "header": header, "rows": rows},
+    ]
+    # the accuracy figure
+    ds0 = load_data(first)
+    chance = ds0.baselines.get("accuracy_chance")
+    fig = _figure(6.6, 4.2)
+    ax = fig.subplots()
+    for i, (name, (label, _, _)) in enumerate(methods.items()):
+        for lib in ("rnnlab", "torch"):
+            ys = [mean(metric(results, groups[(name, T)][lib], key)) for T in steps]
+            ls, mk = LIB_STYLE[lib]
+            ax.plot(steps, ys, ls, marker=mk, ms=4, color=f"C{i}", label=f"{label} ({lib})")
+    if chance is not None:
+        ax.axhline(chance, color="0.5", ls=":", lw=1, label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(steps))
+    ax.set_xticklabels([f"{T}\n{P // T}" for T in steps], fontsize=7)
+    ax.set_xlabel("time steps T / pixels per step D")
+    ax.set_ylabel("test accuracy (after the last step)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower left")
+    blocks.append(save(fig, figdir, "accuracy_vs_T",
+                       f"{dataset}: test accuracy against T, solid rnnlab, dashed PyTorch "
+                       "(mean over seeds)"))
+    # the gradient-norm figure (rnnlab.lab.plots.gradient_norms)
+    from rnnlab.lab import plots
+
+    gname = next(iter(methods))
+    glabel = methods[gname][0]
+    cells = [c for T in steps for c in groups[(gname, T)]["rnnlab"]]
+    dirs = _gradient_run_dirs(results, cells, work / "gradients", glabel)
+    if dirs:
+        plots.gradient_norms(dirs, figdir / "gradient_norms", label=glabel, when="both")
+        blocks.append({"kind": "figure", "file": "gradient_norms", "caption": (
+            f"||dL/dh_t|| through time for '{glabel}' (rnnlab, 128 test sequences, geometric "
+            "mean over seeds), at initialisation and after training: the gradient reaching "
+            "the early steps of long sequences vanishes")})
+    # agreement
+    notes, bad = [], 0
+    for name, lst in worst.items():
+        over = [(T, d, s) for T, d, s in lst if not math.isnan(d) and abs(d) > 1.0]
+        bad += len(over)
+        if over:
+            notes.append(f"`{name}`: " + ", ".join(
+                f"T = {T}: {d:+.1f} points (seed spread {s:.1f})" for T, d, s in over))
+    if notes:
+        blocks.append({"kind": "text", "text": (
+            "Where rnnlab and PyTorch differ by more than one point: " + "; ".join(notes) + ". "
+            "The two runs start from the same weights and see the same batches; in float64 "
+            "they follow one trajectory (tests/test_results_harness.py), in float32 their "
+            "rounding differs, and a run that is unstable (at chance, or on the edge of "
+            "learning a long sequence) amplifies that into a different outcome. A difference "
+            "within the spread over seeds (the std in the table) is that noise, not a "
+            "difference of the libraries.")})
+    blocks.append(config_block(setups))
+    tot = sum(1 for lst in worst.values() for _, d, _ in lst if not math.isnan(d))
+    meas = f"{tot - bad} of {tot} (method, T) pairs within 1 point"
+    return blocks, [target(f"seed 000 on {dataset}: rnnlab vs PyTorch", "within 1 point at every "
+                           "T, or explained", meas, bad == 0,
+                           f"{bad} pair(s) differ by more (discussed in the section)")]
+
+
+# ----------------------------------------------------------------------------- adding
+
+
+def plan_adding(quick: bool, work: Path) -> Plan:
+    steps = (10, 20) if quick else (50, 100, 150, 200)
+    epochs = 1 if quick else 30
+    n = 256 if quick else 10000
+    seeds = (0,)
+    recipes = {      # recipes-adding: IRNN Adam 1e-3 solves T = 100 in 30 epochs
+        "tanh": ("tanh", "keras", {"optimizer": "adam", "lr": 1e-3, "clip_norm": 1.0}),
+        "IRNN": ("relu", "irnn", {"optimizer": "adam", "lr": 1e-3, "clip_norm": 1.0}),
+    }
+    setups = {}
+    for m, (f, init, tr) in recipes.items():
+        for T in steps:
+            setups[(m, T)] = Setup("adding", T, hidden=100, nonlinearity=f, init=init,
+                                   data={"n_train": n, "n_test": 200 if quick else 1000},
+                                   train={"epochs": epochs, "batch_size": 32, **tr,
+                                          "schedule": "constant", "monitor": "val_loss",
+                                          "restore_best": True})
+    groups = {k: cells_for(s, seeds, ("rnnlab", "torch")) for k, s in setups.items()}
+    return Plan(_all(groups), seeds_text(seeds), str(epochs),
+                info={"groups": groups, "setups": setups, "steps": steps,
+                      "methods": list(recipes)})
+
+
+def report_adding(plan: Plan, results: Results, figdir: Path, work: Path
+                  ) -> tuple[list[Block], list[dict[str, str]]]:
+    groups, steps, methods = plan.info["groups"], plan.info["steps"], plan.info["methods"]
+    rows, targets = [], []
+    for m in methods:
+        for T in steps:
+            g = groups[(m, T)]
+            r, t = metric(results, g["rnnlab"], "test_mse"), metric(results, g["torch"],
+                                                                   "test_mse")
+            rows.append([m, str(T), num(r, ".4f"), num(t, ".4f"),
+                         "yes" if mean(r) < 0.01 else "no", "yes" if mean(t) < 0.01 else "no",
+                         epoch_time(results, g["rnnlab"]), epoch_time(results, g["torch"])])
+            targets.append(target(f"adding, T = {T}, {m} (rnnlab)", "MSE < 0.01",
+                                  num(r, ".4f"), mean(r) < 0.01,
+                                  f"{mean(r):.4f} (baseline 0.167)"))
+    s0 = next(iter(plan.info["setups"].values()))
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015): two channels, "
+            "values U[0, 1] and a marker on one step in each half; the target is the sum of "
+            "the two marked values. Predicting 1 gives MSE 1/6 ≈ 0.167; the problem counts as "
+            f"solved below 0.01. {s0.data['n_train']} training sequences (a fresh draw per "
+            f"T), {s0.data['n_test']} test sequences, one output read after the last step. "
+            "Le et al. (2015) study T = 150 to 400 and report the IRNN competitive with the "
+            "LSTM there.")},
+        settings_table({f"{m}, T={T}": s for (m, T), s in plan.info["setups"].items()
+                        if T == steps[0]}, caption="Settings (shown for the first T; every T "
+                       "alike)"),
+        {"kind": "table", "caption": f"Test MSE (seeds {plan.seeds})",
+         "header": ["method", "T", "rnnlab", "torch", "solved (rnnlab)", "solved (torch)",
+                    "epoch s rnnlab", "epoch s torch"], "rows": rows},
+    ]
+    fig = _figure()
+    ax = fig.subplots()
+    for i, m in enumerate(methods):
+        for lib in ("rnnlab", "torch"):
+            ys = [mean(metric(results, groups[(m, T)][lib], "test_mse")) for T in steps]
+            ls, mk = LIB_STYLE[lib]
+            ax.plot(steps, ys, ls, marker=mk, color=f"C{i}", label=f"{m} ({lib})")
+    ax.axhline(1 / 6, color="0.5", ls=":", label="predict 1 (1/6)")
+    ax.axhline(0.01, color="k", ls="-.", lw=0.8, label="solved (0.01)")
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("test MSE")
+    ax.set_xticks(list(steps))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    blocks.append(save(fig, figdir, "mse_vs_T", "The adding problem: test MSE against T"))
+    blocks.append(config_block({f"{m}, T={T}": s for (m, T), s in plan.info["setups"].items()}))
+    return blocks, targets
+
+
+# ----------------------------------------------------------------------------- XOR
+
+
+def plan_xor(quick: bool, work: Path) -> Plan:
+    epochs = 3 if quick else 60
+    setup = Setup("xor", None, hidden=8, init="keras",
+                  train={"epochs": epochs, "batch_size": 32, "optimizer": "adam", "lr": 1e-2,
+                         "schedule": "constant", "clip_norm": 1.0, "monitor": "val_loss",
+                         "restore_best": True})
+    return _single("xor", {"H=8, keras init, Adam 1e-2": setup},
+                   (0,) if quick else (0, 1, 2, 3, 4))
+
+
+def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
+               ) -> tuple[list[Block], list[dict[str, str]]]:
+    setups, groups = plan.info["setups"], plan.info["groups"]
+    label = next(iter(setups))
+    g = groups[label]
+    rows = []
+    for lib, cs in g.items():
+        rows.append([lib] + [pct(metric(results, cs, f"test_error_{p}")) for p in
+                             ("a", "b", "xor")] + [pct([1 - v for v in metric(
+                                 results, cs, "test_accuracy")])])
+    rows.append(["optimum (Elman 1990)", "50 %", "50 %", "0 %", "33.3 %"])
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "Elman's (1990) temporal XOR: a stream of triples (a, b, a XOR b), one bit a step, "
+            "the next bit predicted at every step (30 steps per sequence, each starting at a "
+            "triple boundary; 1000 training sequences). Only every third bit is predictable: "
+            "the best error is 50 %, 50 %, 0 % by position in the triple. The figure is "
+            "Elman's: the error at each step of a test sequence, low at every third step.")},
+        settings_table(setups),
+        {"kind": "table", "caption": f"Test error by the target's position in its triple "
+         f"(mean ± std over seeds {plan.seeds})",
+         "header": ["library", "a", "b", "a XOR b", "all steps"], "rows": rows},
+    ]
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    for i, (lib, cs) in enumerate(g.items()):
+        per = [res_of(results, c).get("test", {}).get("test_error_by_step") for c in cs]
+        per = [p for p in per if p]
+        if not per:
+            continue
+        y = np.mean(np.asarray(per, dtype=np.float64), axis=0)
+        ls, mk = LIB_STYLE[lib]
+        ax.plot(np.arange(len(y)), y, ls, marker=mk, ms=3, color=f"C{i}", label=lib)
+    ax.set_xlabel("time step t (target: bit t + 1)")
+    ax.set_ylabel("test error rate")
+    ax.set_ylim(-0.02, 0.7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    blocks.append(save(fig, figdir, "error_by_step",
+                       "Temporal XOR: test error at each step (mean over seeds and test "
+                       "sequences); the predictable bits (a XOR b) are every third"))
+    blocks.append(config_block(setups))
+    r = metric(results, g["rnnlab"], "test_error_xor")
+    return blocks, [target("temporal XOR, error on a XOR b (rnnlab)", "0 % (Elman: ~0)",
+                           pct(r), mean(r) < 0.01, f"{100 * mean(r):.1f} %")]
+
+
+# ----------------------------------------------------------------------------- Reber
+
+
+def plan_reber(quick: bool, work: Path) -> Plan:
+    epochs = 2 if quick else 60
+    n = 128 if quick else 1024
+    seeds = (0,) if quick else tuple(range(10))
+    few = (0,) if quick else tuple(range(5))
+
+    def s(H: int, algorithm: str) -> Setup:      # the recipe of recipes-reber
+        return Setup("reber", None, hidden=H, init="keras",
+                     data={"n_train": n, "n_val": 64 if quick else 256},
+                     train={"epochs": epochs, "batch_size": 16, "optimizer": "adam",
+                            "lr": 3e-3, "schedule": "cosine",
+                            "schedule_kwargs": {"total_steps": epochs * math.ceil(n / 16)},
+                            "clip_norm": 1.0, "monitor": "val_loss", "restore_best": True,
+                            "algorithm": algorithm})
+    setups = {"BPTT, H=32": s(32, "bptt"), "BPTT, H=16": s(16, "bptt"),
+              "RTRL, H=16": s(16, "rtrl")}
+    groups = {"BPTT, H=32": cells_for(setups["BPTT, H=32"], seeds, ("rnnlab", "torch")),
+              "BPTT, H=16": cells_for(setups["BPTT, H=16"], few, ("rnnlab",)),
+              "RTRL, H=16": cells_for(setups["RTRL, H=16"], few, ("rnnlab",))}
+    return Plan(_all(groups), f"{seeds_text(seeds)} (H=16: {seeds_text(few)})", str(epochs),
+                info={"groups": groups, "setups": setups})
+
+
+def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
+                 ) -> tuple[list[Block], list[dict[str, str]]]:
+    groups, setups = plan.info["groups"], plan.info["setups"]
+    rows, targets = [], []
+    for algo, g in groups.items():
+        for lib, cs in g.items():
+            s = metric(results, cs, "test_strict_accuracy")
+            solved = sum(1 for v in s if v == 1.0)
+            n = len(finite(s))
+            rows.append([algo, lib, f"{solved} / {n}", pct(s), num(metric(
+                results, cs, "test_loss"), ".4f"), fit_time(results, cs) + statuses(results, cs)])
+            if lib == "rnnlab":
+                frac = solved / n if n else math.nan
+                main = algo.startswith("BPTT, H=32")
+                targets.append(target(f"embedded Reber, {algo} (rnnlab): seeds strictly solved",
+                                      ">= 90 %" if main else "reported", f"{solved} / {n}",
+                                      (frac >= 0.9) if main and n else None,
+                                      f"{100 * frac:.0f} %"))
+    from benchmarks.results_run import load_data
+
+    ds = load_data(next(iter(setups.values())))
+    rows.append(["Hochreiter & Schmidhuber (1997)", "Elman net", "0 %", "", "", ""])
+    rows.append(["Hochreiter & Schmidhuber (1997)", "RTRL", "'some fraction'", "", "", ""])
+    rows.append(["Hochreiter & Schmidhuber (1997)", "LSTM", "97-100 %", "", "", ""])
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "The embedded Reber grammar: next-symbol prediction over B T P S X V E; the "
+            "symbol after the inner string repeats the second one, so it needs a memory across "
+            "the whole string. A run **strictly solves** the task when, on every test string "
+            "and at every step, the allowed next symbols score above all others (Hochreiter & "
+            f"Schmidhuber 1997). {len(ds.train.X)} training strings, {len(ds.val.X)} for "
+            f"validation (which pick the epoch whose weights are scored), {len(ds.test.X)} test "
+            f"strings; the optimal cross-entropy is "
+            f"{ds.baselines.get('ce_optimal', float('nan')):.4f} nats per step. RTRL computes "
+            "the same gradient as BPTT forward in time (rnnlab only: PyTorch has no RTRL); its "
+            "cost grows as H^4, so it runs at H = 16 beside BPTT at H = 16. The recipe is "
+            "`recipes-reber`'s.")},
+        settings_table(setups),
+        {"kind": "table", "caption": "Seeds that strictly solve the task (test strings)",
+         "header": ["gradient", "library / source", "strictly solved", "strict accuracy",
+                    "test loss", "fit s (median)"], "rows": rows},
+        curves_figure(results, {f"{a}: {lib}": cs for a, g in groups.items()
+                                for lib, cs in g.items()}, "val_loss", figdir, "val_loss",
+                      "Embedded Reber: validation loss per epoch (mean over seeds)",
+                      "validation loss (nats per step)",
+                      hline=(ds.baselines.get("ce_optimal", 0.0), "optimal")),
+        config_block(setups),
+    ]
+    return blocks, targets
+
+
+# ----------------------------------------------------------------------------- Keras
+
+
+def plan_keras(quick: bool, work: Path) -> Plan:
+    H_default, init, defaults = library_defaults()
+    del H_default
+    seeds = (0,) if quick else (0, 1, 2)
+    rows = {
+        "digits T=8, H=64, 30 epochs": (Setup("digits", 8, hidden=64, init=init,
+                                               train={**defaults, "epochs": 2 if quick else 30}),
+                                         "0.965", "0.952"),
+        "digits T=64, H=64, 30 epochs": (Setup("digits", 64, hidden=64, init=init,
+                                                train={**defaults,
+                                                       "epochs": 2 if quick else 30}),
+                                          "0.955", "0.779"),
+        "Fashion rows, H=128, Adam 1e-3, batch 128, 3 epochs": (
+            Setup("fashion-mnist", 28, hidden=128, init=init,
+                  n_train=2000 if quick else None, n_val=500 if quick else None,
+                  train={**defaults, "epochs": 1 if quick else 3, "batch_size": 128,
+                         "optimizer": "adam", "lr": 1e-3}), "0.833 in 11.1 s", "0.788 in 11.1 s"),
+    }
+    groups: dict[str, dict[str, list[Cell]]] = {}
+    for label, (s, _, _) in rows.items():
+        # Keras' own defaults: batch 32 (model.fit) unless the row names one, Adam()
+        k = s.replace(train={"batch_size": 128 if "batch 128" in label else 32, "lr": 1e-3})
+        groups[label] = {
+            "rnnlab": [Cell(s, sd, "rnnlab") for sd in seeds],
+            "keras-jax defaults": [Cell(k, sd, "keras-jax", "defaults") for sd in seeds],
+            # Keras' torch backend runs digits at T = 64 at ~14 s an epoch (JAX: 0.1 s):
+            # not in reasonable time, so that row has it not
+            "keras-torch defaults": [Cell(k, sd, "keras-torch", "defaults") for sd in seeds
+                                     if "T=64" not in label],
+            "keras-jax, rnnlab's weights and config": [Cell(s, sd, "keras-jax", "same")
+                                                       for sd in seeds],
+        }
+    cells = [c for g in groups.values() for cs in g.values() for c in cs]
+    return Plan(cells, seeds_text(seeds), "30, 30, 3" if not quick else "2, 2, 1",
+                info={"groups": groups, "rows": rows})
+
+
+def report_keras(plan: Plan, results: Results, figdir: Path, work: Path
+                 ) -> tuple[list[Block], list[dict[str, str]]]:
+    groups, rows_info = plan.info["groups"], plan.info["rows"]
+    rows, targets = [], []
+    accs: dict[tuple[str, str], float] = {}
+    for label, g in groups.items():
+        for who, cs in g.items():
+            if not cs:
+                rows.append([label, who, "not run: its epochs take ~100x JAX's (quick run: "
+                             "14 s against 0.14 s)", "", "", ""])
+                continue
+            st = [res_of(results, c).get("status") for c in cs]
+            if all(s == "skipped" for s in st):
+                rows.append([label, who, "skipped: " + str(res_of(results, cs[0])
+                                                           .get("message")), "", "", ""])
+                continue
+            a = metric(results, cs, "test_accuracy")
+            accs[(label, who)] = mean(a)
+            init = cs[0].setup.init if who == "rnnlab" or "rnnlab's" in who else \
+                "glorot / orthogonal / zeros (Keras)"
+            rows.append([label, who, init, f"{mean(a):.3f}" + (
+                f" ± {statistics.pstdev(finite(a)):.3f}" if len(finite(a)) > 1 else "")
+                + statuses(results, cs), fit_time(results, cs), epoch_time(results, cs)])
+        _, keras_issue, ours_issue = rows_info[label]
+        rows.append([label, "issue 19 (Keras jax / rnnlab then)", "", f"{keras_issue} / "
+                     f"{ours_issue}", "", ""])
+        r, k = accs.get((label, "rnnlab")), accs.get((label, "keras-jax defaults"))
+        if r is not None and k is not None:
+            targets.append(target(f"Keras row '{label}': rnnlab defaults vs Keras defaults",
+                                  ">= Keras", f"{r:.3f} vs {k:.3f}", r >= k - 1e-9,
+                                  f"{100 * (k - r):.1f} points below"))
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "Keras 3 as a peer (issue 19). **Defaults**: each library as its users run it, "
+            "only the hidden size, the epochs (and where the row says so the batch size and "
+            "learning rate) set: rnnlab `RNN.for_dataset` + `TrainConfig` defaults (the values "
+            "below, read from the library when the experiment ran; the best validation epoch's "
+            "weights are restored), Keras `SimpleRNN` + `Dense(softmax)`, `Adam()`, "
+            "`model.fit(batch_size=32)` (its defaults: Glorot-uniform input weights, orthogonal "
+            "recurrent weights, zero biases; the last epoch's weights), on the JAX backend and "
+            "on the torch backend. **Same weights and config**: Keras on JAX loaded with "
+            "rnnlab's initial weights (`kernel = W_xh`, `recurrent_kernel = W_hh`, `bias = "
+            "b_h`; `Dense` `W_hy`, `b_y`), trained by `train_on_batch` on rnnlab's minibatches "
+            "with rnnlab's optimizer settings (`Adam(epsilon=1e-8, global_clipnorm=clip)`) and "
+            "the best validation epoch's weights restored: it should match the rnnlab row "
+            "up to float32 rounding. Times: the whole `fit` (first epoch includes compilation: "
+            "Numba for rnnlab, XLA for Keras) and the median of the other epochs.")},
+        settings_table({label: s for label, (s, _, _) in rows_info.items()},
+                       caption="rnnlab's (and the same-config rows') settings"),
+        {"kind": "table", "caption": f"Test accuracy, mean ± std over seeds {plan.seeds}",
+         "header": ["row", "library", "initialisation", "test accuracy", "fit s (median)",
+                    "epoch s (median)"], "rows": rows},
+    ]
+    fig = _figure(7.0, 3.8)
+    ax = fig.subplots()
+    labels = list(groups)
+    whos = list(next(iter(groups.values())))
+    width = 0.8 / len(whos)
+    for j, who in enumerate(whos):
+        ys = [accs.get((lb, who), math.nan) for lb in labels]
+        ax.bar(np.arange(len(labels)) + (j - (len(whos) - 1) / 2) * width, ys, width,
+               label=who)
+    ax.set_xticks(np.arange(len(labels)))
+    ax.set_xticklabels([lb.replace(", ", "\n", 1) for lb in labels], fontsize=7)
+    ax.set_ylabel("test accuracy")
+    lo = min([v for v in accs.values() if not math.isnan(v)] or [0.5])
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="lower left")
+    blocks.append(save(fig, figdir, "accuracy", "Keras rows: test accuracy by library"))
+    blocks.append(config_block({label: s for label, (s, _, _) in rows_info.items()}))
+    return blocks, targets
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def _exp(name: str, title: str, plan: Callable[[bool, Path], Plan],
+         report: Callable[..., tuple[list[Block], list[dict[str, str]]]]) -> Experiment:
+    return Experiment(name, title, plan, report)
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "digits": _exp("digits", "Digits with the default settings", plan_digits, report_digits),
+    "mnist1d": _exp("mnist1d", "MNIST-1D", plan_mnist1d, report_mnist1d),
+    "fashion-rows": _exp("fashion-rows", "Fashion-MNIST row by row", plan_fashion_rows,
+                         report_fashion_rows),
+    "adding": _exp("adding", "The adding problem", plan_adding, report_adding),
+    "xor": _exp("xor", "Temporal XOR", plan_xor, report_xor),
+    "reber": _exp("reber", "Embedded Reber grammar", plan_reber, report_reber),
+    "keras": _exp("keras", "Keras as a peer", plan_keras, report_keras),
+    "charlm": _exp("charlm", "Character language model (fortunes)", plan_charlm, report_charlm),
+    "seed000-digits": _exp("seed000-digits", "Seed 000 on digits: accuracy against T",
+                           lambda q, w: plan_seed000("digits", q, w), report_seed000),
+    "seed000-fashion": _exp("seed000-fashion", "Seed 000 on Fashion-MNIST: accuracy against T",
+                            lambda q, w: plan_seed000("fashion-mnist", q, w), report_seed000),
+    "pixel": _exp("pixel", "Fashion-MNIST pixel by pixel", plan_pixel, report_pixel),
+}
+
+
+# ----------------------------------------------------------------------------- recipe sweeps
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A recipe sweep: labelled variants of one task, rnnlab only, seeds; the table ranks them."""
+
+    intro: str
+    variants: Callable[[bool], dict[str, Setup]]
+    key: str
+    higher: bool
+    seeds: tuple[int, ...] = (0,)
+
+
+def sweep_plan(sw: Sweep) -> Callable[[bool, Path], Plan]:
+    def plan(quick: bool, work: Path) -> Plan:
+        variants = sw.variants(quick)
+        groups = {label: {"rnnlab": [Cell(s, sd, "rnnlab") for sd in sw.seeds[:1 if quick
+                                                                              else None]]}
+                  for label, s in variants.items()}
+        epochs = ", ".join(sorted({str(s.train.get("epochs")) for s in variants.values()}))
+        return Plan(_all(groups), seeds_text(sw.seeds[:1] if quick else sw.seeds), epochs,
+                    info={"groups": groups, "setups": variants})
+    return plan
+
+
+def sweep_report(sw: Sweep) -> Callable[..., tuple[list[Block], list[dict[str, str]]]]:
+    def report(plan: Plan, results: Results, figdir: Path, work: Path
+               ) -> tuple[list[Block], list[dict[str, str]]]:
+        rows = []
+        for label, g in plan.info["groups"].items():
+            cs = g["rnnlab"]
+            v = metric(results, cs, sw.key)
+            best = [res_of(results, c).get("epochs") or [] for c in cs]
+            rows.append((mean(v), [label, pct(v) if "accuracy" in sw.key else num(v, ".4f"),
+                                   " ".join(f"{x:.4g}" for x in v), weights_note(results, cs),
+                                   fit_time(results, cs) + statuses(results, cs)]))
+            del best
+        rows.sort(key=lambda r: (math.isnan(r[0]), -r[0] if sw.higher else r[0]))
+        blocks: list[Block] = [
+            {"kind": "text", "text": sw.intro},
+            settings_table(plan.info["setups"], caption="Variants"),
+            {"kind": "table", "caption": f"{sw.key.removeprefix('test_')} "
+             f"({'higher' if sw.higher else 'lower'} is better), best first",
+             "header": ["variant", sw.key.removeprefix("test_"), "per seed",
+                        "weights scored (epoch)", "fit s (median)"],
+             "rows": [r for _, r in rows]},
+            config_block(plan.info["setups"]),
+        ]
+        return blocks, []
+    return report
+
+
+def _mnist1d_variants(quick: bool) -> dict[str, Setup]:
+    e = 2 if quick else 100
+    n = 400 if quick else None
+    per = 13 if quick else 113
+
+    def s(H: int, init: str, lr: float, cosine: bool) -> Setup:
+        return Setup("mnist1d", None, hidden=H, init=init, n_train=n, train={
+            "epochs": e, "batch_size": 32, "optimizer": "adam", "lr": lr,
+            "schedule": "cosine" if cosine else "constant",
+            "schedule_kwargs": {"total_steps": e * per} if cosine else {},
+            "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
+    return {"H=128, pytorch init, Adam 1e-3": s(128, "pytorch", 1e-3, False),
+            "H=128, keras init, Adam 1e-3": s(128, "keras", 1e-3, False),
+            "H=128, keras init, Adam 5e-4 cosine": s(128, "keras", 5e-4, True),
+            "H=128, keras init, Adam 1e-3 cosine": s(128, "keras", 1e-3, True),
+            "H=256, keras init, Adam 5e-4 cosine": s(256, "keras", 5e-4, True)}
+
+
+def _adding_variants(quick: bool) -> dict[str, Setup]:
+    grid = ((20, 256, 1),) if quick else ((200, 5000, 20), (100, 10000, 30))
+    return {f"T={T}, {k}": v for T, n, e in grid for k, v in _adding_at(T, n, e, quick).items()}
+
+
+def _adding_at(T: int, n: int, e: int, quick: bool) -> dict[str, Setup]:
+    def s(f: str, init: str, opt: str, lr: float, **kw: Any) -> Setup:
+        return Setup("adding", T, hidden=100, nonlinearity=f, init=init,
+                     data={"n_train": n, "n_test": 200 if quick else 1000},
+                     train={"epochs": e, "batch_size": 32, "optimizer": opt, "lr": lr,
+                            "optimizer_kwargs": kw, "schedule": "constant", "clip_norm": 1.0,
+                            "monitor": "val_loss", "restore_best": True})
+    if T == 100:
+        return {"tanh, keras init, Adam 1e-3": s("tanh", "keras", "adam", 1e-3),
+                "IRNN, Adam 3e-4": s("relu", "irnn", "adam", 3e-4),
+                "IRNN, Adam 1e-3": s("relu", "irnn", "adam", 1e-3),
+                "IRNN, SGD 1e-2 momentum 0.9": s("relu", "irnn", "sgd", 1e-2, momentum=0.9)}
+    return {"tanh, keras init, Adam 1e-3": s("tanh", "keras", "adam", 1e-3),
+            "tanh, pytorch init, Adam 1e-3": s("tanh", "pytorch", "adam", 1e-3),
+            "IRNN, Adam 1e-4": s("relu", "irnn", "adam", 1e-4),
+            "IRNN, Adam 3e-4": s("relu", "irnn", "adam", 3e-4),
+            "IRNN, Adam 1e-3": s("relu", "irnn", "adam", 1e-3),
+            "IRNN, SGD 1e-2 momentum 0.9": s("relu", "irnn", "sgd", 1e-2, momentum=0.9)}
+
+
+def _fashion_variants(quick: bool) -> dict[str, Setup]:
+    n, e = (1000, 1) if quick else (10000, 10)
+    per = math.ceil(n / 64)
+
+    def s(H: int, init: str, lr: float, scale: str = "unit", batch: int = 64) -> Setup:
+        return Setup("fashion-mnist", 28, hidden=H, init=init, n_train=n, n_val=1000,
+                     data={"scale": scale},
+                     train={"epochs": e, "batch_size": batch, "optimizer": "adam", "lr": lr,
+                            "schedule": "cosine",
+                            "schedule_kwargs": {"total_steps": e * math.ceil(n / batch)},
+                            "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
+    del per
+    return {"H=256, keras init, Adam 1e-3": s(256, "keras", 1e-3),
+            "H=256, pytorch init, Adam 1e-3": s(256, "pytorch", 1e-3),
+            "H=256, keras init, Adam 2e-3": s(256, "keras", 2e-3),
+            "H=256, keras init, Adam 1e-3, standardised pixels": s(256, "keras", 1e-3,
+                                                                    "standard"),
+            "H=128, keras init, Adam 1e-3": s(128, "keras", 1e-3)}
+
+
+def _reber_variants(quick: bool) -> dict[str, Setup]:
+    e = 2 if quick else 200
+
+    def s(H: int, lr: float, cosine: bool, monitor: str = "val_loss", n: int = 256,
+          epochs: int = e) -> Setup:
+        data = {} if n == 256 else {"n_train": n, "n_val": 256}
+        return Setup("reber", None, hidden=H, init="keras", data=data, train={
+            "epochs": epochs, "batch_size": 16, "optimizer": "adam", "lr": lr,
+            "schedule": "cosine" if cosine else "constant",
+            "schedule_kwargs": {"total_steps": epochs * math.ceil(n / 16)} if cosine else {},
+            "clip_norm": 1.0, "monitor": monitor, "restore_best": True})
+    e2 = 2 if quick else 60
+    return {"1024 strings (256 validation), H=32, Adam 3e-3 cosine, 60 epochs":
+            s(32, 3e-3, True, n=1024, epochs=e2),
+            "1024 strings (256 validation), H=64, Adam 3e-3 cosine, 60 epochs":
+            s(64, 3e-3, True, n=1024, epochs=e2),
+            "H=16, Adam 1e-2": s(16, 1e-2, False),
+            "H=16, Adam 1e-2 cosine": s(16, 1e-2, True),
+            "H=16, Adam 1e-2 cosine, best train loss": s(16, 1e-2, True, "train_loss"),
+            "H=32, Adam 1e-2 cosine": s(32, 1e-2, True),
+            "H=32, Adam 3e-3 cosine": s(32, 3e-3, True)}
+
+
+SWEEPS: dict[str, tuple[str, Sweep]] = {
+    "recipes-mnist1d": ("Recipe sweep: MNIST-1D", Sweep(
+        "Which initialiser, learning rate and schedule train MNIST-1D (T = 40, one value a "
+        "step); 100 epochs, the best validation epoch's weights scored. The chosen recipe is "
+        "the `mnist1d` experiment's.", _mnist1d_variants, "test_accuracy", True)),
+    "recipes-adding": ("Recipe sweep: the adding problem", Sweep(
+        "Which initialiser, optimizer and learning rate solve the adding problem: at T = 200 "
+        "with 5000 training sequences for 20 epochs (3140 updates), then at T = 100 with "
+        "10,000 for 30 epochs (9390 updates); clip 1, tanh against IRNN (Le et al. 2015 used "
+        "SGD with gradient clipping). The chosen recipes are the `adding` experiment's.",
+        _adding_variants, "test_mse", False)),
+    "recipes-fashion": ("Recipe sweep: Fashion-MNIST rows", Sweep(
+        "Initialiser, learning rate, hidden size and pixel scaling for Fashion-MNIST row by "
+        "row, on 10,000 training images for 10 epochs (cosine schedule, clip 1) to fit the "
+        "budget; the best goes to the full `fashion-rows` experiment.", _fashion_variants,
+        "test_accuracy", True)),
+    "recipes-reber": ("Recipe sweep: embedded Reber", Sweep(
+        "Hidden size, learning rate, schedule, which epoch's weights and how many training "
+        "strings, for strict success on the embedded Reber grammar (BPTT, seeds 0-4, batches "
+        "of 16; 256 training strings for 200 epochs, or 1024 with 256 for validation for 60; "
+        "a seed counts as solved at strict accuracy 1). The chosen recipe is the `reber` "
+        "experiment's.", _reber_variants, "test_strict_accuracy", True, seeds=(0, 1, 2, 3, 4))),
+}
+for _name, (_title, _sw) in SWEEPS.items():
+    EXPERIMENTS[_name] = _exp(_name, _title, sweep_plan(_sw), sweep_report(_sw))
+GROUPS: dict[str, list[str]] = {
+    "main": [n for n in EXPERIMENTS if n not in SWEEPS],
+    "recipes": list(SWEEPS),
+}
+
+
+# ----------------------------------------------------------------------------- the defaults sweep
+
+
+def plan_defaults(quick: bool, work: Path) -> Plan:
+    from benchmarks import defaults as d
+
+    if quick:
+        return Plan([], "-", "-", skipped="the defaults sweep has no quick form (run "
+                    "`python -m benchmarks.results --only defaults`)")
+    seeds = sorted({s for t in d.TASKS.values() for s in t.seeds})
+    return Plan([], seeds_text(seeds), "the CLI's default (Fashion-MNIST: 3)",
+                info={"tasks": list(d.TASKS)})
+
+
+def _text_table(text: str) -> Block:
+    """benchmarks.defaults.table's text table as a page table."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not set(ln) <= set("-| ")]
+    cells = [[c.strip() for c in ln.split(" | ")] for ln in lines]
+    return {"kind": "table", "caption": "Mean test score per task (seeds as listed); rank 1 = "
+            "best, mean over the tasks", "header": cells[0], "rows": cells[1:]}
+
+
+def report_defaults(plan: Plan, results: Results, figdir: Path, work: Path
+                    ) -> tuple[list[Block], list[dict[str, str]]]:
+    """Runs (or resumes, from ``work``) benchmarks.defaults' sweep and tabulates it."""
+    from benchmarks import defaults as d
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name in plan.info["tasks"]:
+        try:
+            found[name] = d.run_task(d.TASKS[name], work, 2, echo=lambda s: None)
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"   defaults: skipping {name}: {exc}", flush=True)
+    tasks = "; ".join(f"`{t.name}` ({t.dataset}{f', T={t.steps}' if t.steps else ''}: "
+                      f"{t.metric.removeprefix('test_')}, seeds {seeds_text(t.seeds)}"
+                      f"{f', {t.epochs} epochs' if t.epochs else ''})"
+                      for t in d.TASKS.values() if t.name in found)
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "The sweep behind rnnlab's default training settings (`benchmarks/defaults.py`): "
+            "every candidate (initialiser x Adam learning rate x gradient clipping) trains "
+            "every task of the suite with everything else at its default, as `rnnlab train "
+            f"--dataset NAME` does. Tasks: {tasks}. `--work DIR` reuses a sweep already run "
+            "under `DIR/defaults/`.")},
+        _text_table(d.table(found)) if found else {"kind": "text", "text": "No task ran."},
+    ]
+    return blocks, []
+
+
+EXPERIMENTS["defaults"] = _exp("defaults", "Recipe sweep: the default settings", plan_defaults,
+                               report_defaults)
+GROUPS["recipes"].append("defaults")
+
+
+# ----------------------------------------------------------------------------- TOML recipe sweeps
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "recipes"
+KEY_NAMES = {"data.steps": "T", "model.label_steps": "label at", "model.hidden_size": "H",
+             "model.init": "init", "train.lr": "lr"}
+
+
+def plan_main_job(quick: bool, work: Path) -> Plan:
+    files = sorted(RECIPE_DIR.glob("*.toml"))
+    if quick:
+        return Plan([], "-", "-", skipped="the main job's recipe sweeps have no quick form")
+    if not files:
+        return Plan([], "-", "-", skipped=f"no sweep files in {RECIPE_DIR}")
+    return Plan([], "in each file's grid", "in each file", info={"files": [str(f) for f in files]})
+
+
+def report_main_job(plan: Plan, results: Results, figdir: Path, work: Path
+                    ) -> tuple[list[Block], list[dict[str, str]]]:
+    """Runs (or resumes) each configs/recipes/*.toml as ``rnnlab sweep`` does, in
+    ``work/<its sweep name>``, and tabulates the mean test accuracy over seeds."""
+    from rnnlab.lab import sweep as sw
+    from rnnlab.lab.experiments import cell_function
+
+    blocks: list[Block] = [{"kind": "text", "text": (
+        "The recipes of the main job's methods (`python -m rnnlab`, seed 000's experiment on "
+        "digits), each file of `configs/recipes/` run as `rnnlab sweep FILE -j 2` does "
+        "(resumable; `--work DIR` reuses sweeps already run under `DIR/recipes-main-job/<sweep "
+        "name>/`). Test accuracy of the prediction after the last step, mean ± std over the "
+        "seeds of the file's grid.")}]
+    for f in plan.info["files"]:
+        base, axes, variants, name = sw.load_sweep(f)
+        cells = sw.config_cells(base, axes, variants)
+        out = work / name
+        report = sw.run_sweep(cell_function(base, out), cells, out, jobs=2,
+                              meta={"base": base.to_dict()}, echo=lambda s: None)
+        keys = [k for k in sorted({k for c in cells for k in c})
+                if k not in ("train.seed", "label", "name") and
+                len({json.dumps(c.get(k)) for c in cells}) > 1 and
+                not any(k in v for v in variants)]
+        by: dict[tuple[str, ...], list[float]] = {}
+        for rec in report.records:
+            if rec.get("status") != "done":
+                continue
+            c = rec["cell"]
+            test = rec["summary"].get("test") or {}
+            v = test.get("test_accuracy_last", test.get("test_accuracy"))
+            row = (str(c.get("label", "")), *(str(c.get(k)) for k in keys))
+            by.setdefault(row, []).append(math.nan if v is None else float(v))
+        rows = [[*k, pct(v), str(len(v))] for k, v in sorted(by.items())]
+        rel = Path(f).relative_to(RECIPE_DIR.parent.parent)
+        blocks.append({"kind": "table", "caption": f"`rnnlab sweep {rel} -j 2` "
+                       f"({len(cells)} runs, {report.wall_time_s / 60:.0f} min this time)",
+                       "header": ["variant", *(KEY_NAMES.get(k, k) for k in keys),
+                                  "test accuracy", "seeds"], "rows": rows})
+    return blocks, []
+
+
+EXPERIMENTS["recipes-main-job"] = _exp("recipes-main-job", "Recipe sweep: the main job's methods",
+                                       plan_main_job, report_main_job)
+GROUPS["recipes"].append("recipes-main-job")

@@ -1,0 +1,152 @@
+"""The results harness (python -m benchmarks.results): the PyTorch twin follows rnnlab's
+trajectory exactly, and a quick run writes the page, its tables and its figures."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+results = pytest.importorskip("benchmarks.results")
+
+from benchmarks import results_experiments as rx  # noqa: E402
+from benchmarks.results_run import (  # noqa: E402
+    Cell,
+    Setup,
+    initial_params,
+    load_data,
+    model_spec,
+    run_torch,
+    train_config,
+)
+
+from rnnlab import fit  # noqa: E402
+
+SETUPS = [
+    Setup("digits", 8, hidden=12, train={"epochs": 2, "batch_size": 64, "lr": 3e-3,
+                                         "clip_norm": 0.5}),
+    Setup("digits", 4, hidden=12, nonlinearity="relu", init="keras", label_steps="all",
+          n_train=300, train={"epochs": 3, "lr": 1e-2, "optimizer": "sgd",
+                              "optimizer_kwargs": {"momentum": 0.9}, "clip_norm": 1.0}),
+    Setup("xor", None, hidden=6, init="keras",
+          train={"epochs": 2, "lr": 1e-2, "schedule": "cosine",
+                 "schedule_kwargs": {"total_steps": 40}}),
+    Setup("reber", None, hidden=6, train={"epochs": 2, "batch_size": 16, "lr": 1e-2}),
+    Setup("adding", 12, hidden=8, init="irnn", nonlinearity="relu",
+          data={"n_train": 300, "n_test": 50}, train={"epochs": 2, "lr": 1e-3}),
+]
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=lambda s: f"{s.dataset}-{s.nonlinearity}")
+def test_torch_twin_follows_rnnlab_in_float64(setup: Setup) -> None:
+    """Same weights, batches, loss, clipping, optimizer, schedule and best-epoch restore: in
+    float64 the trained parameters agree to rounding (a different batch order, bias
+    parametrisation or clipping rule would move them by orders of magnitude more)."""
+    ds = load_data(setup)
+    spec = model_spec(setup, ds)
+    params = initial_params(setup, spec, seed=3, dtype=np.float64)
+    start = {k: v.copy() for k, v in params.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = fit(params, spec, ds, train_config(setup, 3))
+    twin = run_torch(setup, 3, dtype=np.float64)
+    moved = max(float(np.max(np.abs(params[k] - start[k]))) for k in params)
+    err = max(float(np.max(np.abs(params[k] - twin["params"][k]))) for k in params)
+    assert moved > 1e-3
+    assert err < 1e-12 * max(1.0, moved), err
+    assert twin["weights_epoch"] == h.weights_epoch
+    for k, v in h.test.items():
+        assert twin["test"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+    if "test_accuracy" in twin["test_own"]:
+        assert twin["test_own"]["test_accuracy"] == pytest.approx(h.test["test_accuracy"])
+
+
+def test_cells_are_keyed_by_their_whole_configuration() -> None:
+    a = Setup("digits", 8, train={"lr": 1e-3})
+    assert a == Setup("digits", 8, train={"lr": 1e-3})
+    assert a.key() != a.replace(train={"lr": 2e-3}).key()
+    assert Cell(a, 0, "rnnlab").key() != Cell(a, 1, "rnnlab").key()
+    assert Cell(a, 0, "rnnlab").key() != Cell(a, 0, "torch").key()
+    assert Cell.from_dict(Cell(a, 2, "torch").to_dict()) == Cell(a, 2, "torch")
+
+
+def test_every_experiment_plans_explicit_settings(tmp_path: Path) -> None:
+    for name, exp in rx.EXPERIMENTS.items():
+        if name in ("defaults", "recipes-main-job"):   # lab.sweep runs, not harness cells
+            continue
+        for quick in (True, False):
+            plan = exp.plan(quick, tmp_path / name)
+            if plan.skipped:
+                continue
+            assert plan.cells, name
+            for c in plan.cells:
+                tr = c.setup.train
+                for k in ("epochs", "batch_size", "optimizer", "lr"):
+                    assert k in tr, (name, k)
+                assert c.lib in ("rnnlab", "torch", "keras-jax", "keras-torch")
+
+
+def _tables(md: str) -> list[list[str]]:
+    """Markdown tables as lists of lines."""
+    out, cur = [], []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def test_quick_run_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    rc = results.main(["--quick", "--only", "xor,reber", "--out", str(out),
+                       "--work", str(tmp_path / "work"), "--jobs", "1"])
+    assert rc == 0
+    page = (out / "results.md").read_text()
+    assert page.startswith("# Results")
+    assert "python -m benchmarks.results" in page
+    assert "Quick (smoke-test) results" in page
+    for name in ("xor", "reber"):
+        title = rx.EXPERIMENTS[name].title
+        assert f"## {title}" in page
+        res = json.loads((out / "results" / name / "result.json").read_text())
+        assert res["quick"] is True and res["cells"] > 0 and res["wall_s"] > 0
+        for b in res["blocks"]:
+            if b["kind"] == "figure":
+                for ext in ("png", "svg"):
+                    f = out / "results" / name / f"{b['file']}.{ext}"
+                    assert f.stat().st_size > 1000
+                    assert f"results/{name}/{b['file']}.{ext}" in page
+    # every table is well formed: a header, a separator, rows of the header's width
+    tables = _tables(page)
+    assert len(tables) >= 6
+    for t in tables:
+        width = t[0].count("|")
+        assert re.fullmatch(r"\|( --- \|)+", t[1])
+        assert all(line.count("|") == width for line in t[2:]), t
+    # the XOR table has both libraries and the optimum, with percentages
+    xor = next(t for t in tables if "a XOR b" in t[0])
+    assert any(line.startswith("| rnnlab |") for line in xor)
+    assert any(line.startswith("| torch |") for line in xor)
+    assert all("%" in line for line in xor[2:])
+    # the targets table names both experiments
+    targets = next(t for t in tables if t[0].startswith("| experiment | what |"))
+    assert any("Temporal XOR" in line for line in targets)
+    assert any("Reber" in line for line in targets)
+    # running again reuses the finished cells and keeps the page
+    capsys.readouterr()
+    rc = results.main(["--quick", "--only", "xor", "--out", str(out),
+                       "--work", str(tmp_path / "work"), "--jobs", "1"])
+    assert rc == 0
+    page2 = (out / "results.md").read_text()
+    assert "## Embedded Reber grammar" in page2 and "## Temporal XOR" in page2
+    assert "rnnlab " not in capsys.readouterr().out        # no cell was trained again
