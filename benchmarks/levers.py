@@ -19,8 +19,8 @@ rounds (the first two untimed); the table gives the median step time and its rat
 * ``products unflushed`` the products' jobs without FTZ/DAZ (the loops still flush)
 
 The variants change module-level switches of :mod:`rnnlab.fast.kernels` and
-:mod:`rnnlab.fast.pool` for the duration of their block (a benchmark's liberty, not an API).  A last line times the
-hand-off alone: the round trip of two trivial jobs (one on a worker) against two Python pieces.
+:mod:`rnnlab.fast.pool` for the duration of their block (a benchmark's liberty, not an API).
+A last line times the hand-off alone: the round trip of two trivial jobs (one on a worker) against two Python pieces.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@
 A training step is forward, softmax cross-entropy, backpropagation through time and an SGD update
 of every parameter, in float32, one Elman layer (tanh) and a linear head:
 
-* ``rnnlab``      the fast engine, :class:`rnnlab.fast.workspace.Workspace` + ``opt.update_`` (with the
-                  compiled loops when numba is installed, ``rnnlab[fast]``);
+* ``rnnlab``      the fast engine, :class:`rnnlab.fast.workspace.Workspace` + ``opt.update_``
+                  (with the compiled loops when numba is installed, ``rnnlab[fast]``);
 * ``rnnlab-api``  the three public calls, ``forward`` + ``loss_and_grad`` + ``backward``, then
                   ``opt.update_``, with no workspace (what the library did before issue 6);
 * ``torch``       ``torch.nn.RNN`` + ``nn.Linear``, eager, ``F.cross_entropy``, ``torch.optim.SGD``;

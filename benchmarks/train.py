@@ -1,4 +1,5 @@
-"""A whole training run, start to the printed result: rnnlab against PyTorch and Keras (issues 18, 19).
+"""A whole training run, start to the printed result: rnnlab against PyTorch and Keras
+(issues 18, 19).
 
     python -m benchmarks.train                        # every workload, every peer, 3 repeats
     python -m benchmarks.train --workloads digits --peers torch --repeats 1
