@@ -20,7 +20,8 @@ rounds (the first two untimed); the table gives the median step time and its rat
 
 The variants change module-level switches of :mod:`rnnlab.fast.kernels` and
 :mod:`rnnlab.fast.pool` for the duration of their block (a benchmark's liberty, not an API).
-A last line times the hand-off alone: the round trip of two trivial jobs (one on a worker) against two Python pieces.
+A last line times the hand-off alone: the round trip of two trivial jobs (one on a worker)
+against two Python pieces.
 """
 
 from __future__ import annotations
