@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import threading
@@ -290,6 +291,10 @@ def render(out: Path, results: list[dict[str, Any]], mach: dict[str, Any]) -> st
          f"`python -m benchmarks.results --only {r['name']}`", r["seeds"], r["epochs"],
          f"{r['wall_s'] / 60:.1f} min", _fmt_load(r.get("load"), mach["cores"]),
          r["finished"][:16].replace("T", " ")] for r in results]})
+    missing = [n for n in rx.EXPERIMENTS if n not in {r["name"] for r in results}]
+    if missing:
+        lines += ["", "Not on this page (no result yet): " + ", ".join(
+            f"{rx.EXPERIMENTS[n].title} (`--only {n}`)" for n in missing) + ".", ""]
     for r in results:
         lines += _section(r, mach)
     return "\n".join(lines).rstrip() + "\n"
@@ -361,11 +366,27 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
             results, trained = run_cells(plan.cells, work=work / exp.name, workers=workers,
                                          threads=args.threads, fresh=args.fresh, echo=echo)
         figdir.mkdir(parents=True, exist_ok=True)
+        # the published files move aside while the report is made, and come back if it fails
+        keep = figdir.parent / f".{exp.name}.previous"
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir()
         for old in figdir.glob("*"):
             if old.suffix in (".png", ".svg", ".json"):
-                old.unlink()
-        blocks, targets = ([], []) if plan.skipped else \
-            exp.report(plan, results, figdir, work / exp.name)
+                old.rename(keep / old.name)
+        try:
+            blocks, targets = ([], []) if plan.skipped else \
+                exp.report(plan, results, figdir, work / exp.name)
+        except BaseException:
+            for new in figdir.glob("*"):
+                if new.suffix in (".png", ".svg", ".json"):
+                    new.unlink()
+            for old in keep.iterdir():
+                old.rename(figdir / old.name)
+            raise
+        finally:
+            if keep.exists() and not any(keep.iterdir()):
+                keep.rmdir()
+        shutil.rmtree(keep, ignore_errors=True)
     cell_walls = [r.get("wall_s", 0.0) for r in results.values()]
     res = {
         "name": exp.name, "title": exp.title, "quick": args.quick, "started": started,
