@@ -384,9 +384,7 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
                 old.rename(figdir / old.name)
             raise
         finally:
-            if keep.exists() and not any(keep.iterdir()):
-                keep.rmdir()
-        shutil.rmtree(keep, ignore_errors=True)
+            shutil.rmtree(keep, ignore_errors=True)
     cell_walls = [r.get("wall_s", 0.0) for r in results.values()]
     res = {
         "name": exp.name, "title": exp.title, "quick": args.quick, "started": started,

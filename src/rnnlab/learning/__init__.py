@@ -57,7 +57,10 @@ ONLINE: dict[str, Callable[..., Any]] = {
 STOCHASTIC: frozenset[str] = frozenset({"uoro", "uoro_online", "kf_rtrl", "kf_rtrl_online"})
 """Rules that draw random numbers: they take ``rng=`` (a ``numpy.random.Generator``)."""
 
-_SHARED = frozenset({"h0", "mask", "lengths", "steps", "opt", "opt_state", "lr", "rng"})
+# the shared signature: states, masks, the optimizer of the online forms, the Generator of the
+# stochastic rules and the loss weights (data, passed by fit from the dataset)
+_SHARED = frozenset({"h0", "mask", "lengths", "steps", "opt", "opt_state", "lr", "rng",
+                     "sample_weight"})
 
 
 def rule_options(name: str) -> dict[str, Any]:

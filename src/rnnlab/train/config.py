@@ -92,9 +92,8 @@ def _algorithm_kwargs(algorithm: str, value: object) -> dict[str, Any]:
     kw = dict(value)
     if not kw:
         return kw
-    # k1/k2 are TrainConfig fields; sample_weight is data, passed by fit from the dataset
     valid = {k: v for k, v in rule_options(algorithm).items()
-             if k != "sample_weight" and not (algorithm == "tbptt" and k in ("k1", "k2"))}
+             if not (algorithm == "tbptt" and k in ("k1", "k2"))}
     unknown = sorted(set(kw) - set(valid))
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"

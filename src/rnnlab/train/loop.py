@@ -627,7 +627,7 @@ class _Loop:
             # same number as _batch_step's), and clipping as optim.clip_grad_norm, in place
             norm = optim.global_norm(grads.params)
             if self.cfg.clip_norm is not None:
-                g *= g.dtype.type(min(self.cfg.clip_norm / (norm + 1e-6), 1.0))
+                g *= g.dtype.type(optim.clip_coefficient(norm, self.cfg.clip_norm))
             if not math.isfinite(loss):
                 return loss, out, norm, f"loss ({loss})"
             if not math.isfinite(norm):

@@ -50,6 +50,7 @@ __all__ = [
     "OPTIMIZERS",
     "check_tree",
     "FlatUpdate",
+    "clip_coefficient",
     "clip_grad_norm",
     "clip_grad_value",
     "flatten_state",
@@ -666,9 +667,15 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float, norm_type: 
     total = global_norm(grads, norm_type)
     if error_if_nonfinite and not math.isfinite(total):
         raise ValueError(f"the total gradient norm of order {norm_type} is non-finite ({total})")
-    coef = min(max_norm / (total + 1e-6), 1.0)
+    coef = clip_coefficient(total, max_norm)
     with np.errstate(invalid="ignore"):  # inf * 0 -> nan, as in torch
         return {k: g * g.dtype.type(coef) for k, g in grads.items()}, total
+
+
+def clip_coefficient(total_norm: float, max_norm: float) -> float:
+    """The factor :func:`clip_grad_norm` multiplies every gradient by (torch's rule):
+    ``min(max_norm / (total_norm + 1e-6), 1)``."""
+    return min(max_norm / (total_norm + 1e-6), 1.0)
 
 
 def clip_grad_value(grads: Mapping[str, np.ndarray], clip_value: float) -> Params:
