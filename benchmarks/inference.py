@@ -19,14 +19,15 @@ same thread count:
     python -m benchmarks.inference --mode all
 
 * ``predict``: class ids of a test set (``B`` sequences, in batches of 1024 as
-  :meth:`rnnlab.RNN.predict` takes them) by ``RNN.predict`` (the reference forward pass), by the
-  fast engine's forward pass alone (:meth:`rnnlab.Workspace.forward` + argmax, what fit's
-  validation runs) and by ``nn.RNN(batch_first=True)`` + ``nn.Linear`` under
+  :meth:`rnnlab.RNN.predict` takes them) by ``RNN.predict(engine="reference")`` (the reference
+  forward pass), by ``RNN.predict`` (its default, the fast engine), by the fast engine's forward
+  pass alone (:meth:`rnnlab.Workspace.forward` + argmax, what fit's validation runs) and by ``nn.RNN(batch_first=True)`` + ``nn.Linear`` under
   ``torch.no_grad()`` (``DataLoader``-free: the same batches); sequences/s, medians.
 * ``sample``: a character model (``V = 65``, ``H = 256``, index inputs) generating tokens one
   step at a time with :func:`rnnlab.data.text.generate` at temperature 1, for batch 1 and 64:
-  the step ``rnnlab sample`` runs (:func:`rnnlab.network.forward` on one step, state carried),
-  the same step on a :class:`~rnnlab.Workspace` (``forward`` + ``h_n``), and PyTorch's loop
+  a step function on :func:`rnnlab.network.forward` (one step, state carried), the same step on
+  a :class:`~rnnlab.Workspace` (``forward`` + ``h_n``), :class:`rnnlab.fast.sampler.Sampler`
+  (what ``rnnlab sample`` and ``RNN.generate`` run), and PyTorch's loop
   (``nn.RNN`` on one one-hot step, ``softmax`` + ``torch.multinomial``, under ``no_grad``);
   tokens/s = batch x tokens / wall time, medians.
 """
@@ -109,8 +110,8 @@ def predict_table(threads: int, repeats: int) -> None:
     bs = 1024
     print(f"predict: class ids of N sequences in batches of {bs}, {threads} thread(s); "
           "sequences/s (median of {repeats})".replace("{repeats}", str(repeats)))
-    print(f"{'N x T x D -> H':<26}{'RNN.predict':>13}{'Workspace':>12}{'torch':>11}"
-          f"{'predict/torch':>15}{'ws/torch':>10}")
+    print(f"{'N x T x D -> H':<26}{'reference':>11}{'RNN.predict':>13}{'Workspace':>12}"
+          f"{'torch':>11}{'ref/torch':>13}{'predict/torch':>15}{'ws/torch':>10}")
     with threadpool_limits(threads), torch.no_grad():
         for N, T, D, H in PREDICT_SIZES:
             _predict_row(N, T, D, H, bs, repeats)
@@ -135,12 +136,14 @@ def _predict_row(N: int, T: int, D: int, H: int, bs: int, repeats: int) -> None:
         return np.concatenate([net(Xt[s:s + bs])[0].argmax(-1).numpy()  # type: ignore
                                for s in range(0, N, bs)])
 
-    agree = float(np.mean(by_ws() == by_torch()))
-    ref = N / (1e-3 * _median_ms(partial(model.predict, X, batch_size=bs), repeats))
+    agree = float(np.mean(model.predict(X, batch_size=bs) == by_torch()))
+    ref = N / (1e-3 * _median_ms(partial(model.predict, X, batch_size=bs, engine="reference"),
+                                 repeats))
+    api = N / (1e-3 * _median_ms(partial(model.predict, X, batch_size=bs), repeats))
     fast = N / (1e-3 * _median_ms(by_ws, repeats))
     tch = N / (1e-3 * _median_ms(by_torch, repeats))
-    print(f"{f'{N} x {T} x {D} -> {H}':<26}{ref:>13,.0f}{fast:>12,.0f}{tch:>11,.0f}"
-          f"{ref / tch:>15.2f}{fast / tch:>10.2f}   (ids agree: {agree:.4f})")
+    print(f"{f'{N} x {T} x {D} -> {H}':<26}{ref:>11,.0f}{api:>13,.0f}{fast:>12,.0f}{tch:>11,.0f}"
+          f"{ref / tch:>13.2f}{api / tch:>15.2f}{fast / tch:>10.2f}   (ids agree: {agree:.4f})")
 
 
 def sample_table(threads: int, repeats: int, tokens: int) -> None:
@@ -150,6 +153,7 @@ def sample_table(threads: int, repeats: int, tokens: int) -> None:
 
     from rnnlab import RNN, Workspace
     from rnnlab import network as net_api
+    from rnnlab.fast.sampler import Sampler
 
     torch.set_num_threads(threads)
     V, H = 65, 256
@@ -157,6 +161,7 @@ def sample_table(threads: int, repeats: int, tokens: int) -> None:
     spec, params = model.spec, model.params
     tnet = _torch_net(model)
     ws = Workspace(spec)
+    sampler = Sampler(spec, params)
 
     def api_step(ids: np.ndarray, state: object) -> tuple[np.ndarray, object]:
         out, _ = net_api.forward(params, ids[:, None], spec, h0=state)   # as `rnnlab sample`
@@ -176,16 +181,20 @@ def sample_table(threads: int, repeats: int, tokens: int) -> None:
 
     print(f"\nsampling: {tokens} tokens from a character model (V={V}, H={H}) at temperature 1, "
           f"{threads} thread(s); tokens/s (median of {repeats})")
-    print(f"{'batch':<8}{'network.forward':>17}{'Workspace':>12}{'torch':>11}"
-          f"{'forward/torch':>15}{'ws/torch':>10}")
+    print(f"{'batch':<8}{'network.forward':>17}{'Workspace':>12}{'Sampler':>12}{'torch':>11}"
+          f"{'forward/torch':>15}{'ws/torch':>10}{'Sampler/torch':>15}")
     with threadpool_limits(threads), torch.no_grad():
         for B in (1, 64):
             prime = np.zeros((B, 1), np.int64)
             rates = [B * tokens / (1e-3 * _median_ms(fn, repeats)) for fn in
                      (partial(_generate, api_step, prime, tokens),
-                      partial(_generate, ws_step, prime, tokens), partial(torch_loop, B))]
-            print(f"{B:<8}{rates[0]:>17,.0f}{rates[1]:>12,.0f}{rates[2]:>11,.0f}"
-                  f"{rates[0] / rates[2]:>15.2f}{rates[1] / rates[2]:>10.2f}")
+                      partial(_generate, ws_step, prime, tokens),
+                      partial(sampler.generate, prime, tokens, temperature=1.0,
+                              rng=np.random.default_rng(0)),
+                      partial(torch_loop, B))]
+            print(f"{B:<8}{rates[0]:>17,.0f}{rates[1]:>12,.0f}{rates[2]:>12,.0f}"
+                  f"{rates[3]:>11,.0f}{rates[0] / rates[3]:>15.2f}{rates[1] / rates[3]:>10.2f}"
+                  f"{rates[2] / rates[3]:>15.2f}")
     print("columns x/torch: rnnlab's tokens/s over PyTorch's (> 1: rnnlab is faster)")
 
 

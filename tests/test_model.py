@@ -58,11 +58,14 @@ def test_forward_predict_and_proba_agree_with_the_core():
 def test_predict_for_other_losses():
     X = np.random.default_rng(1).standard_normal((4, 5, 3))
     reg = RNN(3, 6, output_size=2, loss="identity_mse", seed=0)
-    assert np.array_equal(reg.predict(X), reg(X).y)
+    assert np.array_equal(reg.predict(X, engine="reference"), reg(X).y)
+    # the fast engine (float32, compiled tanh of eq. 38): the same values to float32 rounding
+    np.testing.assert_allclose(reg.predict(X), reg(X).y, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"predict_proba needs a classification loss"):
         reg.predict_proba(X)
     bce = RNN(3, 6, output_size=2, loss="sigmoid_bce", setup="many_to_many", seed=0)
-    assert np.array_equal(bce.predict(X), (bce(X).y > 0.5).astype(np.int64))
+    assert np.array_equal(bce.predict(X, engine="reference"),
+                          (bce(X).y > 0.5).astype(np.int64))
     assert bce.predict(X).shape == (4, 5, 2)
 
 
@@ -162,3 +165,117 @@ def test_for_dataset_with_index_inputs(tmp_path):
     assert (m.spec.input_kind, m.spec.setup) == ("index", "many_to_many")
     assert m.predict(ds.test.X).shape == ds.test.y.shape
     assert set(m.evaluate(ds)) == {"loss", "accuracy", "perplexity"}
+
+
+SPECS_FOR_ENGINES = [
+    dict(input_size=3, hidden_size=6, output_size=4),
+    dict(input_size=3, hidden_size=6, output_size=4, num_layers=2, bidirectional=True),
+    dict(input_size=3, hidden_size=6, output_size=2, loss="sigmoid_bce", setup="many_to_many",
+         nonlinearity="sigmoid"),
+    dict(input_size=7, hidden_size=5, output_size=7, setup="many_to_many", input_kind="index",
+         nonlinearity="relu"),
+    dict(input_size=3, hidden_size=6, output_size=2, loss="identity_mse", setup="one_to_many",
+         feed="first"),
+]
+
+
+@pytest.mark.parametrize("kw", SPECS_FOR_ENGINES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_inference_engines_agree(kw, dtype):
+    """predict_proba / predict / evaluate on the fast engine (the default) give the reference
+    pass's numbers: float64 to 1e-12, float32 to float32 rounding; with masks, lengths, batches
+    of several sizes (the workspace keeps buffers per shape); N = 0 refused."""
+    kw = dict(kw)
+    m = RNN(kw.pop("input_size"), kw.pop("hidden_size"), seed=3, dtype=dtype, **kw)
+    rng = np.random.default_rng(0)
+    spec, N, T = m.spec, 11, 6
+    if spec.input_kind == "index":
+        X = rng.integers(0, spec.input_size, (N, T))
+    elif spec.setup == "one_to_many":
+        X = rng.standard_normal((N, spec.input_size))
+    else:
+        X = rng.standard_normal((N, T, spec.input_size))
+    steps = T if spec.setup == "one_to_many" else None
+    lengths = rng.integers(1, T + 1, N) if spec.setup != "one_to_many" else None
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == "float64" else dict(rtol=2e-5, atol=2e-6)
+    for ln in (None, lengths):
+        if ln is None and lengths is None and spec.setup != "one_to_many":
+            continue
+        kwargs = dict(steps=steps, lengths=ln, batch_size=4)
+        ref = m._outputs(X, None, ln, steps, 4, "reference")
+        fast = m._outputs(X, None, ln, steps, 4, "fast")
+        np.testing.assert_allclose(fast, ref, **tol)
+        want = m.forward(X, lengths=ln, steps=steps).y
+        np.testing.assert_allclose(ref, want, rtol=1e-6 if dtype == "float32" else 1e-14)
+        if spec.loss == "identity_mse":
+            np.testing.assert_allclose(m.predict(X, **kwargs), ref, **tol)
+        else:
+            np.testing.assert_allclose(m.predict_proba(X, **kwargs), ref, **tol)
+    if spec.loss == "softmax_ce" and spec.setup == "many_to_one":
+        y = rng.integers(0, spec.output_size, N)
+        a = m.evaluate(X, y, batch_size=5)
+        b = m.evaluate(X, y, batch_size=5, engine="reference")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-10 if dtype == "float64" else 1e-5)
+        with pytest.raises(ValueError, match="empty batch"):      # as the reference pass
+            m.predict_proba(X[:0])
+    with pytest.raises(ValueError, match="engine must be one of"):
+        m.predict(X, engine="gpu", steps=steps)
+
+
+def test_inference_workspace_is_not_copied():
+    import copy
+
+    m = RNN(3, 4, output_size=2, seed=0)
+    X = np.zeros((2, 3, 3), np.float32)
+    m.predict(X)
+    assert m._workspace is not None
+    c = copy.deepcopy(m)
+    assert c._workspace is None and np.array_equal(c.predict(X), m.predict(X))
+
+
+@pytest.mark.parametrize("dtype,layers,act", [("float64", 1, "tanh"), ("float32", 2, "relu"),
+                                              ("float32", 1, "sigmoid")])
+def test_generate_matches_the_reference_step(dtype, layers, act):
+    """RNN.generate (the Sampler) draws the same ids as data.text.generate with a step function
+    on the reference forward pass and the same Generator: sampling and greedy, 1-D and 2-D
+    primes."""
+    from rnnlab.data.text import generate
+
+    m = RNN(13, 8, num_layers=layers, nonlinearity=act, output_size=13, setup="many_to_many",
+            input_kind="index", dtype=dtype, seed=1)
+
+    def step(ids, state):
+        out, _ = net.forward(m.params, ids[:, None], m.spec, h0=state)
+        return out.logits[:, -1, :], out.h_n
+
+    prime = np.array([[1, 2, 3], [4, 5, 6], [0, 0, 12]])
+    for temp in (1.0, 0.5, 0.0):
+        want = generate(step, prime, 200, temp, np.random.default_rng(7))
+        got = m.generate(prime, 200, temperature=temp, rng=np.random.default_rng(7))
+        assert got.shape == (3, 200) and got.dtype == np.int64
+        assert np.array_equal(got, want)
+        one = m.generate(prime[1], 50, temperature=temp, rng=np.random.default_rng(7))
+        assert np.array_equal(one, generate(step, prime[1], 50, temp, np.random.default_rng(7)))
+    assert m.generate(prime, 0, rng=np.random.default_rng(0)).shape == (3, 0)
+
+
+def test_generate_refuses_what_it_cannot_do():
+    m = RNN(5, 4, output_size=5, setup="many_to_many", input_kind="index", seed=0)
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        m.generate([1, 2], 5)
+    with pytest.raises(ValueError, match=r"prime ids must be in \[0, 5\)"):
+        m.generate([1, 5], 5, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="prime must be"):
+        m.generate([], 5, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        m.generate([1], 5, temperature=-1.0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        m.generate([1], 5, rng=np.random.default_rng(0), h0=np.zeros((2, 1, 4)))
+    clf = RNN(5, 4, output_size=3, seed=0)
+    with pytest.raises(ValueError, match="setup='many_to_many'"):
+        clf.generate([1], 5, rng=np.random.default_rng(0))
+    bi = RNN(5, 4, output_size=5, setup="many_to_many", bidirectional=True, seed=0)
+    with pytest.raises(ValueError, match="unidirectional"):
+        bi.generate([1], 5, rng=np.random.default_rng(0))

@@ -404,9 +404,6 @@ def sample(run_dir: str, prime: str | None, length: int, temperature: float, see
     """Generate text from a model trained on the 'text' dataset."""
     import numpy as np
 
-    from .core import network
-    from .data.text import generate_text
-
     cfg, model, ds = _load_model(run_dir, checkpoint)
     spec = model.spec
     if ds.name != "text" or spec.input_kind != "index" or spec.setup != "many_to_many":
@@ -420,13 +417,9 @@ def sample(run_dir: str, prime: str | None, length: int, temperature: float, see
     missing = sorted({c for c in prime if c not in vocab})
     if missing:
         raise ValueError(f"--prime has characters the model never saw: {missing}")
-
-    def step(ids: Any, state: Any) -> tuple[Any, Any]:
-        out, _ = network.forward(model.params, ids[:, None], spec, h0=state)
-        return out.logits[:, -1, :], out.h_n
-
-    text = generate_text(step, vocab, prime, length, temperature, np.random.default_rng(seed))
-    _echo(prime + text, 0)
+    ids = model.generate(vocab.encode(prime), length, temperature=temperature,
+                         rng=np.random.default_rng(seed))
+    _echo(prime + vocab.decode(ids), 0)
     return 0
 
 

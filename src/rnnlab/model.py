@@ -22,7 +22,8 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .core import network
+from .core import losses, network
+from .core.inputs import make_mask
 from .core.params import (
     DEFAULT_INIT,
     INITS,
@@ -34,8 +35,10 @@ from .core.params import (
 )
 from .core.spec import RNNSpec
 from .data.base import Dataset
+from .fast.sampler import Sampler
+from .fast.workspace import Workspace
 from .train import History, TrainConfig, checkpoint, fit, spec_for_dataset
-from .train.metrics import evaluate
+from .train.metrics import INFERENCE_ENGINES, evaluate, inference_forward
 
 __all__ = ["RNN"]
 
@@ -125,6 +128,25 @@ class RNN:
         self.params: Params = init_params(spec, _rng(seed, rng), scheme=init, dtype=dtype)
         self.dtype = np.dtype(dtype)
         self.history: History | None = None
+        self._workspace: Workspace | None = None      # inference's buffers, made on first use
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy / copy.copy: the workspace (buffers, thread pools) is not part of the
+        # model; a copy makes its own on first use
+        state = dict(self.__dict__)
+        state["_workspace"] = None
+        return state
+
+    def _engine(self, engine: str) -> str | Workspace:
+        """The engine for an inference call: this model's workspace for ``"fast"``."""
+        if engine not in INFERENCE_ENGINES:
+            raise ValueError(f"engine must be one of {list(INFERENCE_ENGINES)}; got {engine!r}")
+        if engine == "reference":
+            return engine
+        ws = getattr(self, "_workspace", None)
+        if ws is None or ws.spec != self.spec:
+            ws = self._workspace = Workspace(self.spec)
+        return ws
 
     # ------------------------------------------------------------------------ construction
 
@@ -168,7 +190,9 @@ class RNN:
     __call__ = forward
 
     def _outputs(self, X: ArrayLike, mask: ArrayLike | None, lengths: ArrayLike | None,
-                 steps: int | None, batch_size: int) -> NDArray[np.floating]:
+                 steps: int | None, batch_size: int, engine: str, logits: bool = False
+                 ) -> NDArray[np.floating]:
+        """``g(z)`` (or with ``logits=True`` the logits ``z``) of every sequence, in batches."""
         Xa = np.asarray(X)
         if Xa.ndim == 0:
             raise ValueError(f"X must be an array of sequences; got {X!r}")
@@ -176,38 +200,56 @@ class RNN:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
         m = None if mask is None else np.asarray(mask)
         ln = None if lengths is None else np.asarray(lengths)
+        eng = self._engine(engine)
+        if ln is not None:
+            # lengths -> the (N, T) mask they mean, checked as the forward pass checks them
+            T = steps if self.spec.setup == "one_to_many" else (
+                Xa.shape[1] if Xa.ndim >= 2 else 0)
+            if not isinstance(T, int) or isinstance(T, bool):
+                raise ValueError(f"setup='one_to_many' needs steps=T; got steps={steps!r}")
+            m = make_mask(len(Xa), T, mask=m, lengths=ln)
+        logits_of = inference_forward(self.params, self.spec, eng)
         parts = []
         for s in range(0, max(len(Xa), 1), batch_size):
             sl = slice(s, s + batch_size)
-            out = self.forward(Xa[sl], mask=None if m is None else m[sl],
-                               lengths=None if ln is None else ln[sl], steps=steps)
-            parts.append(out.y)
+            z = logits_of(Xa[sl], None if m is None else m[sl], steps)
+            # copies: the logits may be a view of the engine's buffer (g(z) is a new array)
+            parts.append(z.copy() if logits else losses.output(self.spec.loss, z))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def predict(self, X: ArrayLike, *, mask: ArrayLike | None = None,
                 lengths: ArrayLike | None = None, steps: int | None = None,
-                batch_size: int = 1024) -> NDArray[Any]:
+                batch_size: int = 1024, engine: str = "fast") -> NDArray[Any]:
         """Class ids (``softmax_ce``: argmax; ``sigmoid_bce``: ``y_hat > 0.5`` per output) or
-        regression values; ``(B,)``/``(B, O)`` or per step ``(B, T)``/``(B, T, O)``."""
-        y = self._outputs(X, mask, lengths, steps, batch_size)
-        if self.spec.loss == "softmax_ce":
-            return y.argmax(axis=-1)
+        regression values; ``(B,)``/``(B, O)`` or per step ``(B, T)``/``(B, T, O)``.
+
+        ``engine="fast"`` (default) runs the forward pass on the model's
+        :class:`rnnlab.Workspace` (made on the first call, its buffers reused), ``"reference"``
+        on :func:`rnnlab.network.forward`; the same numbers to rounding
+        (:func:`rnnlab.metrics.evaluate`)."""
+        if self.spec.loss == "softmax_ce":        # softmax is monotone: argmax of the logits
+            return self._outputs(X, mask, lengths, steps, batch_size, engine,
+                                 logits=True).argmax(axis=-1)
+        y = self._outputs(X, mask, lengths, steps, batch_size, engine)
         if self.spec.loss == "sigmoid_bce":
             return (y > 0.5).astype(np.int64)
         return y
 
     def predict_proba(self, X: ArrayLike, *, mask: ArrayLike | None = None,
                       lengths: ArrayLike | None = None, steps: int | None = None,
-                      batch_size: int = 1024) -> NDArray[np.floating]:
-        """Class probabilities (softmax, or per-output sigmoid), shaped like the logits."""
+                      batch_size: int = 1024, engine: str = "fast") -> NDArray[np.floating]:
+        """Class probabilities (softmax, or per-output sigmoid), shaped like the logits
+        (``engine`` as for :meth:`predict`)."""
         if self.spec.loss not in _CLASSIFIERS:
             raise ValueError(f"predict_proba needs a classification loss {list(_CLASSIFIERS)}; "
                              f"this model has loss={self.spec.loss!r} (use predict)")
-        return self._outputs(X, mask, lengths, steps, batch_size)
+        return self._outputs(X, mask, lengths, steps, batch_size, engine)
 
     def evaluate(self, X: Any, y: ArrayLike | None = None, mask: ArrayLike | None = None, *,
-                 batch_size: int = 256, steps: int | None = None) -> dict[str, float]:
-        """Metrics (:func:`rnnlab.metrics.evaluate`) on arrays, or on a Split/Dataset's test.
+                 batch_size: int = 256, steps: int | None = None,
+                 engine: str = "fast") -> dict[str, float]:
+        """Metrics (:func:`rnnlab.metrics.evaluate`) on arrays, or on a Split/Dataset's test
+        (``engine`` as for :meth:`predict`).
 
         The targets are checked as the loss checks them, before any forward pass: a class label
         outside ``[0, output_size)`` (``-1`` is not "the last class") or a soft-target row that
@@ -216,7 +258,22 @@ class RNN:
         if y is None:
             split = X.test if isinstance(X, Dataset) else X
             X, y, mask = split.X, split.y, getattr(split, "mask", None)
-        return evaluate(self.params, self.spec, X, y, mask, batch_size=batch_size, steps=steps)
+        return evaluate(self.params, self.spec, X, y, mask, batch_size=batch_size, steps=steps,
+                        engine=self._engine(engine))
+
+    def generate(self, prime: ArrayLike, length: int, *, temperature: float = 1.0,
+                 rng: np.random.Generator | None = None, h0: ArrayLike | None = None
+                 ) -> NDArray[np.int64]:
+        """Generate ids one at a time from a character model (many-to-many, ``softmax_ce``,
+        unidirectional, index or one-hot inputs): feed ``prime`` (``(P,)`` or ``(B, P)`` ids),
+        then draw ``length`` ids from ``softmax(z / temperature)``, each fed back as the next
+        input (``temperature=0``: greedy).  ``rng`` (a ``numpy.random.Generator``) is needed
+        when ``temperature > 0``.  Returns ``(length,)`` or ``(B, length)`` int64, the prime
+        not included; the same ids as :func:`rnnlab.data.text.generate` with a step on
+        :func:`rnnlab.network.forward` and the same Generator
+        (:class:`rnnlab.fast.sampler.Sampler`, what ``rnnlab sample`` runs)."""
+        return Sampler(self.spec, self.params).generate(prime, length, temperature=temperature,
+                                                        rng=rng, h0=h0)
 
     # ------------------------------------------------------------------------ parameters
 

@@ -427,8 +427,12 @@ class _Loop:
             h.test = {f"test_{k}": v for k, v in self._evaluate(self.test).items()}
             ds = self.dataset
             if ds is not None and not self.cfg.stateful and self.test.X is ds.test.X:
+                # on the engine that scored the split above (the same forward pass)
+                fs = self.grad_fn
+                engine = fs.engine if isinstance(fs, FastStep) else "reference"
                 h.test.update({f"test_{k}": v for k, v in task_metrics(
-                    self.params, self.spec, ds, "test", batch_size=self.eval_bs).items()})
+                    self.params, self.spec, ds, "test", batch_size=self.eval_bs,
+                    engine=engine).items()})
         self._call("on_train_end", {"epoch": self.epoch, "step": self.step, "status": h.status})
         return h
 

@@ -23,7 +23,7 @@ all its scored entries (exactly what one batch holding the whole split would giv
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +35,20 @@ from ..core.inputs import check_targets, target_lead
 from ..core.params import check_params
 from ..core.spec import RNNSpec
 from ..data.base import Dataset
+from ..fast.workspace import Workspace
 
 __all__ = [
     "METRICS",
     "Accumulator",
     "EarlyStopping",
+    "INFERENCE_ENGINES",
     "evaluate",
+    "inference_forward",
     "metric_names",
+    "predict",
     "resolve_mode",
     "scored_rows",
+    "task_metrics",
 ]
 
 METRICS: tuple[str, ...] = ("loss", "accuracy", "perplexity", "mse")
@@ -173,6 +178,7 @@ def evaluate(
     *,
     batch_size: int = 256,
     steps: int | None = None,
+    engine: str | Workspace = "fast",
 ) -> dict[str, float]:
     """The metrics of ``params`` on a whole split, in batches of ``batch_size`` sequences.
 
@@ -187,6 +193,11 @@ def evaluate(
         Sequences per forward pass (memory, not results: sums are float64).
     steps : int, optional
         T for ``setup="one_to_many"``.
+    engine : {"fast", "reference"} or Workspace
+        What runs the forward pass (:data:`INFERENCE_ENGINES`): the fast engine (a
+        :class:`rnnlab.Workspace`, made for the call, or the one given, whose buffers are then
+        reused) or the reference pass (:func:`rnnlab.network.forward`).  The same numbers to
+        rounding (float32: the compiled kernels' ``tanh`` is eq. 38's, within a few ulp).
 
     Returns
     -------
@@ -219,13 +230,45 @@ def evaluate(
         # of -1 is not "the last class", a label of O not an IndexError)
         check_targets(ya, spec, target_lead(spec, n, T or 0), dtype)
     ma = None if mask is None else np.asarray(mask)
+    logits_of = inference_forward(params, spec, engine)
     acc = Accumulator(spec)
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         mb = None if ma is None else ma[sl]
-        out, _ = network.forward(params, Xa[sl], spec, mask=mb, steps=steps)
-        acc.add(out.logits, ya[sl], mb)
+        acc.add(logits_of(Xa[sl], mb, steps), ya[sl], mb)
     return acc.result()
+
+
+INFERENCE_ENGINES = ("fast", "reference")
+"""What :func:`evaluate`, :func:`predict` and :meth:`rnnlab.RNN.predict` may run a forward pass
+on (or a :class:`rnnlab.Workspace` to reuse)."""
+
+Logits = Callable[[NDArray[Any], "NDArray[Any] | None", "int | None"], NDArray[np.floating]]
+
+
+def inference_forward(params: Mapping[str, NDArray[np.floating]], spec: RNNSpec,
+                      engine: str | Workspace = "fast") -> Logits:
+    """``f(X, mask, steps) -> logits`` of a batch on ``engine`` (see :func:`evaluate`); the
+    logits may be a view of a workspace's buffer, valid until the next call.  An empty batch
+    (no sequences) goes to the reference pass, whose error (or result) defines what it gives."""
+    if isinstance(engine, Workspace):
+        if engine.spec != spec:
+            raise ValueError(f"the workspace was made for {engine.spec}; the network is {spec}")
+        ws: Workspace | None = engine
+    elif isinstance(engine, str) and engine in INFERENCE_ENGINES:
+        ws = Workspace(spec) if engine == "fast" else None
+    else:
+        raise ValueError(f"engine must be one of {list(INFERENCE_ENGINES)} or a Workspace; "
+                         f"got {engine!r}")
+
+    def logits_of(X: NDArray[Any], mask: NDArray[Any] | None, steps: int | None
+                  ) -> NDArray[np.floating]:
+        if ws is not None and X.shape[0] > 0:
+            return ws.forward(params, X, mask=mask, steps=steps)
+        out, _ = network.forward(params, X, spec, mask=mask, steps=steps)
+        return out.logits
+
+    return logits_of
 
 
 def predict(
@@ -236,20 +279,25 @@ def predict(
     *,
     batch_size: int = 256,
     steps: int | None = None,
+    engine: str | Workspace = "fast",
 ) -> NDArray[np.floating]:
     """The network's predictions ``y = g(z)`` on a whole split, in batches: ``(N, O)`` or
-    ``(N, T, O)`` (probabilities for the classification losses, values for MSE)."""
+    ``(N, T, O)`` (probabilities for the classification losses, values for MSE); ``engine`` as
+    for :func:`evaluate`."""
     Xa = np.asarray(X)
+    if Xa.ndim == 0:
+        raise ValueError(f"X must be an array of sequences; got {X!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     ma = None if mask is None else np.asarray(mask)
+    logits_of = inference_forward(params, spec, engine)
     parts = []
-    for start in range(0, Xa.shape[0], batch_size):
+    for start in range(0, max(Xa.shape[0], 1), batch_size):
         sl = slice(start, start + batch_size)
-        out, _ = network.forward(params, Xa[sl], spec, mask=None if ma is None else ma[sl],
-                                 steps=steps)
-        parts.append(out.y)
-    return np.concatenate(parts)
+        # g(z) is a new array (the logits may be a view of the engine's buffer)
+        parts.append(losses.output(spec.loss, logits_of(Xa[sl], None if ma is None
+                                                         else ma[sl], steps)))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def task_metrics(
@@ -259,6 +307,7 @@ def task_metrics(
     split: str = "test",
     *,
     batch_size: int = 256,
+    engine: str | Workspace = "fast",
 ) -> dict[str, float]:
     """The task's own metrics of the network on a split of ``ds``
     (:meth:`rnnlab.data.Dataset.task_metrics`: strict Reber success, XOR error by position,
@@ -267,7 +316,7 @@ def task_metrics(
         return {}
     s = getattr(ds, split)
     steps = s.y.shape[1] if spec.setup == "one_to_many" else None
-    y = predict(params, spec, s.X, s.mask, batch_size=batch_size, steps=steps)
+    y = predict(params, spec, s.X, s.mask, batch_size=batch_size, steps=steps, engine=engine)
     return ds.task_metrics(split, y)
 
 
