@@ -10,7 +10,9 @@ loads the same arrays through ``rnnlab.data``, trains with the same batch size, 
 epochs, optimizer (Adam) and shuffling every epoch, evaluates the validation split after every
 epoch and the test split at the end, and prints its result:
 
-* ``rnnlab``       ``rnnlab.RNN.fit`` with a ``TrainConfig`` (the fast engine, defaults otherwise);
+* ``rnnlab``       ``rnnlab.RNN.fit`` with a ``TrainConfig`` (the fast engine, defaults otherwise),
+                   the kernels prefetched while the data loads (``rnnlab.fast.prefetch()``, as
+                   ``rnnlab train`` does);
 * ``torch``        the idiomatic loop: ``TensorDataset`` + ``DataLoader(shuffle=True)``,
                    ``nn.RNN(batch_first=True)`` + ``nn.Linear``, ``torch.optim.Adam``,
                    ``F.cross_entropy``, validation under ``torch.no_grad()``;
@@ -77,7 +79,9 @@ def _data(w: Workload) -> Any:
 
 def child_rnnlab(w: Workload, epochs: int, seed: int, marks: dict[str, Any]) -> float:
     import rnnlab
+    import rnnlab.fast
 
+    rnnlab.fast.prefetch()      # the compiled kernels load while the data does (docs/training.md)
     ds = _data(w)
     model = rnnlab.RNN.for_dataset(ds, w.hidden, seed=seed)
     cfg = rnnlab.TrainConfig(epochs=epochs, batch_size=w.batch, lr=w.lr, seed=seed,

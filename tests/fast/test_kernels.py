@@ -293,3 +293,55 @@ def test_the_joint_buffer_gives_the_gradients(threads: object, masked: bool,
         np.testing.assert_allclose(ws.h_n(), out64.h_n, rtol=0, atol=1e-5)
         if input_grad:
             assert np.abs(ws.input_grad - g64.X).max() <= 2e-5 * np.abs(g64.X).max()
+
+
+PREFETCH_CHILD = r"""
+import sys, threading
+import numpy as np
+from rnnlab.fast import kernels
+mode = sys.argv[1]
+if mode == "fail":
+    calls = []
+    def broken():
+        calls.append(threading.current_thread().name)
+        raise RuntimeError("broken build")
+    kernels._warm = broken
+    kernels._purge_cache = lambda: False
+kernels.prefetch()
+kernels.prefetch()                                   # idempotent: one thread
+threads = [t for t in threading.enumerate() if t.name == "rnnlab-kernels-prefetch"]
+assert len(threads) <= 1, threads
+if mode == "fail":
+    for t in threads:
+        t.join()
+    try:
+        kernels.compile()
+    except RuntimeError as exc:
+        print("raised:", exc, "calls:", calls)
+    sys.exit(0)
+from rnnlab import RNNSpec, Workspace
+from rnnlab.core.params import init_params
+spec = RNNSpec(5, 8, 3)
+params = init_params(spec, np.random.default_rng(0))
+ws = Workspace(spec)                                 # waits for the prefetch, compiles nothing
+loss, _ = ws.value_and_grad(params, np.zeros((4, 6, 5), np.float32), np.zeros(4, np.int64))
+print("ok", ws.compiled, kernels._compiled, np.isfinite(loss))
+"""
+
+
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_prefetch_loads_on_a_thread_and_failures_surface_where_used(mode):
+    """kernels.prefetch() loads the kernels on a background thread that the first Workspace
+    waits for; a failure there is not swallowed: compile() runs again and raises it."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", PREFETCH_CHILD, mode], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    if mode == "ok":
+        assert res.stdout.split() == ["ok", "True", "True", "True"], res.stdout
+    else:
+        # the thread tried once, the explicit call again, and that one raised
+        assert "raised: broken build" in res.stdout, res.stdout
+        assert "'rnnlab-kernels-prefetch', 'MainThread'" in res.stdout, res.stdout

@@ -7,3 +7,7 @@ threads (docs/performance.md, docs/architecture.md).
 split over threads), ``tuner`` (the thread options, chosen by timing) and ``cpu`` (BLAS thread
 counts, subnormal flushing).  Tested against :mod:`rnnlab.core` on the shared grid.
 """
+
+from .kernels import prefetch
+
+__all__ = ["prefetch"]

@@ -38,6 +38,7 @@ The BLAS is NumPy's own (found through ``threadpoolctl``), so its thread count i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ from .cpu import BLAS
 
 __all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "column_block",
            "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "hand_off",
-           "post_job", "publish", "run", "scatter_rows", "serve", "spin", "supports",
+           "post_job", "prefetch", "publish", "run", "scatter_rows", "serve", "spin", "supports",
            "vecmat_job", "why_unavailable"]
 
 Array = NDArray[np.floating]
@@ -79,6 +80,43 @@ def available() -> bool:
 
 
 _compiled = False
+_compile_lock = threading.Lock()
+_prefetching: threading.Thread | None = None
+
+
+def prefetch() -> None:
+    """Start :func:`compile` on a background thread and return at once.
+
+    Loading the kernels costs a fresh process 0.6-0.9 s (Numba's import and its CPU target's
+    initialisation: docs/performance.md, "Start-up"); a program that has other work first
+    (reading a dataset: mostly file reads and NumPy, which let the thread run) can overlap the
+    two.  The first :class:`rnnlab.fast.workspace.Workspace` then waits only for what is left.
+    ``rnnlab train``, the sweeps and the main job call this before loading their data.  A
+    failure on the thread is not lost: :func:`compile` runs again where it is needed and raises
+    it there.  Idempotent; does nothing without Numba."""
+    global _prefetching
+    if _compiled or _prefetching is not None:
+        return
+
+    def job() -> None:
+        try:
+            compile()
+        except Exception:        # noqa: BLE001 -- compile() repeats it, and raises, when used
+            pass
+
+    _prefetching = threading.Thread(target=job, name="rnnlab-kernels-prefetch", daemon=True)
+    _prefetching.start()
+
+
+def _after_fork_in_child() -> None:
+    # a prefetch thread does not exist in a forked child: a lock it held would never be released
+    global _compile_lock, _prefetching
+    if not _compiled:
+        _compile_lock, _prefetching = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def compile() -> None:
@@ -89,15 +127,18 @@ def compile() -> None:
     (docs/performance.md, "Start-up").  A cached build that cannot be read (a damaged or
     truncated file) is deleted and compiled again."""
     global _compiled
-    if _compiled or not available():
+    if _compiled:
         return
-    try:
-        _warm()
-    except Exception:            # a cached build that cannot be loaded: compile it afresh
-        if not _purge_cache():
-            raise
-        _warm()
-    _compiled = True
+    with _compile_lock:          # one thread compiles (a prefetch); the others wait for it
+        if _compiled or not available():
+            return
+        try:
+            _warm()
+        except Exception:        # a cached build that cannot be loaded: compile it afresh
+            if not _purge_cache():
+                raise
+            _warm()
+        _compiled = True
 
 
 def _warm() -> None:

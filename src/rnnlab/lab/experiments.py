@@ -35,6 +35,7 @@ import numpy as np
 from ..core import network
 from ..core.params import init_params, num_parameters
 from ..core.spec import RNNSpec
+from ..fast import kernels
 from ..learning.diagnostics import per_step_gradients
 from ..train import DivergenceError, History, spec_for_dataset
 from ..train import fit as train_fit
@@ -261,6 +262,8 @@ def run(
     t_start = time.perf_counter()
     rdir = Path(run_dir)
     _check_run_dir(rdir, resume, overwrite)          # refuse before creating anything
+    if cfg.train.engine == "fast":
+        kernels.prefetch()        # load the compiled kernels while the data loads
     made = [p for p in (*reversed(rdir.parents), rdir) if not p.exists()]
     rdir.mkdir(parents=True, exist_ok=True)
     try:
