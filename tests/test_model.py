@@ -279,3 +279,12 @@ def test_generate_refuses_what_it_cannot_do():
     bi = RNN(5, 4, output_size=5, setup="many_to_many", bidirectional=True, seed=0)
     with pytest.raises(ValueError, match="unidirectional"):
         bi.generate([1], 5, rng=np.random.default_rng(0))
+
+
+def test_generate_refuses_non_finite_logits():
+    m = RNN(5, 4, output_size=5, setup="many_to_many", input_kind="index", seed=0,
+            nonlinearity="identity", dtype="float32")
+    m.params["l0.W_hh"][:] = 1e30 * np.eye(4, dtype=np.float32)   # the state overflows
+    m.params["l0.W_xh"][:] = 1.0
+    with pytest.raises(ValueError, match="logits contain NaN or infinity"):
+        m.generate([1, 2, 3], 10, rng=np.random.default_rng(0))

@@ -164,13 +164,15 @@ class Sampler:
                 raise ValueError("h0 contains NaN or infinity")
             np.copyto(H_all, h, casting="same_kind")
         out = np.empty((B, int(length)), np.int64)
-        for t in range(batch.shape[1]):
-            self._step(batch[:, t], H_all, rec)
-        for t in range(int(length)):
-            ids = self._draw(H_all[-1], z, cdf, thr, temp, rng)
-            out[:, t] = ids
-            if t + 1 < length:
-                self._step(ids, H_all, rec)
+        # an overflow is reported once, as a ValueError from the draw, not as warnings
+        with np.errstate(over="ignore", invalid="ignore"):
+            for t in range(batch.shape[1]):
+                self._step(batch[:, t], H_all, rec)
+            for t in range(int(length)):
+                ids = self._draw(H_all[-1], z, cdf, thr, temp, rng)
+                out[:, t] = ids
+                if t + 1 < length:
+                    self._step(ids, H_all, rec)
         self.h_n = H_all.copy()
         return out if p.ndim == 2 else out[0]
 
@@ -196,7 +198,8 @@ class Sampler:
         np.matmul(h_top, self.params["W_hy"], out=z)          # eq. (8): (B, H) x (H, V)
         z += self.params["b_y"]
         if not np.all(np.isfinite(z)):
-            raise FloatingPointError("the logits became non-finite while generating")
+            raise ValueError("logits contain NaN or infinity (the model's state overflowed "
+                             "while generating)")
         if temp == 0:
             return z.argmax(axis=1).astype(np.int64)
         assert rng is not None                                 # checked by generate
