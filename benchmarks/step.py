@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LR = 0.01
-IMPLS = ("rnnlab", "rnnlab-api", "torch", "jax", "keras")
+IMPLS = ("rnnlab", "rnnlab-api", "torch", "torch-bf", "jax", "keras")
 TBPTT_K = 25                  # k1 = k2: the windows tile T, so each step is backpropagated once
 
 
@@ -66,11 +66,24 @@ class Config:
     C: int
     every_step: bool  # loss at every step (many-to-many) instead of the last one
     index: bool       # integer ids as input
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: str = "float32"
 
     def flops(self) -> float:
-        """Forward GEMM FLOPs ``F = 2BT(DH + H^2) + 2BHC x (T or 1)``."""
+        """Forward GEMM FLOPs ``F = 2BT(DH + H^2) + 2BHC x (T or 1)`` for one layer; with
+        ``L`` layers and ``n`` directions, ``F = 2BTn(DH + H^2) + (L-1) 2BTn(nH H + H^2) +
+        2B nH C x (T or 1)``."""
         B, T, D, H, C = self.B, self.T, self.D, self.H, self.C
-        return 2.0 * B * T * (D * H + H * H) + 2.0 * B * H * C * (T if self.every_step else 1)
+        n = 2 if self.bidirectional else 1
+        f = 2.0 * B * T * n * (D * H + H * H)
+        f += (self.layers - 1) * 2.0 * B * T * n * (n * H * H + H * H)
+        return f + 2.0 * B * n * H * C * (T if self.every_step else 1)
+
+    @property
+    def single(self) -> bool:
+        """One float32 layer, one direction: the configs every peer implements."""
+        return self.layers == 1 and not self.bidirectional and self.dtype == "float32"
 
 
 CONFIGS: dict[str, Config] = {
@@ -81,8 +94,21 @@ CONFIGS: dict[str, Config] = {
     # for the RTRL row (RTRL's sensitivities are (B, |theta|, H): row MNIST at H = 128 would
     # need 2.6 GB and ~2.4 TFLOP per step)
     "r": Config("r", "RTRL-sized row MNIST", 16, 28, 28, 32, 10, False, False),
+    # stacked, bidirectional and float64 (issue 18): rnnlab against nn.RNN in both layouts
+    "a2": Config("a2", "row MNIST, 2 layers", 128, 28, 28, 128, 10, False, False, layers=2),
+    "a3": Config("a3", "row MNIST, 3 layers", 128, 28, 28, 128, 10, False, False, layers=3),
+    "ab": Config("ab", "row MNIST, bidirectional", 128, 28, 28, 128, 10, False, False,
+                 bidirectional=True),
+    "ab2": Config("ab2", "row MNIST, 2 bidirectional layers", 128, 28, 28, 128, 10, False, False,
+                  layers=2, bidirectional=True),
+    "a64": Config("a64", "row MNIST, float64", 128, 28, 28, 128, 10, False, False,
+                  dtype="float64"),
 }
 MAIN_CONFIGS = ("a", "b", "c", "d")
+LAYOUT_CONFIGS = ("a2", "a3", "ab", "ab2", "a64")
+# the peers of the layout rows: nn.RNN time first and with batch_first=True (JAX's and Keras's
+# implementations here are one float32 layer)
+LAYOUT_PEERS = ("torch", "torch-bf")
 # the other gradient algorithms: (config, implementation)
 # (full BPTT on the Workspace is timed again next to them: the "x BPTT" column's reference)
 ALGO_ROWS = (("c", "rnnlab"), ("c", "tbptt-fast"), ("c", "tbptt"), ("r", "rnnlab"),
@@ -114,14 +140,15 @@ def _problem(cfg: Config, seed: int = 0) -> tuple[Any, Any, Any, dict[str, Any]]
 
     rng = np.random.default_rng(seed)
     spec = RNNSpec(cfg.D, cfg.H, cfg.C, setup="many_to_many" if cfg.every_step else "many_to_one",
-                   input_kind="index" if cfg.index else "dense")
-    params = init_params(spec, rng, dtype=np.float32)
+                   input_kind="index" if cfg.index else "dense", num_layers=cfg.layers,
+                   bidirectional=cfg.bidirectional)
+    params = init_params(spec, rng, dtype=cfg.dtype)
     X: Any
     if cfg.index:
         X = rng.integers(0, cfg.D, size=(cfg.B, cfg.T))
         Y = rng.integers(0, cfg.C, size=(cfg.B, cfg.T))
     else:
-        X = rng.random((cfg.B, cfg.T, cfg.D), dtype=np.float32)
+        X = rng.random((cfg.B, cfg.T, cfg.D)).astype(cfg.dtype)
         Y = rng.integers(0, cfg.C, size=cfg.B)
     return spec, X, Y, params
 
@@ -185,28 +212,31 @@ def make_rnnlab_api(cfg: Config, threads: int) -> Step:
     return _sgd_step(cfg, make)
 
 
-def make_torch(cfg: Config, threads: int) -> Step:
+def make_torch(cfg: Config, threads: int, batch_first: bool = False) -> Step:
     import numpy as np
     import torch
     import torch.nn.functional as F
     from torch import nn
 
+    from rnnlab.interop.torch import to_torch_state_dict
+
     torch.set_num_threads(threads)
     spec, X, Y, params = _problem(cfg)
-    rnn = nn.RNN(cfg.D, cfg.H, nonlinearity="tanh")           # time first, float32
-    fc = nn.Linear(cfg.H, cfg.C)
-    rnn.load_state_dict({   # our b_h is PyTorch's bias_ih + bias_hh
-        "weight_ih_l0": torch.from_numpy(params["l0.W_xh"].T.copy()),
-        "weight_hh_l0": torch.from_numpy(params["l0.W_hh"].T.copy()),
-        "bias_ih_l0": torch.from_numpy(params["l0.b_h"]),
-        "bias_hh_l0": torch.zeros(cfg.H)})
-    fc.load_state_dict({"weight": torch.from_numpy(params["W_hy"].T.copy()),
-                        "bias": torch.from_numpy(params["b_y"])})
+    dt = torch.float64 if cfg.dtype == "float64" else torch.float32
+    rnn = nn.RNN(cfg.D, cfg.H, num_layers=cfg.layers, nonlinearity="tanh",
+                 bidirectional=cfg.bidirectional, batch_first=batch_first, dtype=dt)
+    n = 2 if cfg.bidirectional else 1
+    fc = nn.Linear(n * cfg.H, cfg.C, dtype=dt)
+    # our b_h is PyTorch's bias_ih + bias_hh (rnnlab.interop.torch)
+    sd = to_torch_state_dict(params, spec, rnn_prefix="", head_prefix="fc.")
+    rnn.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items() if not k.startswith("fc.")})
+    fc.load_state_dict({k[3:]: torch.from_numpy(v) for k, v in sd.items() if k.startswith("fc.")})
     if cfg.index:   # nn.RNN reads vectors: one-hot rows, made once outside the step
-        x = torch.from_numpy(np.eye(cfg.D, dtype=np.float32)[X.T])                # (T, B, V)
-        y = torch.from_numpy(np.ascontiguousarray(Y.T)).reshape(-1)
+        onehot = np.eye(cfg.D, dtype=cfg.dtype)
+        x = torch.from_numpy(onehot[X] if batch_first else onehot[X.T])   # (B, T, V) / (T, B, V)
+        y = torch.from_numpy(np.ascontiguousarray(Y if batch_first else Y.T)).reshape(-1)
     else:
-        x = torch.from_numpy(np.ascontiguousarray(X.transpose(1, 0, 2)))           # (T, B, D)
+        x = torch.from_numpy(np.ascontiguousarray(X if batch_first else X.transpose(1, 0, 2)))
         y = torch.from_numpy(Y)
     opt = torch.optim.SGD(list(rnn.parameters()) + list(fc.parameters()), lr=LR)
 
@@ -216,12 +246,19 @@ def make_torch(cfg: Config, threads: int) -> Step:
         if cfg.every_step:
             loss = F.cross_entropy(fc(seq).reshape(-1, cfg.C), y)
         else:
-            loss = F.cross_entropy(fc(h_n[-1]), y)
+            # the top layer's final states: forwards at t = T-1, backwards at t = 0 (h_n)
+            top = torch.cat([h_n[-n + i] for i in range(n)], dim=-1) if n == 2 else h_n[-1]
+            loss = F.cross_entropy(fc(top), y)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
     return step
+
+
+def make_torch_bf(cfg: Config, threads: int) -> Step:
+    """``nn.RNN(batch_first=True)`` (inputs ``(B, T, D)``, as rnnlab's)."""
+    return make_torch(cfg, threads, batch_first=True)
 
 
 def make_jax(cfg: Config, threads: int) -> Step:
@@ -339,8 +376,9 @@ def make_rtrl(cfg: Config, threads: int) -> Step:
 
 
 MAKERS: dict[str, Callable[[Config, int], Step]] = {
-    "rnnlab": make_rnnlab, "rnnlab-api": make_rnnlab_api, "torch": make_torch, "jax": make_jax,
-    "keras": make_keras, "tbptt": make_tbptt, "tbptt-fast": make_tbptt_fast, "rtrl": make_rtrl,
+    "rnnlab": make_rnnlab, "rnnlab-api": make_rnnlab_api, "torch": make_torch,
+    "torch-bf": make_torch_bf, "jax": make_jax, "keras": make_keras, "tbptt": make_tbptt,
+    "tbptt-fast": make_tbptt_fast, "rtrl": make_rtrl,
 }
 
 
@@ -360,8 +398,8 @@ def _available(impl: str) -> str | None:
     """None when ``impl`` can run here, else why not."""
     import importlib.util
 
-    mod = {"torch": "torch", "jax": "jax", "keras": "keras", "tbptt": "rnnlab.learning.tbptt",
-           "rtrl": "rnnlab.learning.rtrl"}.get(impl)
+    mod = {"torch": "torch", "torch-bf": "torch", "jax": "jax", "keras": "keras",
+           "tbptt": "rnnlab.learning.tbptt", "rtrl": "rnnlab.learning.rtrl"}.get(impl)
     if mod is not None and importlib.util.find_spec(mod) is None:
         if mod.startswith("rnnlab."):
             return f"{mod} does not exist in this rnnlab"
@@ -529,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(MAIN_CONFIGS),
-                    help="comma-separated subset of a,b,c,d (and r, RTRL's small config)")
+                    help="comma-separated subset of a,b,c,d (and r, RTRL's small config); "
+                         "'none' for none")
     ap.add_argument("--peers", default="torch,jax,keras",
                     help="comma-separated peers besides rnnlab (torch, jax, keras, rnnlab-api); "
                          "'none' for none")
@@ -545,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     ap.add_argument("--no-algos", action="store_true",
                     help="skip the truncated BPTT and RTRL rows")
+    ap.add_argument("--layouts", default=",".join(LAYOUT_CONFIGS),
+                    help="the stacked / bidirectional / float64 configs timed against nn.RNN in "
+                         f"both layouts (default {','.join(LAYOUT_CONFIGS)}; 'none' for none)")
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="do not drop OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the run")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
@@ -555,11 +597,17 @@ def main(argv: list[str] | None = None) -> int:
         _reexec_without_openblas_coretype()
     threads = args.threads or os.cpu_count() or 1
     _set_jax_threads(threads)
-    names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    bad = [c for c in names if c not in CONFIGS]
+    names = [] if args.configs == "none" else [c.strip() for c in args.configs.split(",")
+                                                if c.strip()]
+    bad = [c for c in names if c not in CONFIGS or c in LAYOUT_CONFIGS]
     if bad:
         ap.error(f"unknown config(s) {bad}; expected a subset of {list(CONFIGS)}")
     cfgs = [CONFIGS[c] for c in names]
+    lnames = [] if args.layouts == "none" else [c.strip() for c in args.layouts.split(",")
+                                                  if c.strip()]
+    bad = [c for c in lnames if c not in LAYOUT_CONFIGS]
+    if bad:
+        ap.error(f"unknown layout config(s) {bad}; expected a subset of {list(LAYOUT_CONFIGS)}")
 
     if args.memory_child:
         _memory_child(args.memory_child, cfgs[0], threads)
@@ -608,6 +656,17 @@ def main(argv: list[str] | None = None) -> int:
             rows += _rows(cfg, impls, times, notes)
             loads.append(f"{cfg.name}: {others_load(busy0, time.perf_counter() - t0)}")
             print(f"  config {cfg.name} timed", file=sys.stderr, flush=True)
+        layout_impls = ["rnnlab"] + [p for p in LAYOUT_PEERS if _available(p) is None]
+        layout_rows: list[Row] = []
+        if len(layout_impls) > 1:
+            for c in lnames:
+                cfg = CONFIGS[c]
+                times, notes = time_config(cfg, layout_impls, threads, steps, args.warmup,
+                                           block, args.settle)
+                layout_rows += _rows(cfg, layout_impls, times, notes)
+                print(f"  config {c} timed", file=sys.stderr, flush=True)
+        elif lnames:
+            print("skipping the layout rows: torch is not installed", file=sys.stderr)
         by_cfg: dict[str, list[str]] = {}
         for c, impl in algos:
             by_cfg.setdefault(c, []).append(impl)
@@ -619,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {', '.join(algo_impls)} on config {c} timed", file=sys.stderr, flush=True)
         ceilings += gemm_ceiling()
     ceiling = float(np.median(ceilings))
-    for row in rows + algo_rows:
+    for row in rows + algo_rows + layout_rows:
         row.frac_ceiling = row.gflops / ceiling
     if memory:
         for row in rows + algo_rows:
@@ -627,12 +686,20 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, [c for c in cfgs], impls, ceiling, threads, min(ceilings), max(ceilings))
     print("CPU kept busy by other processes while each config was timed (the machine is shared): "
           + ", ".join(loads))
+    if layout_rows:
+        print()
+        print("Stacked, bidirectional and float64 (rnnlab against nn.RNN time first and with "
+              "batch_first=True; same thread budget, SGD step):")
+        lcfgs = [CONFIGS[c] for c in lnames]
+        print_table(layout_rows, lcfgs, layout_impls, ceiling, threads, min(ceilings),
+                    max(ceilings), legend=False)
     if algo_rows:
         print_algos(algo_rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": threads, "ceiling_gflops": ceiling, "ceiling_samples": ceilings,
-                       "blas": blas_info(), "rows": [r.__dict__ for r in rows + algo_rows]},
+                       "blas": blas_info(),
+                       "rows": [r.__dict__ for r in rows + algo_rows + layout_rows]},
                       f, indent=1)
     return 0
 
@@ -650,7 +717,7 @@ def _mib(r: Row) -> str:
 
 
 def print_table(rows: list[Row], cfgs: list[Config], impls: list[str], ceiling: float,
-                threads: int, lo: float, hi: float) -> None:
+                threads: int, lo: float, hi: float, legend: bool = True) -> None:
     peers = [i for i in impls if i != "rnnlab"]
     head = ["cfg", "impl", "seq/s", *[f"x {p}" for p in peers], "ms/step", "GFLOP/s",
             "% ceil", "peak MiB"]
@@ -669,14 +736,22 @@ def print_table(rows: list[Row], cfgs: list[Config], impls: list[str], ceiling: 
     print()
     _fmt_table(head, lines)
     print()
-    print(f"float32 GEMM ceiling (NumPy matmul 2048^3, {threads} thread(s)): {ceiling:.1f} GFLOP/s "
-          f"(median of the run's samples; range {lo:.0f}-{hi:.0f})")
-    print("seq/s = B / median step time; x peer = this row's seq/s over the peer's; "
-          "GFLOP/s = 3F / median step, F = 2BT(DH + H^2) + 2BHC x (T or 1)")
+    if legend:
+        print(f"float32 GEMM ceiling (NumPy matmul 2048^3, {threads} thread(s)): {ceiling:.1f} "
+              f"GFLOP/s (median of the run's samples; range {lo:.0f}-{hi:.0f})")
+        print("seq/s = B / median step time; x peer = this row's seq/s over the peer's; "
+              "GFLOP/s = 3F / median step, F = 2BT(DH + H^2) + 2BHC x (T or 1)")
+    else:
+        print("torch = nn.RNN time first (T, B, D); torch-bf = nn.RNN(batch_first=True); F for "
+              "L layers, n directions: 2BTn(DH + H^2) + (L-1) 2BTn(nH H + H^2) + 2BnHC")
     for cfg in cfgs:
+        extra = (f", {cfg.layers} layers" if cfg.layers > 1 else "") + \
+            (", bidirectional" if cfg.bidirectional else "") + \
+            (f", {cfg.dtype}" if cfg.dtype != "float32" else "")
         print(f"  {cfg.name} {cfg.title}: B={cfg.B} T={cfg.T} D={cfg.D} H={cfg.H} C={cfg.C}, "
               f"{'loss at every step' if cfg.every_step else 'loss at the last step'}"
-              f"{', index input' if cfg.index else ''}; 3F = {3 * cfg.flops() / 1e9:.3f} GFLOP")
+              f"{', index input' if cfg.index else ''}{extra}; "
+              f"3F = {3 * cfg.flops() / 1e9:.3f} GFLOP")
     if notes:
         print("rnnlab's thread choice (the Workspace's tuner):")
         print("\n".join(notes))
