@@ -300,6 +300,40 @@ class Workspace:
         assert logits is not None
         return logits
 
+    def forward_loss(
+        self,
+        params: Mapping[str, Array],
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        h0: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+        lengths: ArrayLike | None = None,
+        steps: int | None = None,
+    ) -> tuple[float, Array]:
+        """The forward pass and the loss of one batch, no backward pass: ``(loss, dL/dz)``.
+
+        ``dL/dz`` (eqs. 9-15, the spec's reduction) is time first, ``(T, B, O)`` when the spec
+        scores every step (zero at padded steps) and ``(B, O)`` otherwise, a view of the
+        workspace's buffer; :attr:`cache` holds the states of every layer (``hbufs``, ``(T + 1,
+        B, H)``: ``H_{-1}`` then ``H_0 .. H_{T-1}``, padded steps carrying their state, eq. 7)
+        and :attr:`logits` the logits.  What the forward-mode learning rules on the fast path
+        read (:mod:`rnnlab.fast.rules`): their batch form needs the states and the learning
+        signal of every step, not BPTT's backward pass.
+        """
+        spec = self.spec
+        dtype = check_params(params, spec)
+        x_tb, B, T = time_first(X, spec, dtype, steps)
+        m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
+        y = check_targets(Y, spec, target_lead(spec, B, T), dtype)
+        h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)
+        bufs = self._buffers(B, T, dtype)
+        with self._call(bufs, h0_all, x_tb) as (run, h0_all, x_tb):
+            cache = network.forward(params, x_tb, m_tb, h0_all, spec, bufs, run)
+            value, dz = network.loss(spec, bufs.logits, y, m_tb, bufs, run)
+        self.cache, self._logits, self.h0_grad, self.input_grad = cache, bufs.logits, None, None
+        return value, dz.reshape(bufs.logits.shape)
+
     @contextmanager
     def _call(self, bufs: Buffers, h0_all: Array | None, x_tb: NDArray[Any]
               ) -> Iterator[tuple[Runner, Array, NDArray[Any]]]:
