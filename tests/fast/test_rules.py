@@ -142,14 +142,16 @@ def test_float32_within_its_rounding(name: str) -> None:
         _close(q32[k] - p32[k], q64[k] - p64[k], 2e-4, k)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n,dense", [(1, False), (2, False), (3, False), (2, True), (3, True)])
 @pytest.mark.parametrize("online", [False, True])
-def test_sparse_snap(n: int, online: bool) -> None:
+def test_sparse_snap(n: int, dense: bool, online: bool) -> None:
+    """Sparse SnAp-n on its pattern; dense SnAp-n (n >= 2, the full pattern: RTRL, run as the
+    fast RTRL) equal to the reference's SnAp-n."""
     spec = RNNSpec(2, 6, 2, setup="many_to_many")
     params, X, Y, mask, h0 = problem(spec, 8, 3, 6, True)
-    conn = _sparse(params)
+    conn = np.ones((6, 6), bool) if dense else _sparse(params)
     ref_kw, fast_kw = _options("snap", spec, params, n=n, connectivity=conn)
-    assert fast_kw["pattern"].sum(axis=1).max() < 6 or n > 2
+    assert bool(fast_kw["pattern"].all()) == dense
     if online:
         opt = optim.SGD(lr=0.1)
         p1 = {k: v.copy() for k, v in params.items()}

@@ -395,7 +395,7 @@ class _SnAp(_Estimate):
         self.W_sub = np.empty((H, p, p), dtype)
         self.f = np.empty((B, H, p), dtype)
         self.Gt = np.empty((H, B, p, 1), dtype)
-        self.g = np.empty((H, B, R, 1), dtype) if p > 1 else np.empty((B, R, H), dtype)
+        self.g = np.empty((H, B, R, 1), dtype) if p > 1 else np.empty((0,), dtype)
 
     def reset(self) -> None:
         self.S.fill(0.0)
@@ -430,8 +430,7 @@ class _SnAp(_Estimate):
     def contract(self, params: Mapping[str, Array], G: Array, gj: list[Array]) -> None:
         H = self.H
         if self.p == 1:
-            np.multiply(self.S, G[:, None, :], out=self.g)
-            g1 = self.g.sum(axis=0)
+            g1 = np.einsum("bij,bj->ij", self.S, G)              # Σ_b s[b] ⊙ G[b]
             if self.sparse:
                 g1[:H] *= self.conn
             gj[0] += g1
@@ -647,6 +646,11 @@ class FastRule:
             elif name == "kf_rtrl":
                 assert self.rng is not None
                 est = _KF(spec, B, dtype, self.rng)
+            elif name == "snap" and bool(self.pattern.all()) and bool(self.conn.all()):
+                # a full pattern on a dense W_hh (n >= 2) keeps the whole influence matrix:
+                # SnAp-n is RTRL (Menick et al., section 3), run as RTRL (joint layout, before
+                # the scaling by f')
+                est = _RTRL(spec, B, dtype, with_h0=False)
             elif name == "snap":
                 est = _SnAp(spec, B, dtype, self.conn, self.pattern)
             else:
@@ -719,7 +723,7 @@ class FastRule:
         grads["b_y"][...] = dz.reshape(-1, O).sum(axis=0)
         w = self._window_bufs(B, T, dtype)
         U, FP, G = w["U"], w["FP"], w["G"]
-        np.matmul(dz, F, out=G)                                   # G_t = (dL/dz_t) F, eq. (44)
+        np.matmul(dz.reshape(-1, O), F, out=G.reshape(-1, H))   # G_t = (dL/dz_t) F, eq. (44)
         for layer in range(spec.num_layers):
             hb = cache.hbufs[layer]
             _joint(hb[:-1], cache.inputs[layer], spec.input_size if layer == 0 else H,
