@@ -279,3 +279,58 @@ def test_fit_keeps_the_memory_limit() -> None:
         with pytest.raises(SensitivityMemoryError, match="max_bytes"):
             fit(p, spec, _data(spec), _cfg(algorithm=algorithm,
                                            algorithm_kwargs={**kw, "max_bytes": 1000}))
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_uoro_in_chunks_and_folding(online: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UORO's pass over Θ in chunks of sequences (one sequence each here), and the scale
+    folded back into Θ at almost every step (a fold bound of 1.5, in both implementations)."""
+    from rnnlab.fast import rules
+    from rnnlab.learning import uoro
+
+    monkeypatch.setattr(rules._UORO, "CHUNK_BYTES", 8)
+    monkeypatch.setattr(rules, "FOLD", 1.5)
+    monkeypatch.setattr(uoro, "FOLD", 1.5)
+    spec = RNNSpec(3, 4, 3, num_layers=2, setup="many_to_many")
+    params, X, Y, mask, h0 = problem(spec, 12, 5, 9, True)
+    ref_kw, fast_kw = _options("uoro", spec, params)
+    if online:
+        opt = optim.SGD(lr=0.1)
+        p1 = {k: v.copy() for k, v in params.items()}
+        p2 = {k: v.copy() for k, v in params.items()}
+        uoro.online_update(p1, X, Y, spec, opt=opt, opt_state=opt.init(p1), h0=h0, mask=mask,
+                           **ref_kw)
+        FastRule(spec, "uoro_online", **fast_kw)(p2, X, Y, spec, opt=opt,
+                                                 opt_state=opt.init(p2), h0=h0, mask=mask)
+        for k in p1:
+            _close(p2[k], p1[k], 1e-12, k)
+        return
+    _, g1, _ = uoro.value_and_grad(params, X, Y, spec, h0=h0, mask=mask, **ref_kw)
+    rule = FastRule(spec, "uoro", **fast_kw)
+    _, g2, _ = rule(params, X, Y, spec, h0=h0, mask=mask)
+    est = next(iter(rule._est.values()))
+    assert isinstance(est, rules._UORO) and est.chunk == 1
+    for k in g1.params:
+        _close(g2.params[k], g1.params[k], 1e-12, k)
+
+
+def test_snap1_online_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online SnAp-1 updates its trace in place, a chunk of sequences at a time (one each
+    here), the padded rows carrying theirs: the reference's parameters after the updates."""
+    from rnnlab.fast import rules
+
+    monkeypatch.setattr(rules._UORO, "CHUNK_BYTES", 8)
+    spec = RNNSpec(3, 4, 3, setup="many_to_many")
+    params, X, Y, mask, h0 = problem(spec, 13, 5, 8, True)
+    conn = _sparse(params, seed=5)
+    ref_kw, fast_kw = _options("snap", spec, params, connectivity=conn)
+    opt = optim.SGD(lr=0.1)
+    p1 = {k: v.copy() for k, v in params.items()}
+    p2 = {k: v.copy() for k, v in params.items()}
+    snap.online_update(p1, X, Y, spec, opt=opt, opt_state=opt.init(p1), h0=h0, mask=mask,
+                       every=3, **ref_kw)
+    rule = FastRule(spec, "snap_online", every=3, **fast_kw)
+    rule(p2, X, Y, spec, opt=opt, opt_state=opt.init(p2), h0=h0, mask=mask)
+    assert next(iter(rule._est.values())).chunk == 1
+    for k in p1:
+        _close(p2[k], p1[k], 1e-12, k)

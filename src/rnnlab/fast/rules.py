@@ -129,6 +129,14 @@ class _Estimate:
     def contract(self, params: Mapping[str, Array], G: Array, gj: list[Array]) -> None:
         raise NotImplementedError
 
+    def step(self, params: Mapping[str, Array], u: list[Array], fp: list[Array],
+             pad: Rows | None, G: Array | None, gj: list[Array] | None) -> None:
+        """:meth:`update`, then (``G`` given: a scored step) :meth:`contract`."""
+        self.update(params, u, fp, pad)
+        if G is not None:
+            assert gj is not None
+            self.contract(params, G, gj)
+
 
 class _RTRL(_Estimate):
     """Exact sensitivities in the joint layout, kept before the scaling by ``f'`` (see the
@@ -212,7 +220,16 @@ class _RTRL(_Estimate):
 
 
 class _UORO(_Estimate):
-    """:class:`rnnlab.learning.uoro.UOROTracker` on buffers."""
+    """:class:`rnnlab.learning.uoro.UOROTracker` on buffers.
+
+    The pass over ``Θ`` (``(B, R_l, H)`` per layer, the rule's memory) is one read and one write
+    per step: the rank-one update ``Θ += a u ⊗ δ``, the squared norm that the next step's
+    ``ρ0`` needs (eq. 46) and the contraction with the step's learning signal (eq. 41) run on
+    chunks of sequences small enough to stay in the cache (:data:`CHUNK_BYTES`), where the
+    reference makes three passes and a temporary as large as ``Θ``.
+    """
+
+    CHUNK_BYTES = 1 << 20
 
     def __init__(self, spec: RNNSpec, B: int, dtype: np.dtype, rng: np.random.Generator
                  ) -> None:
@@ -222,7 +239,9 @@ class _UORO(_Estimate):
         self.v = np.zeros((B, L, H), dtype)
         self.v_new = np.empty((B, L, H), dtype)
         self.theta = [np.zeros((B, r, H), dtype) for r in self.R]
-        self.buf = [np.empty((B, r, H), dtype) for r in self.R]
+        per_seq = sum(self.R) * H * np.dtype(dtype).itemsize
+        self.chunk = max(1, min(B, self.CHUNK_BYTES // per_seq))
+        self.buf = [np.empty((self.chunk, r, H), dtype) for r in self.R]
         self.c = np.ones(B, dtype)
         self.nu = np.empty((B, L, H), dtype)
         self.delta = [np.empty((B, H), dtype) for _ in range(L)]
@@ -232,16 +251,27 @@ class _UORO(_Estimate):
         self.s1 = np.empty(B, dtype)
         self.s2 = np.empty(B, dtype)
         self.sq = np.empty(B, dtype)
-        self.nt = np.empty(B, dtype)
+        self.nt = np.zeros(B, dtype)              # Σ_l ‖Θ_l[b]‖², kept from the last step
+        self.part = np.empty(self.chunk, dtype)
 
     def reset(self) -> None:
         self.v.fill(0.0)
         for t in self.theta:
             t.fill(0.0)
         self.c.fill(1.0)
+        self.nt.fill(0.0)
 
     def update(self, params: Mapping[str, Array], u: list[Array], fp: list[Array],
                pad: Rows | None) -> None:
+        self.step(params, u, fp, pad, None, None)
+
+    def contract(self, params: Mapping[str, Array], G: Array, gj: list[Array]) -> None:
+        c = np.einsum("bh,bh->b", G, self.v[:, -1]) * self.c  # (G_t · ṽ_t) c, eq. (41)
+        for layer, t in enumerate(self.theta):
+            gj[layer] += np.tensordot(c, t, axes=1)
+
+    def step(self, params: Mapping[str, Array], u: list[Array], fp: list[Array],
+             pad: Rows | None, G: Array | None, gj: list[Array] | None) -> None:
         L = self.L
         v, v_new = self.v, self.v_new
         for layer in range(L):                                # J_t ṽ, bottom up (eq. 45)
@@ -266,11 +296,7 @@ class _UORO(_Estimate):
                 np.matmul(d, params[f"l{layer}.W_xh"].T, out=below)
                 below += nu[:, layer - 1]
                 below *= fp[layer - 1]
-        nt = self.nt
-        nt.fill(0.0)
-        for t in self.theta:
-            nt += _rowdot(t, self.s1)
-        norm_theta = np.abs(self.c) * np.sqrt(nt)
+        norm_theta = np.abs(self.c) * np.sqrt(self.nt)
         norm_v = np.sqrt(_rowdot(v_new, self.s2))
         rho0 = np.sqrt(norm_theta / (norm_v + EPS)) + EPS     # eq. (46)
         rho1 = np.sqrt(np.sqrt(sq) / (np.sqrt(L * self.H) + EPS)) + EPS
@@ -283,22 +309,36 @@ class _UORO(_Estimate):
             v_new[pad] = v[pad]
             a[pad] = 0.0
             c_new[pad] = self.c[pad]
-        for t, buf, ul, au, d in zip(self.theta, self.buf, u, self.au, self.delta, strict=True):
+        for ul, au in zip(u, self.au, strict=True):
             np.multiply(a[:, None], ul, out=au)
-            np.multiply(au[:, :, None], d[:, None, :], out=buf)
-            t += buf
+        cc = None
+        if G is not None:                                     # (G_t · ṽ_t) c_t, eq. (41)
+            cc = np.einsum("bh,bh->b", G, v_new[:, -1]) * c_new
+        nt = self.nt
+        nt.fill(0.0)
+        for b0 in range(0, self.B, self.chunk):               # Θ += a u ⊗ δ, chunk by chunk
+            b1 = min(b0 + self.chunk, self.B)
+            n = b1 - b0
+            part = self.part[:n]
+            for layer, (t, buf) in enumerate(zip(self.theta, self.buf, strict=True)):
+                th, bf = t[b0:b1], buf[:n]
+                np.multiply(self.au[layer][b0:b1, :, None], self.delta[layer][b0:b1, None, :],
+                            out=bf)
+                th += bf
+                flat = th.reshape(n, -1)
+                nt[b0:b1] += np.einsum("bi,bi->b", flat, flat, out=part)
+                if cc is not None:
+                    assert gj is not None
+                    gj[layer] += np.tensordot(cc[b0:b1], th, axes=1)
         far = np.flatnonzero((np.abs(c_new) > FOLD) | (np.abs(c_new) < 1.0 / FOLD))
-        if far.size:
+        if far.size:                                          # fold the scale back in
+            nt[far] = 0.0
             for t in self.theta:
                 t[far] *= c_new[far, None, None]
+                nt[far] += _rowdot(t[far], self.s1[:far.size])
             c_new[far] = 1.0
         self.c = c_new
         self.v, self.v_new = v_new, v
-
-    def contract(self, params: Mapping[str, Array], G: Array, gj: list[Array]) -> None:
-        c = np.einsum("bh,bh->b", G, self.v[:, -1]) * self.c  # (G_t · ṽ_t) c, eq. (41)
-        for layer, t in enumerate(self.theta):
-            gj[layer] += np.tensordot(c, t, axes=1)
 
 
 class _KF(_Estimate):
@@ -386,9 +426,10 @@ class _SnAp(_Estimate):
         self.p = p = self.idx.shape[1]
         self.full = p == H and bool(self.valid.all())
         self.units = np.arange(H)
+        self.chunk = max(1, min(B, _UORO.CHUNK_BYTES // (R * H * np.dtype(dtype).itemsize)))
         shape = (B, R, H) if p == 1 else (H, B, R, p)
         self.S = np.zeros(shape, dtype)
-        self.S_new = np.empty(shape, dtype)
+        self.S_new = np.empty(shape if p > 1 else (0,), dtype)   # SnAp-1 updates in place
         self.w = np.empty(H, dtype)
         self.mask2 = (self.valid[:, :, None] & self.valid[:, None, :]).astype(dtype)
         self.flat = (self.idx[:, :, None] * H + self.idx[:, None, :]).ravel()
@@ -400,18 +441,43 @@ class _SnAp(_Estimate):
     def reset(self) -> None:
         self.S.fill(0.0)
 
+    def step(self, params: Mapping[str, Array], u: list[Array], fp: list[Array],
+             pad: Rows | None, G: Array | None, gj: list[Array] | None) -> None:
+        """SnAp-1 in place, chunk by chunk (the update of eq. 51 and the contraction of eq. 41
+        while a chunk of sequences is in the cache: one read and one write of ``s`` per step);
+        SnAp-n as :meth:`update` and :meth:`contract`."""
+        if self.p != 1:
+            return super().step(params, u, fp, pad, G, gj)
+        S, f, uu = self.S, fp[0], u[0]
+        np.copyto(self.w, np.diagonal(params["l0.W_hh"]))
+        keep = None if pad is None else S[pad].copy()
+        acc = None if G is None else np.zeros(S.shape[1:], S.dtype)
+        for b0 in range(0, self.B, self.chunk):
+            b1 = min(b0 + self.chunk, self.B)
+            s = S[b0:b1]
+            s *= self.w                                  # only W_hh[j, j] survives
+            s += uu[b0:b1, :, None]                      # u_t ⊗ I on the diagonal
+            s *= f[b0:b1, None, :]
+            if keep is not None:                         # eq. (30): padded rows carry
+                assert pad is not None
+                inside = (pad >= b0) & (pad < b1)
+                s[pad[inside] - b0] = keep[inside]
+            if acc is not None:
+                assert G is not None
+                acc += np.einsum("bij,bj->ij", s, G[b0:b1])
+        if acc is not None:
+            assert gj is not None
+            if self.sparse:
+                acc[:self.H] *= self.conn
+            gj[0] += acc
+        return None
+
     def update(self, params: Mapping[str, Array], u: list[Array], fp: list[Array],
                pad: Rows | None) -> None:
         W = params["l0.W_hh"]
         S, S_new = self.S, self.S_new
-        if self.p == 1:                                  # SnAp-1: only W_hh[j, j] survives
-            np.copyto(self.w, np.diagonal(W))
-            np.multiply(S, self.w, out=S_new)
-            S_new += u[0][:, :, None]
-            S_new *= fp[0][:, None, :]
-            if pad is not None:
-                S_new[pad] = S[pad]
-            self.S, self.S_new = S_new, S
+        if self.p == 1:                                  # SnAp-1: in place, in chunks
+            self.step(params, u, fp, pad, None, None)
             return
         H, B, R, p = S.shape
         if self.full:                                    # the pattern is everything: RTRL
@@ -663,6 +729,9 @@ class FastRule:
         return est
 
     def _window_bufs(self, B: int, T: int, dtype: np.dtype) -> dict[str, Any]:
+        """The batch form's arrays, made on first use for ``(B, T, dtype)`` and kept: the
+        learning signals ``G`` of every scored step, ``f'`` of every step (``FP``, the rules
+        whose window is one product), a step's joint inputs ``u`` and ``f'`` per layer."""
         key = (B, T, np.dtype(dtype))
         w = self._win.get(key)
         if w is None:
@@ -670,11 +739,15 @@ class FastRule:
                 self._win.clear()
             spec, H = self.spec, self.spec.hidden_size
             D = [spec.input_size] + [H] * (spec.num_layers - 1)
-            w = {"U": [np.empty((T, B, H + d + 1), dtype) for d in D],
-                 "FP": [np.empty((T, B, H), dtype) for _ in D],
-                 "G": np.empty((T, B, H), dtype) if spec.per_step_output else
-                 np.empty((B, H), dtype)}
+            w = {"G": np.empty((T, B, H) if spec.per_step_output else (B, H), dtype),
+                 "u": [np.empty((B, H + d + 1), dtype) for d in D],
+                 "fp": [np.empty((B, H), dtype) for _ in D]}
             self._win[key] = w
+        if ("FP" not in w and (self.name in ("rflo", "eprop") or (
+                self.name == "snap" and self.pattern.sum(axis=1).max() == 1))):
+            w["FP"] = np.empty((T, B, self.spec.hidden_size), dtype)
+            if not self.spec.per_step_output and self.name == "snap":
+                w["FP2"] = np.empty((T, B, self.spec.hidden_size), dtype)
         return w
 
     # -------------------------------------------------------------- calls
@@ -711,108 +784,138 @@ class FastRule:
         dtype = dz.dtype
         m = cache.mask
         per_step = spec.per_step_output
+        O = spec.output_size
         W_hy = params["W_hy"]
         F = W_hy.T if self.feedback is None else self.feedback
         top = cache.top
         grads: Params = {k: np.zeros_like(p) for k, p in params.items()}
-        O = spec.output_size
         if per_step:                                              # eq. (19), the head
             np.matmul(top.reshape(T * B, H).T, dz.reshape(T * B, O), out=grads["W_hy"])
         else:
             np.matmul(top.T, dz, out=grads["W_hy"])
         grads["b_y"][...] = dz.reshape(-1, O).sum(axis=0)
         w = self._window_bufs(B, T, dtype)
-        U, FP, G = w["U"], w["FP"], w["G"]
+        G = w["G"]
         np.matmul(dz.reshape(-1, O), F, out=G.reshape(-1, H))   # G_t = (dL/dz_t) F, eq. (44)
-        for layer in range(spec.num_layers):
-            hb = cache.hbufs[layer]
-            _joint(hb[:-1], cache.inputs[layer], spec.input_size if layer == 0 else H,
-                   U[layer])
-            self.act.grad_from_output(hb[1:], out=FP[layer])      # f'(Z_t), from H_t
-        scored = list(range(T)) if per_step else [T - 1]
-        if m is not None and per_step:
-            scored = [t for t in scored if m[t].any()]
-        gj = [np.zeros((r, H), dtype) for r in ([H + spec.input_size + 1] +
-                                                [2 * H + 1] * (spec.num_layers - 1))]
         dh0: Array | None = None
-        if name in ("rflo", "eprop"):
-            self._trace_window(U[0], FP[0], G, m, scored, gj[0])
-        elif name == "snap" and self.pattern.sum(axis=1).max() == 1:
-            self._snap1_window(params, U[0], FP[0], G, m, gj[0])
+        if name in ("rflo", "eprop") or (name == "snap" and self.pattern.sum(axis=1).max() == 1):
+            FP = w["FP"]
+            self.act.grad_from_output(cache.hbufs[0][1:], out=FP)   # f'(Z_t) from H_t
+            if name == "snap":
+                D = self._snap1_signal(params, FP, G, m)
+            else:
+                D = self._trace_signal(FP, G)
+            self._window_product(D, cache, m, grads)
+            if name == "snap" and not bool(self.conn.all()):
+                grads["l0.W_hh"] *= self.conn
         else:
-            est = self._estimate(B, dtype)
-            pads = [None] * T if m is None else [
-                (lambda r: r if r.size else None)(np.flatnonzero(~m[t])) for t in range(T)]
-            scored_set = set(scored)
-            for t in range(T):
-                est.update(params, [u[t] for u in U], [f[t] for f in FP], pads[t])
-                if t in scored_set:
-                    est.contract(params, G[t] if per_step else G, gj)
-            if isinstance(est, _RTRL):
-                dh0 = est.finish(gj)
-        _unpack(gj, H, grads)
+            dh0 = self._walk(params, cache, G, m, grads)
         if dh0 is None:
             dh0 = np.zeros((spec.num_layers, B, H), dtype)
-        logits = ws.logits
-        assert logits is not None
-        logits = np.array(logits)
+        logits = np.array(ws.logits)
         y = losses.output(spec.loss, logits.reshape(-1, O)).reshape(logits.shape)
         return float(loss), Gradients(grads, None, dh0), Output(y=y, logits=logits,
                                                                  h_n=ws.h_n())
 
-    def _trace_window(self, U: Array, FP: Array, G: Array, m: NDArray[np.bool_] | None,
-                      scored: list[int], gj: Array) -> None:
-        """RFLO (alpha = 1), e-prop (decay = 0): ``Σ_t u_tᵀ (G_t ⊙ f'_t)`` in one product, the
-        padded rows carrying the factors of their last real step (eq. 30)."""
-        T, B, R = U.shape
-        H = FP.shape[2]
-        if m is not None:                                         # carry: the last real step
-            last = np.where(m, np.arange(T)[:, None], -1)
-            np.maximum.accumulate(last, axis=0, out=last)
-            rows = np.arange(B)
-            never = last < 0
-            U[...] = U[np.maximum(last, 0), rows]
-            FP[...] = FP[np.maximum(last, 0), rows]
-            U[never] = 0.0
-        if G.ndim == 2:                                           # the last step only
-            gf = G * FP[T - 1]
-            gj += U[T - 1].T @ gf
-            return
-        GF = np.multiply(G, FP, out=G)
-        if len(scored) == T:
-            gj += U.reshape(T * B, R).T @ GF.reshape(T * B, H)
-        else:
-            for t in scored:
-                gj += U[t].T @ GF[t]
+    def _walk(self, params: Mapping[str, Array], cache: Any, G: Array,
+              m: NDArray[np.bool_] | None, grads: Params) -> Array:
+        """The rule's recursion over the window (RTRL, UORO, KF-RTRL, SnAp-n), reading the
+        states of the forward pass: per step the joint inputs and ``f'`` into small buffers.
+        Returns ``dL/dh0`` (RTRL; zeros for the others)."""
+        spec, H = self.spec, self.spec.hidden_size
+        T, B, dtype = cache.steps, cache.batch_size, G.dtype
+        L = spec.num_layers
+        D = [spec.input_size] + [H] * (L - 1)
+        per_step = spec.per_step_output
+        w = self._window_bufs(B, T, dtype)
+        u, fp = w["u"], w["fp"]
+        est = self._estimate(B, dtype)
+        scored = np.ones(T, bool) if per_step else np.arange(T) == T - 1
+        if m is not None and per_step:
+            scored &= m.any(axis=1)
+        gj = [np.zeros((H + d + 1, H), dtype) for d in D]
+        for t in range(T):
+            pad = None
+            if m is not None and not m[t].all():
+                pad = np.flatnonzero(~m[t])
+            for layer in range(L):
+                hb = cache.hbufs[layer]
+                _joint(hb[t], cache.inputs[layer][t], D[layer], u[layer])   # eq. (40)
+                self.act.grad_from_output(hb[t + 1], out=fp[layer])         # f'(Z_t)
+            est.step(params, u, fp, pad, (G[t] if per_step else G) if scored[t] else None,
+                     gj)                                                    # eq. (41)
+        dh0 = est.finish(gj) if isinstance(est, _RTRL) else np.zeros((L, B, H), dtype)
+        _unpack(gj, H, grads)
+        return dh0
 
-    def _snap1_window(self, params: Mapping[str, Array], U: Array, FP: Array, G: Array,
-                      m: NDArray[np.bool_] | None, gj: Array) -> None:
-        """SnAp-1's window gradient accumulated backwards (module docstring): ``λ_t = G_t +
-        a_{t+1} λ_{t+1}`` with ``a_t = W_jj f'_t`` (1 on padded rows, which carry), then
-        ``Σ_t u_tᵀ (m_t f'_t λ_t)`` in one product."""
-        T, B, R = U.shape
-        H = FP.shape[2]
+    def _trace_signal(self, FP: Array, G: Array) -> Array:
+        """RFLO (alpha = 1), e-prop (decay = 0): the signal ``G_t ⊙ f'_t`` of every step whose
+        product with ``u_t`` is the gradient (eqs. 53, 55), in ``G``'s buffer."""
+        if G.ndim == 2:
+            return np.multiply(G, FP[-1], out=G)
+        return np.multiply(G, FP, out=G)
+
+    def _snap1_signal(self, params: Mapping[str, Array], FP: Array, G: Array,
+                      m: NDArray[np.bool_] | None) -> Array:
+        """SnAp-1's window accumulated backwards (module docstring): ``λ_t = G_t + a_{t+1}
+        λ_{t+1}`` with ``a_t = W_jj f'_t`` (1 on padded rows, which carry), and the signal
+        ``m_t f'_t λ_t`` of every step whose product with ``u_t`` is the gradient, in ``G``'s
+        buffer (a ``(T, B, H)`` one for a many-to-one spec)."""
+        T, B, H = FP.shape
         w = np.ascontiguousarray(np.diagonal(params["l0.W_hh"]))
         lam = np.zeros((B, H), FP.dtype)
         a = np.empty((B, H), FP.dtype)
-        Lam = np.empty((T, B, H), FP.dtype)
+        if G.ndim == 2:
+            last = G
+            G = self._window_bufs(B, T, FP.dtype)["FP2"]
+            G[:-1] = 0.0
+            G[-1] = last
         for t in range(T - 1, -1, -1):
             if t < T - 1:
                 np.multiply(FP[t + 1], w, out=a)
                 if m is not None and not m[t + 1].all():
                     a[~m[t + 1]] = 1.0
                 lam *= a
-            if G.ndim == 3:
-                lam += G[t]
-            elif t == T - 1:
-                lam += G
-            np.multiply(lam, FP[t], out=Lam[t])
+            lam += G[t]
+            np.multiply(lam, FP[t], out=G[t])
             if m is not None:
-                Lam[t][~m[t]] = 0.0
-        g = U.reshape(T * B, R).T @ Lam.reshape(T * B, H)
-        if not bool(self.conn.all()):
-            g[:H] *= self.conn
-        gj += g
+                G[t][~m[t]] = 0.0
+        return G
+
+    def _window_product(self, S: Array, cache: Any, m: NDArray[np.bool_] | None,
+                        grads: Params) -> None:
+        """``Σ_t u_tᵀ S_t`` for a signal ``S`` ``(T, B, H)`` (or ``(B, H)`` at the last step)
+        into the first layer's gradients, ``u_t = [H_{t-1} | X_t | 1]`` (eq. 40) never built:
+        one product each for ``W_hh`` (with the states), ``W_xh`` (with the inputs; rows of
+        the ids) and ``b_h``.  Padded rows of the last step read the joint input of their last
+        real step (eq. 30)."""
+        spec, H = self.spec, self.spec.hidden_size
+        T, B = cache.steps, cache.batch_size
+        hb, x = cache.hbufs[0], cache.inputs[0]
+        gW, gX, gb = grads["l0.W_hh"], grads["l0.W_xh"], grads["l0.b_h"]
+        if S.ndim == 2:                                     # many-to-one: u of the last step
+            rows = np.arange(B)
+            t_of = np.full(B, T - 1)
+            if m is not None:
+                last = np.where(m, np.arange(T)[:, None], -1).max(axis=0)
+                t_of = np.maximum(last, 0)
+                S = S.copy()
+                S[last < 0] = 0.0                           # never a real step: no trace
+            np.matmul(hb[t_of, rows].T, S, out=gW)
+            xs = x[t_of, rows]
+            if x.ndim == 2:
+                np.add.at(gX, xs, S)
+            else:
+                np.matmul(xs.T, S, out=gX)
+            gb[...] = S.sum(axis=0)
+            return
+        S2 = S.reshape(T * B, H)
+        np.matmul(hb[:-1].reshape(T * B, H).T, S2, out=gW)
+        if x.ndim == 2:                                     # ids: rows of W_xh (eq. 21)
+            np.add.at(gX, x.reshape(-1), S2)
+        else:
+            np.matmul(x.reshape(T * B, spec.input_size).T, S2, out=gX)
+        gb[...] = S2.sum(axis=0)
 
     def online_update(self, params: Params, X: ArrayLike, Y: ArrayLike, *, opt: Optimizer,
                       opt_state: dict[str, Any], lr: float | None = None,
@@ -880,7 +983,7 @@ class FastRule:
                 h[layer], h_new[layer] = hn, h[layer]
                 fp[layer], fp_new[layer] = fn, fp[layer]
                 inp = hn
-            est.update(params, u, fp, pad)
+            Gt = None                                            # the signal, if scored
             if per_step or t == T - 1:
                 W_hy = params["W_hy"]
                 top = h[-1]
@@ -897,7 +1000,8 @@ class FastRule:
                     grads["W_hy"] += top.T @ dzt                 # eq. (19)
                     grads["b_y"] += dzt.sum(axis=0)
                     F = W_hy.T if F_fixed is None else F_fixed
-                    est.contract(params, dzt @ F, gj)            # eq. (41)
+                    Gt = dzt @ F                                 # eq. (44)
+            est.step(params, u, fp, pad, Gt, gj)                 # the estimate; eq. (41)
             if n_block and ((t + 1) % self.every == 0 or t == T - 1):
                 if isinstance(est, _RTRL):
                     est.finish(gj)

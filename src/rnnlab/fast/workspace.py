@@ -169,8 +169,9 @@ class Workspace:
     # buffer sets kept at once (a training batch, the epoch's last short batch, evaluation's)
     KEEP_BUFFERS = 4
 
-    def _buffers(self, B: int, T: int, dtype: np.dtype, train: bool = True) -> Buffers:
-        key = (B, T, np.dtype(dtype), train)
+    def _buffers(self, B: int, T: int, dtype: np.dtype, train: bool = True,
+                 backward: bool = True) -> Buffers:
+        key = (B, T, np.dtype(dtype), train, backward)
         bufs = self._cache.pop(key, None)
         if bufs is None:
             while len(self._cache) >= self.KEEP_BUFFERS:   # free the oldest before allocating
@@ -179,7 +180,8 @@ class Workspace:
             joint = (self._joint_ok and self.compiled and np.dtype(dtype) == np.float32
                      and spec.num_directions == 1 and spec.input_kind == "dense"
                      and spec.setup != "one_to_many")
-            bufs = Buffers(spec, B, T, dtype, self.want_input_grad and train, joint, train)
+            bufs = Buffers(spec, B, T, dtype, self.want_input_grad and train, joint, train,
+                           backward)
         self._cache[key] = bufs                            # the most recent last
         self._bufs = bufs
         self._tuner = bufs.tuner
@@ -327,7 +329,7 @@ class Workspace:
         m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
         y = check_targets(Y, spec, target_lead(spec, B, T), dtype)
         h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)
-        bufs = self._buffers(B, T, dtype)
+        bufs = self._buffers(B, T, dtype, backward=False)
         with self._call(bufs, h0_all, x_tb) as (run, h0_all, x_tb):
             cache = network.forward(params, x_tb, m_tb, h0_all, spec, bufs, run)
             value, dz = network.loss(spec, bufs.logits, y, m_tb, bufs, run)
@@ -434,10 +436,10 @@ class Workspace:
         """The last training call's gradients as one flat array (each key's gradient one block
         of it, in the order of :attr:`grad_order`); None before the first call."""
         bufs = self._bufs
-        return None if bufs is None or not bufs.train else bufs.flat_grad
+        return None if bufs is None or not bufs.backward else bufs.flat_grad
 
     @property
     def grad_order(self) -> list[str] | None:
         """The parameter keys in the order of their blocks in :attr:`flat_grad`."""
         bufs = self._bufs
-        return None if bufs is None or not bufs.train else list(bufs.grad_order)
+        return None if bufs is None or not bufs.backward else list(bufs.grad_order)
