@@ -78,9 +78,17 @@ ALGORITHM = {"rtrl": ("rtrl", {"max_bytes": None}), "uoro": ("uoro", {}),
 def formula(rule: str, cfg: Config, p: int = 1) -> tuple[float, float, str]:
     """Eq. (56) for the whole batch, per step: ``(flops, entries kept, the formula's text)``."""
     B, T, D, H = cfg.B, cfg.T, cfg.D, cfg.H
-    rule = rule.removesuffix("-fast")
     theta = (H + D + 1) * H
     fwd = 2.0 * theta
+    # the fast batch forms of the local rules accumulate the window backwards (rnnlab.fast.rules):
+    # the forward pass, one product u_tᵀ D_t over the window (2|θ|), SnAp-n's adjoint (2Hp²);
+    # they keep the window's states, as BPTT does
+    if rule in ("snap1-fast", "rflo-fast", "eprop-fast") and FORM["form"] == "batch":
+        return B * (fwd + 2 * theta), B * (T + 1) * H, "4|θ|; (T+1)H (backwards)"
+    if rule == "snap2-sparse-fast" and FORM["form"] == "batch":
+        return (B * (fwd + 2 * theta + 2.0 * H * p * p), B * ((T + 1) * H + H * p),
+                f"4|θ|+2Hp²; (T+1)H+Hp, p={p} (backwards)")
+    rule = rule.removesuffix("-fast")
     if rule in ("bptt", "bptt-ref"):
         return B * (fwd + 4 * theta), B * (T + 1) * H, "6|θ|; (T+1)H"
     if rule == "tbptt":

@@ -144,10 +144,11 @@ def test_float32_within_its_rounding(name: str) -> None:
 
 @pytest.mark.parametrize("n,dense", [(1, False), (2, False), (3, False), (2, True), (3, True)])
 @pytest.mark.parametrize("online", [False, True])
-def test_sparse_snap(n: int, dense: bool, online: bool) -> None:
-    """Sparse SnAp-n on its pattern; dense SnAp-n (n >= 2, the full pattern: RTRL, run as the
-    fast RTRL) equal to the reference's SnAp-n."""
-    spec = RNNSpec(2, 6, 2, setup="many_to_many")
+@pytest.mark.parametrize("setup", ["many_to_many", "many_to_one"])
+def test_sparse_snap(n: int, dense: bool, online: bool, setup: str) -> None:
+    """Sparse SnAp-n on its pattern (the batch form accumulated backwards); dense SnAp-n (n >=
+    2, the full pattern: RTRL, run as the fast RTRL) equal to the reference's SnAp-n."""
+    spec = RNNSpec(2, 6, 2, setup=setup)
     params, X, Y, mask, h0 = problem(spec, 8, 3, 6, True)
     conn = np.ones((6, 6), bool) if dense else _sparse(params)
     ref_kw, fast_kw = _options("snap", spec, params, n=n, connectivity=conn)

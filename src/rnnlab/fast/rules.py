@@ -743,8 +743,7 @@ class FastRule:
                  "u": [np.empty((B, H + d + 1), dtype) for d in D],
                  "fp": [np.empty((B, H), dtype) for _ in D]}
             self._win[key] = w
-        if ("FP" not in w and (self.name in ("rflo", "eprop") or (
-                self.name == "snap" and self.pattern.sum(axis=1).max() == 1))):
+        if "FP" not in w and self._backwards():
             w["FP"] = np.empty((T, B, self.spec.hidden_size), dtype)
             if not self.spec.per_step_output and self.name == "snap":
                 w["FP2"] = np.empty((T, B, self.spec.hidden_size), dtype)
@@ -798,11 +797,13 @@ class FastRule:
         G = w["G"]
         np.matmul(dz.reshape(-1, O), F, out=G.reshape(-1, H))   # G_t = (dL/dz_t) F, eq. (44)
         dh0: Array | None = None
-        if name in ("rflo", "eprop") or (name == "snap" and self.pattern.sum(axis=1).max() == 1):
+        if self._backwards():
             FP = w["FP"]
             self.act.grad_from_output(cache.hbufs[0][1:], out=FP)   # f'(Z_t) from H_t
-            if name == "snap":
+            if name == "snap" and self.pattern.sum(axis=1).max() == 1:
                 D = self._snap1_signal(params, FP, G, m)
+            elif name == "snap":
+                D = self._snapn_signal(params, FP, G, m)
             else:
                 D = self._trace_signal(FP, G)
             self._window_product(D, cache, m, grads)
@@ -854,6 +855,53 @@ class FastRule:
         if G.ndim == 2:
             return np.multiply(G, FP[-1], out=G)
         return np.multiply(G, FP, out=G)
+
+    def _backwards(self) -> bool:
+        """Whether the batch form accumulates the window backwards: the rules whose update is
+        local and linear in the immediate terms (e-prop, RFLO, SnAp-n on a pattern that is not
+        full); RTRL (and dense SnAp-n, which is RTRL) and the random rules walk forwards."""
+        if self.name in ("rflo", "eprop"):
+            return True
+        return self.name == "snap" and not (bool(self.pattern.all()) and bool(self.conn.all()))
+
+    def _snapn_signal(self, params: Mapping[str, Array], FP: Array, G: Array,
+                      m: NDArray[np.bool_] | None) -> Array:
+        """SnAp-n's window accumulated backwards.  Eq. (51) maps each joint input row the same
+        way: for unit ``j`` the pattern row ``x_t = (x_{t-1} W_j + u_t[i] e_j) ⊙ f'_t[P_j]``
+        (``W_j`` the ``(p, p)`` block of ``W_hh`` on the pattern), so ``Σ_t G_t[P_j] · x_t =
+        Σ_t u_t[i] f'_t[j] λ_t[j]`` with the adjoint ``λ_t = G_t[P_j] + W_j (f'_{t+1}[P_j] ⊙
+        λ_{t+1})`` (``λ_t = G_t[P_j] + λ_{t+1}`` past a padded step, eq. 30): ``O(B H p²)``
+        per step where the forward recursion costs ``O(B (H + D) H p²)``.  The signal
+        ``m_t f'_t[j] λ_t[j, pos_j]`` of every step, in a ``(T, B, H)`` buffer."""
+        T, B, H = FP.shape
+        idx, valid, pos = pattern_layout(self.pattern)
+        p = idx.shape[1]
+        W = params["l0.W_hh"]
+        mask2 = (valid[:, :, None] & valid[:, None, :]).astype(FP.dtype)
+        WT = np.ascontiguousarray((W[idx[:, :, None], idx[:, None, :]] * mask2)
+                                  .transpose(0, 2, 1))            # (H, p, p): W_jᵀ
+        lam = np.zeros((H, B, p), FP.dtype)
+        tmp = np.empty((H, B, p), FP.dtype)
+        fb = np.empty((B, H, p), FP.dtype)
+        out = G if G.ndim == 3 else self._window_bufs(B, T, FP.dtype)["FP2"]
+        last = None if G.ndim == 3 else G.copy()
+        units = np.arange(H)
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:                                         # W_j (f'_{t+1} ⊙ λ_{t+1})
+                np.take(FP[t + 1], idx, axis=1, out=fb)
+                np.multiply(lam, fb.transpose(1, 0, 2), out=tmp)
+                nxt = np.matmul(tmp, WT)
+                if m is not None and not m[t + 1].all():
+                    pad = ~m[t + 1]
+                    nxt[:, pad] = lam[:, pad]                     # a padded step carries
+                lam = nxt
+            Gt = G[t] if G.ndim == 3 else (last if t == T - 1 else None)
+            if Gt is not None:
+                lam += np.take(Gt, idx, axis=1).transpose(1, 0, 2)
+            np.multiply(lam[units, :, pos].T, FP[t], out=out[t])  # f'_t[j] λ_t[j, pos_j]
+            if m is not None:
+                out[t][~m[t]] = 0.0
+        return out
 
     def _snap1_signal(self, params: Mapping[str, Array], FP: Array, G: Array,
                       m: NDArray[np.bool_] | None) -> Array:

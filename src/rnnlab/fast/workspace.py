@@ -156,7 +156,7 @@ class Workspace:
         self._budget0 = (threads if isinstance(threads, int) else (BLAS.get() or 1)) \
             if reproducible else 1
         self._flush = FlushDenormals() if flush_denormals else None
-        self._cache: dict[tuple[int, int, np.dtype, bool], Buffers] = {}
+        self._cache: dict[tuple[int, int, np.dtype, bool, bool], Buffers] = {}
         self._bufs: Buffers | None = None
         self._tuner: ThreadTuner | None = None
         self._runners: dict[ThreadOption | None, Runner] = {}
