@@ -335,3 +335,27 @@ def test_snap1_online_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert next(iter(rule._est.values())).chunk == 1
     for k in p1:
         _close(p2[k], p1[k], 1e-12, k)
+
+
+@pytest.mark.parametrize("algorithm", ["rtrl", "rtrl_online"])
+def test_rtrl_on_threads_gives_the_same_numbers(algorithm: str) -> None:
+    """RTRL's per-sequence products cut over a pool of threads (a BLAS budget of 2) give the
+    numbers of one thread, bit for bit."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    spec = RNNSpec(3, 4, 3, num_layers=2, setup="many_to_many")
+    params, X, Y, mask, h0 = problem(spec, 14, 5, 6, True)
+    out = []
+    for n in (1, 2):
+        rule = FastRule(spec, algorithm)
+        p = {k: v.copy() for k, v in params.items()}
+        with threadpoolctl.threadpool_limits(n, user_api="blas"):
+            if algorithm == "rtrl":
+                _, g, _ = rule(p, X, Y, spec, h0=h0, mask=mask)
+                out.append(g.params)
+            else:
+                opt = optim.SGD(lr=0.1)
+                rule(p, X, Y, spec, opt=opt, opt_state=opt.init(p), h0=h0, mask=mask)
+                out.append(p)
+        rule.close()
+    for k in out[0]:
+        np.testing.assert_array_equal(out[1][k], out[0][k])

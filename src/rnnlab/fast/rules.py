@@ -8,10 +8,10 @@ batch inside each product:
 
 * the **batch form** (one gradient per window, the parameters fixed) reads the states of every
   step from the fast engine's forward pass (:meth:`rnnlab.fast.workspace.Workspace.forward_loss`:
-  the states, ``dL/dz`` of every step; no backward pass), takes ``f'(Z_t)`` of every step, the
-  joint inputs ``u_t = [H_{t-1} | X_t | 1]`` (eq. 40) and the learning signals ``G_t = (dL/dz_t)
-  F`` (eq. 44) each in one operation over the window, and the head's gradient (eq. 19) in one
-  product; then the rule's own recursion runs over the steps on its buffers;
+  the states, ``dL/dz`` of every step; no backward pass), takes the learning signals ``G_t =
+  (dL/dz_t) F`` (eq. 44) of the whole window in one product and the head's gradient (eq. 19) in
+  another; then the rule's own recursion runs over the steps on its buffers, reading the joint
+  inputs ``u_t = [H_{t-1} | X_t | 1]`` (eq. 40) and ``f'(Z_t)`` from the states;
 * the **online form** (an optimizer step every ``every`` steps, eq. 42) steps the network with the
   current parameters, on buffers, the input projection of each block of ``every`` steps (whose
   parameters are fixed) one product.
@@ -24,16 +24,21 @@ Per rule (docs/derivation.md, section 14):
   ``P_t = P_{t-1} (diag f'_{t-1} W_hh) + ...``, one product per sequence with the scaled
   ``(H, H)`` matrix, and the element-wise pass ``S ⊙ f'`` over the ``(B, R, H)`` array
   disappears (the contraction reads ``P_t (f'_t ⊙ G_t)``);
-* **UORO, KF-RTRL, SnAp-n** run the reference's updates on preallocated buffers (the random signs
-  drawn from the Generator in the same order and shapes, so the same draws give the same
-  estimate);
-* **SnAp-1** in the batch form accumulates its gradient backwards: eq. (51) with ``n = 1`` is a
-  recursion per entry, ``s_t = a_t s_{t-1} + u_t f'_t`` with ``a_t = W_jj f'_t``, so ``Σ_t G_t
-  s_t = Σ_t u_t (f'_t λ_t)`` with ``λ_t = G_t + a_{t+1} λ_{t+1}``: one ``(B, H)`` recursion and
-  one product over the window (the same gradient, ``O(B H)`` per step instead of ``O(B |θ|)``
-  element-wise); its online form keeps the forward trace;
-* **RFLO** (``alpha = 1``) and **e-prop** (``decay = 0``), whose traces are memoryless on the
-  vanilla cell, are in the batch form one product over the window, ``Σ_t u_tᵀ (G_t ⊙ f'_t)``.
+* **UORO, KF-RTRL** run the reference's updates on preallocated buffers (the random signs drawn
+  from the Generator in the same order and shapes, so the same draws give the same estimate);
+  UORO's pass over ``Θ`` makes the rank-one update, the norm of eq. (46) and the contraction in
+  one read and one write, a chunk of sequences at a time;
+* **SnAp-n, RFLO** (``alpha = 1``) **and e-prop** (``decay = 0``), in the batch form, accumulate
+  the window backwards: their update is linear in the immediate terms ``u_t`` and maps every row
+  of them alike, so ``Σ_t G_t · S̃_t = Σ_t u_tᵀ D_t`` with a signal ``D`` from one backward
+  recursion over ``(B, H)`` vectors: ``D_t = G_t ⊙ f'_t`` for RFLO and e-prop (memoryless
+  traces); for SnAp-1 ``λ_t = G_t + a_{t+1} λ_{t+1}``, ``a_t = W_jj f'_t``, ``D_t = f'_t λ_t``;
+  for SnAp-n the adjoint over each unit's pattern row (``O(B H p²)`` per step where eq. 51 costs
+  ``O(B (H + D) H p²)``).  ``Σ_t u_tᵀ D_t`` is three products over the window's rows (with the
+  states, the inputs, a sum for ``b_h``).  The same gradient (to rounding), at about a BPTT
+  step's cost, keeping the window's states as BPTT does.  The online forms keep the forward
+  recursion (SnAp-1's trace updated in place, in chunks); dense SnAp-n (``n >= 2``) is RTRL and
+  runs as the fast RTRL.
 
 The leaky networks (RFLO's ``alpha < 1``, e-prop's ``decay > 0``) are not the fast engine's cell:
 they stay with :mod:`rnnlab.learning` (``fit`` trains the vanilla cell only).  The options arrive
@@ -43,7 +48,9 @@ the reference rules' own functions, so both paths refuse the same things.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +63,7 @@ from ..core.inputs import check_h0, check_targets, make_mask, target_lead, time_
 from ..core.network import Gradients, Output
 from ..core.params import Params, check_params
 from ..core.spec import RNNSpec
+from .cpu import BLAS
 from .workspace import Workspace
 
 Array = NDArray[np.floating]
@@ -162,6 +170,22 @@ class _RTRL(_Estimate):
         self.acc = np.zeros((B, self.rows[-1]), dtype)
         self.tmp = np.empty((B, self.rows[-1], 1), dtype)
         self.g = np.empty((B, H, 1), dtype)
+        self.pool: ThreadPoolExecutor | None = None     # set by FastRule.threads
+        self.pieces: list[tuple[int, int]] = [(0, B)]
+
+    def _bmm(self, A: Array, W: Array, out: Array) -> None:
+        """``out[b] = A[b] W[b]`` for every sequence: one product each, the sequences cut into
+        pieces that run at once on the pool's threads (one BLAS thread each; a piece's numbers
+        do not depend on the cut)."""
+        if self.pool is None or len(self.pieces) == 1:
+            np.matmul(A, W, out=out)
+            return
+        futures = [self.pool.submit(np.matmul, A[b0:b1], W[b0:b1], out=out[b0:b1])
+                   for b0, b1 in self.pieces[1:]]
+        b0, b1 = self.pieces[0]
+        np.matmul(A[b0:b1], W[b0:b1], out=out[b0:b1])
+        for f in futures:
+            f.result()
 
     def reset(self) -> None:
         H = self.H
@@ -180,13 +204,13 @@ class _RTRL(_Estimate):
             P_old, P_new, dprev = self.P[layer], self.P_new[layer], self.dprev[layer]
             # S_{t-1} W_hh = P_{t-1} (diag f'_{t-1} W_hh): one product per sequence (eq. 27)
             np.multiply(dprev[:, :, None], params[f"{p}.W_hh"], out=self.Wt)
-            np.matmul(P_old, self.Wt, out=P_new)
+            self._bmm(P_old, self.Wt, P_new)
             if layer > 0:                        # S^{l-1}_t W_xh, the layer below (eq. 27)
                 assert self.below is not None
                 Rb = self.rows[layer - 1]
                 below = self.below[:, :Rb]
                 np.multiply(fp[layer - 1][:, :, None], params[f"{p}.W_xh"], out=self.Wt)
-                np.matmul(self.P[layer - 1], self.Wt, out=below)
+                self._bmm(self.P[layer - 1], self.Wt, below)
                 P_new[:, :Rb] += below
             _diag(P_new, self.offset[layer], self.R[layer])[...] += u[layer][:, :, None]  # E_t
             if pad is not None:                  # eq. (30): S_t = S_{t-1} on padded rows
@@ -201,7 +225,7 @@ class _RTRL(_Estimate):
     def contract(self, params: Mapping[str, Array], G: Array, gj: list[Array]) -> None:
         # G_t S_t = (f'_t ⊙ G_t) P_t, summed per sequence (eq. 31)
         np.multiply(G, self.dprev[-1], out=self.g[:, :, 0])
-        np.matmul(self.P[-1], self.g, out=self.tmp)
+        self._bmm(self.P[-1], self.g, self.tmp)
         self.acc += self.tmp[:, :, 0]
 
     def finish(self, gj: list[Array]) -> Array:
@@ -692,8 +716,42 @@ class FastRule:
         self.pattern = np.eye(H, dtype=bool) if pattern is None else np.asarray(pattern, bool)
         self.act = activations.get(spec.nonlinearity)
         self.ws: Workspace | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self._est: dict[tuple[int, np.dtype], _Estimate] = {}
         self._win: dict[tuple[int, int, np.dtype], dict[str, Any]] = {}
+
+    # -------------------------------------------------------------- threads
+
+    @contextmanager
+    def threads(self, est: _Estimate) -> Iterator[None]:
+        """RTRL's per-sequence products on the BLAS thread budget: with more than one thread,
+        the sequences cut into that many pieces run at once on a pool, one BLAS thread each
+        (a budget of threads on every one of ``B`` small products would synchronise ``B``
+        times a step); otherwise nothing changes."""
+        budget = BLAS.get() or 1
+        if not isinstance(est, _RTRL) or budget < 2 or est.B < 2:
+            yield
+            return
+        n = min(budget, est.B)
+        if self._pool is None or self._pool_size != n:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_size = ThreadPoolExecutor(n - 1), n
+        cuts = np.linspace(0, est.B, n + 1).astype(int)
+        est.pool, est.pieces = self._pool, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:],
+                                                                              strict=True)]
+        try:
+            with BLAS.limit(1):
+                yield
+        finally:
+            est.pool, est.pieces = None, [(0, est.B)]
+
+    def close(self) -> None:
+        """Stop the threads of :meth:`threads` (made again when needed)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     # -------------------------------------------------------------- buffers
 
@@ -835,16 +893,17 @@ class FastRule:
         if m is not None and per_step:
             scored &= m.any(axis=1)
         gj = [np.zeros((H + d + 1, H), dtype) for d in D]
-        for t in range(T):
-            pad = None
-            if m is not None and not m[t].all():
-                pad = np.flatnonzero(~m[t])
-            for layer in range(L):
-                hb = cache.hbufs[layer]
-                _joint(hb[t], cache.inputs[layer][t], D[layer], u[layer])   # eq. (40)
-                self.act.grad_from_output(hb[t + 1], out=fp[layer])         # f'(Z_t)
-            est.step(params, u, fp, pad, (G[t] if per_step else G) if scored[t] else None,
-                     gj)                                                    # eq. (41)
+        with self.threads(est):
+            for t in range(T):
+                pad = None
+                if m is not None and not m[t].all():
+                    pad = np.flatnonzero(~m[t])
+                for layer in range(L):
+                    hb = cache.hbufs[layer]
+                    _joint(hb[t], cache.inputs[layer][t], D[layer], u[layer])   # eq. (40)
+                    self.act.grad_from_output(hb[t + 1], out=fp[layer])         # f'(Z_t)
+                Gt = (G[t] if per_step else G) if scored[t] else None
+                est.step(params, u, fp, pad, Gt, gj)                            # eq. (41)
         dh0 = est.finish(gj) if isinstance(est, _RTRL) else np.zeros((L, B, H), dtype)
         _unpack(gj, H, grads)
         return dh0
@@ -996,74 +1055,75 @@ class FastRule:
         dense = batch.x.ndim == 3
         proj = np.empty((min(self.every, T), B, H), dtype) if dense else None
         total, n_block = 0.0, 0
-        for t in range(T):
-            j = t % self.every
-            if proj is not None and j == 0:                      # the block's projections
-                t1 = min(t + self.every, T)
-                xs = batch.x[t:t1]
-                np.matmul(xs.reshape(-1, D[0]), params["l0.W_xh"],
-                          out=proj[:t1 - t].reshape(-1, H))
-                proj[:t1 - t] += params["l0.b_h"]
-            pad = None
-            if batch.mask is not None:
-                r = np.flatnonzero(~batch.mask[t])
-                pad = r if r.size else None
-            inp: NDArray[Any] = batch.x[t]
-            for layer in range(L):                               # eqs. (5)-(7)
-                p = f"l{layer}"
-                if layer == 0:
-                    if proj is not None:
-                        np.copyto(z, proj[j])
+        with self.threads(est):
+            for t in range(T):
+                j = t % self.every
+                if proj is not None and j == 0:                      # the block's projections
+                    t1 = min(t + self.every, T)
+                    xs = batch.x[t:t1]
+                    np.matmul(xs.reshape(-1, D[0]), params["l0.W_xh"],
+                              out=proj[:t1 - t].reshape(-1, H))
+                    proj[:t1 - t] += params["l0.b_h"]
+                pad = None
+                if batch.mask is not None:
+                    r = np.flatnonzero(~batch.mask[t])
+                    pad = r if r.size else None
+                inp: NDArray[Any] = batch.x[t]
+                for layer in range(L):                               # eqs. (5)-(7)
+                    p = f"l{layer}"
+                    if layer == 0:
+                        if proj is not None:
+                            np.copyto(z, proj[j])
+                        else:
+                            np.take(params[f"{p}.W_xh"], inp, axis=0, out=z)
+                            z += params[f"{p}.b_h"]
                     else:
-                        np.take(params[f"{p}.W_xh"], inp, axis=0, out=z)
+                        np.matmul(inp, params[f"{p}.W_xh"], out=z)
                         z += params[f"{p}.b_h"]
-                else:
-                    np.matmul(inp, params[f"{p}.W_xh"], out=z)
-                    z += params[f"{p}.b_h"]
-                np.matmul(h[layer], params[f"{p}.W_hh"], out=zz)
-                z += zz
-                hn = act.f(z, out=h_new[layer])
-                fn = act.grad_from_output(hn, out=fp_new[layer])
-                if pad is not None:
-                    hn[pad] = h[layer][pad]
-                    fn[pad] = fp[layer][pad]
-                _joint(h[layer], inp, D[layer], u[layer])
-                h[layer], h_new[layer] = hn, h[layer]
-                fp[layer], fp_new[layer] = fn, fp[layer]
-                inp = hn
-            Gt = None                                            # the signal, if scored
-            if per_step or t == T - 1:
-                W_hy = params["W_hy"]
-                top = h[-1]
-                np.matmul(top, W_hy, out=logits)
-                logits += params["b_y"]                          # eq. (8)
-                if logits_tb is not None:
-                    logits_tb[t] = logits
-                mt = None if batch.mask is None or not per_step else batch.mask[t]
-                value, dzt, n = _scored(spec.loss, logits, batch.y[t] if per_step else batch.y,
-                                        mt)
-                if n:
-                    total += value
-                    n_block += n
-                    grads["W_hy"] += top.T @ dzt                 # eq. (19)
-                    grads["b_y"] += dzt.sum(axis=0)
-                    F = W_hy.T if F_fixed is None else F_fixed
-                    Gt = dzt @ F                                 # eq. (44)
-            est.step(params, u, fp, pad, Gt, gj)                 # the estimate; eq. (41)
-            if n_block and ((t + 1) % self.every == 0 or t == T - 1):
-                if isinstance(est, _RTRL):
-                    est.finish(gj)
-                    est.acc.fill(0.0)
-                _unpack(gj, H, grads)
-                if spec.reduction == "mean":
+                    np.matmul(h[layer], params[f"{p}.W_hh"], out=zz)
+                    z += zz
+                    hn = act.f(z, out=h_new[layer])
+                    fn = act.grad_from_output(hn, out=fp_new[layer])
+                    if pad is not None:
+                        hn[pad] = h[layer][pad]
+                        fn[pad] = fp[layer][pad]
+                    _joint(h[layer], inp, D[layer], u[layer])
+                    h[layer], h_new[layer] = hn, h[layer]
+                    fp[layer], fp_new[layer] = fn, fp[layer]
+                    inp = hn
+                Gt = None                                            # the signal, if scored
+                if per_step or t == T - 1:
+                    W_hy = params["W_hy"]
+                    top = h[-1]
+                    np.matmul(top, W_hy, out=logits)
+                    logits += params["b_y"]                          # eq. (8)
+                    if logits_tb is not None:
+                        logits_tb[t] = logits
+                    mt = None if batch.mask is None or not per_step else batch.mask[t]
+                    value, dzt, n = _scored(spec.loss, logits, batch.y[t] if per_step else batch.y,
+                                            mt)
+                    if n:
+                        total += value
+                        n_block += n
+                        grads["W_hy"] += top.T @ dzt                 # eq. (19)
+                        grads["b_y"] += dzt.sum(axis=0)
+                        F = W_hy.T if F_fixed is None else F_fixed
+                        Gt = dzt @ F                                 # eq. (44)
+                est.step(params, u, fp, pad, Gt, gj)                 # the estimate; eq. (41)
+                if n_block and ((t + 1) % self.every == 0 or t == T - 1):
+                    if isinstance(est, _RTRL):
+                        est.finish(gj)
+                        est.acc.fill(0.0)
+                    _unpack(gj, H, grads)
+                    if spec.reduction == "mean":
+                        for g in grads.values():
+                            g /= n_block * k
+                    opt.update_(params, grads, opt_state, lr=lr)     # eq. (42)
                     for g in grads.values():
-                        g /= n_block * k
-                opt.update_(params, grads, opt_state, lr=lr)     # eq. (42)
-                for g in grads.values():
-                    g.fill(0.0)
-                for g in gj:
-                    g.fill(0.0)
-                n_block = 0
+                        g.fill(0.0)
+                    for g in gj:
+                        g.fill(0.0)
+                    n_block = 0
         out_logits = logits.copy() if logits_tb is None else np.ascontiguousarray(
             logits_tb.transpose(1, 0, 2))
         y = losses.output(spec.loss, out_logits.reshape(-1, O)).reshape(out_logits.shape)
