@@ -1,8 +1,10 @@
 """The online learning rules side by side, each against its own cost formula (docs/online.md).
 
-    python -m benchmarks.online               # configs s, m, l (~5 minutes on a quiet machine)
+    python -m benchmarks.online               # configs s, m, l (~6 minutes on a quiet machine)
     python -m benchmarks.online --quick       # config s, fewer repeats (~1 minute)
     python -m benchmarks.online --configs m --threads 2
+    python -m benchmarks.online --form online --no-memory      # the _online forms
+    python -m benchmarks.online --rules uoro,uoro-fast --configs l --rounds 3
 
 One float32 gradient of one window (forward, loss and the rule's gradient; no update) of a
 one-layer tanh many-to-many network with a softmax head, every rule on the same parameters and
