@@ -18,12 +18,14 @@ from rnnlab.train.steps import FastRuleStep, gradient_function
 
 from conftest import problem
 
-GRID = [  # (setup, layers, masked, h0, act)
+GRID = [  # (setup, layers, masked, h0, act[, spec options])
     ("many_to_many", 1, False, False, "tanh"),
     ("many_to_many", 1, True, True, "tanh"),
     ("many_to_one", 1, True, True, "relu"),
     ("many_to_one", 1, False, True, "sigmoid"),
+    ("many_to_one", 1, True, True, "tanh", {"label_steps": "all"}),
     ("one_to_many", 1, False, True, "identity"),
+    ("one_to_many", 1, False, False, "tanh", {"feed": "first"}),
 ]
 STACKED = [("many_to_many", 2, True, True, "tanh"), ("many_to_one", 3, False, True, "relu")]
 
@@ -66,8 +68,9 @@ CASES = [(r, g) for r in sorted(FAST_RULES) for g in GRID] + \
 
 @pytest.mark.parametrize("name,case", CASES, ids=lambda v: str(v))
 def test_batch_form_is_the_reference_rule(name: str, case: tuple[Any, ...]) -> None:
-    setup, layers, masked, with_h0, act = case
-    spec = RNNSpec(3, 4, 3, num_layers=layers, nonlinearity=act, setup=setup)
+    setup, layers, masked, with_h0, act = case[:5]
+    spec = RNNSpec(3, 4, 3, num_layers=layers, nonlinearity=act, setup=setup,
+                   **(case[5] if len(case) > 5 else {}))
     params, X, Y, mask, h0 = problem(spec, 5, 4, 6, masked, with_h0)
     ref_kw, fast_kw = _options(name, spec, params)
     if setup == "one_to_many":
@@ -92,8 +95,9 @@ def test_batch_form_is_the_reference_rule(name: str, case: tuple[Any, ...]) -> N
 @pytest.mark.parametrize("name,case", CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("every", [1, 4])
 def test_online_form_is_the_reference_rule(name: str, case: tuple[Any, ...], every: int) -> None:
-    setup, layers, masked, with_h0, act = case
-    spec = RNNSpec(3, 4, 3, num_layers=layers, nonlinearity=act, setup=setup)
+    setup, layers, masked, with_h0, act = case[:5]
+    spec = RNNSpec(3, 4, 3, num_layers=layers, nonlinearity=act, setup=setup,
+                   **(case[5] if len(case) > 5 else {}))
     params, X, Y, mask, h0 = problem(spec, 6, 4, 7, masked, with_h0)
     ref_kw, fast_kw = _options(name, spec, params)
     if setup == "one_to_many":
