@@ -244,15 +244,17 @@ def test_gradient_function_picks_the_fast_rule_by_default() -> None:
 def test_fit_fast_and_reference_train_alike(algorithm: str) -> None:
     spec = RNNSpec(3, 5, 3, setup="many_to_many")
     data = _data(spec)
+    val = (data[0][:8], data[1][:8])
     runs = {}
     for engine in ("fast", "reference"):
         p = init_params(spec, np.random.default_rng(0), dtype=np.float64)
-        h = fit(p, spec, data, _cfg(algorithm=algorithm, engine=engine, seed=2))
+        h = fit(p, spec, data, _cfg(algorithm=algorithm, engine=engine, seed=2), val=val)
         assert h.status == "completed"
-        runs[engine] = (p, h.step_losses)
-    pf, lf = runs["fast"]
-    pr, lr = runs["reference"]
+        runs[engine] = (p, h.step_losses, [e["val_loss"] for e in h.epochs])
+    pf, lf, vf = runs["fast"]
+    pr, lr, vr = runs["reference"]
     np.testing.assert_allclose(lf, lr, rtol=1e-10)
+    np.testing.assert_allclose(vf, vr, rtol=1e-10)      # the validation on the fast engine
     for k in pr:
         np.testing.assert_allclose(pf[k], pr[k], rtol=1e-9, atol=1e-12)
 

@@ -129,7 +129,8 @@ class FastRuleStep:
     kept per spec and resolved option set.
     """
 
-    def __init__(self, algorithm: str, options: dict[str, Any]) -> None:
+    def __init__(self, algorithm: str, options: dict[str, Any],
+                 spec: RNNSpec | None = None) -> None:
         self.algorithm = algorithm
         self.name = algorithm.removesuffix("_online")
         self.online = algorithm in ONLINE
@@ -155,6 +156,26 @@ class FastRuleStep:
             snap.pattern(np.ones((1, 1), bool), opts.get("n", 1))      # n's checks
         self._rules: dict[tuple[Any, ...], FastRule] = {}
         self._feedback: dict[np.dtype, NDArray[Any] | None] = {}
+        self._eval: Workspace | None = None
+        self._spec: RNNSpec | None = spec
+
+    def logits(self, params: Params, X: Any, h0: Any = None, mask: Any = None,
+               steps: int | None = None) -> NDArray[Any]:
+        """The logits of a batch, forward pass only (the validation split's), on a fast engine
+        of its own (:meth:`rnnlab.fast.workspace.Workspace.forward`; a view, valid until the
+        next call); :meth:`h_n` the final states."""
+        spec = self._spec
+        if spec is None:
+            raise RuntimeError("logits() needs a training step first (it learns the spec)")
+        if self._eval is None or self._eval.spec != spec:
+            self._eval = Workspace(spec, reproducible=True)
+        return self._eval.forward(params, X, h0=h0, mask=mask, steps=steps)
+
+    def h_n(self) -> NDArray[Any]:
+        """The final states of the last :meth:`logits` call."""
+        if self._eval is None:
+            raise RuntimeError("h_n() needs a logits() call first")
+        return self._eval.h_n()
 
     @staticmethod
     def covers(algorithm: str, options: dict[str, Any]) -> bool:
@@ -209,6 +230,7 @@ class FastRuleStep:
         ``connectivity="nonzero"``)."""
         if not isinstance(spec, RNNSpec):
             raise TypeError(f"spec must be an RNNSpec; got {type(spec).__name__}")
+        self._spec = spec
         W_hy = params.get("W_hy")
         dtype = np.asarray(W_hy).dtype if W_hy is not None else np.dtype(np.float64)
         F = self._feedback_matrix(spec, dtype) if W_hy is not None else None
@@ -270,7 +292,7 @@ def gradient_function(cfg: TrainConfig, spec: RNNSpec | None = None,
     if cfg.algorithm in STOCHASTIC:
         options["rng"] = rule_rng(cfg) if rng is None else rng
     if cfg.engine == "fast" and FastRuleStep.covers(cfg.algorithm, options):
-        return FastRuleStep(cfg.algorithm, options)
+        return FastRuleStep(cfg.algorithm, options, spec)
     if cfg.algorithm in ONLINE:
         return partial(ONLINE[cfg.algorithm], **options) if options else ONLINE[cfg.algorithm]
     if cfg.algorithm in ("bptt", "tbptt") and cfg.engine == "fast" and spec is not None \
