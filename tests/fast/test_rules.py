@@ -365,3 +365,33 @@ def test_rtrl_on_threads_gives_the_same_numbers(algorithm: str) -> None:
         rule.close()
     for k in out[0]:
         np.testing.assert_array_equal(out[1][k], out[0][k])
+
+
+@pytest.mark.parametrize("name", sorted(FAST_RULES))
+@pytest.mark.parametrize("setup", ["many_to_many", "many_to_one"])
+def test_leading_and_inner_padding(name: str, setup: str) -> None:
+    """Padded steps before a sequence's first real step and between real steps carry the state
+    and the estimate (eq. 30): RTRL's h0 rows before any real step, the traces, the adjoints."""
+    spec = RNNSpec(2, 3, 2, setup=setup)
+    params, X, Y, _, h0 = problem(spec, 15, 4, 5, False)
+    mask = np.ones((4, 5), bool)
+    mask[0, :4] = False
+    mask[1, :2] = False
+    mask[2, 1:3] = False
+    ref_kw, fast_kw = _options(name, spec, params)
+    l1, g1, o1 = RULES[name](params, X, Y, spec, h0=h0, mask=mask, **ref_kw)
+    l2, g2, o2 = FastRule(spec, name, **fast_kw)(params, X, Y, spec, h0=h0, mask=mask)
+    _close(l2, l1, 1e-12, "loss")
+    for k in g1.params:
+        _close(g2.params[k], g1.params[k], 1e-12, k)
+    _close(g2.h0, g1.h0, 1e-12, "h0 gradient")
+    ref_kw, fast_kw = _options(name, spec, params)
+    opt = optim.SGD(lr=0.1)
+    p1 = {k: v.copy() for k, v in params.items()}
+    p2 = {k: v.copy() for k, v in params.items()}
+    ONLINE[name + "_online"](p1, X, Y, spec, opt=opt, opt_state=opt.init(p1), h0=h0, mask=mask,
+                             **ref_kw)
+    FastRule(spec, name + "_online", **fast_kw)(p2, X, Y, spec, opt=opt, opt_state=opt.init(p2),
+                                                h0=h0, mask=mask)
+    for k in p1:
+        _close(p2[k], p1[k], 1e-12, k)
