@@ -4,7 +4,10 @@
 ``f(params, X, Y, spec, h0, mask, steps) -> (loss, Gradients, output)`` (or, for an online rule,
 the rule itself).  Full BPTT runs the engine ``TrainConfig.engine`` names (:data:`ENGINES`): the
 fast one by default, the reference one for teaching and checking; both keep the contract of
-:class:`rnnlab.core.engine.Engine`, so a new engine is one more entry here.
+:class:`rnnlab.core.engine.Engine`, so a new engine is one more entry here.  The forward-mode
+learning rules (RTRL, UORO, KF-RTRL, SnAp, RFLO, e-prop and their online forms) run on the fast
+path with ``engine="fast"`` (:class:`FastRuleStep`, :mod:`rnnlab.fast.rules`) and as their
+definitions in :mod:`rnnlab.learning` with ``engine="reference"``.
 """
 
 from __future__ import annotations
