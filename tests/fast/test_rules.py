@@ -343,19 +343,23 @@ def test_snap1_online_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
         _close(p2[k], p1[k], 1e-12, k)
 
 
-@pytest.mark.parametrize("algorithm", ["rtrl", "rtrl_online"])
-def test_rtrl_on_threads_gives_the_same_numbers(algorithm: str) -> None:
-    """RTRL's per-sequence products cut over a pool of threads (a BLAS budget of 2) give the
-    numbers of one thread, bit for bit."""
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_two_threads_give_the_numbers_of_one(algorithm: str) -> None:
+    """On a BLAS budget of 2 (RTRL's and KF-RTRL's per-sequence products cut over a pool of
+    threads, the rest on one BLAS thread) every rule gives the numbers of one thread, bit for
+    bit."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    spec = RNNSpec(3, 4, 3, num_layers=2, setup="many_to_many")
+    name = algorithm.removesuffix("_online")
+    spec = RNNSpec(3, 4, 3, num_layers=2 if name in ("rtrl", "uoro") else 1,
+                   setup="many_to_many")
     params, X, Y, mask, h0 = problem(spec, 14, 5, 6, True)
     out = []
     for n in (1, 2):
-        rule = FastRule(spec, algorithm)
+        _, fast_kw = _options(name, spec, params)
+        rule = FastRule(spec, algorithm, **fast_kw)
         p = {k: v.copy() for k, v in params.items()}
         with threadpoolctl.threadpool_limits(n, user_api="blas"):
-            if algorithm == "rtrl":
+            if algorithm == name:
                 _, g, _ = rule(p, X, Y, spec, h0=h0, mask=mask)
                 out.append(g.params)
             else:

@@ -126,6 +126,19 @@ class _Estimate:
         self.L = spec.num_layers
         self.D = [spec.input_size] + [self.H] * (self.L - 1)
         self.R = [self.H + d + 1 for d in self.D]
+        self.pool: ThreadPoolExecutor | None = None     # set by FastRule.threads
+        self.pieces: list[tuple[int, int]] = [(0, B)]
+
+    def _each(self, fn: Any) -> None:
+        """``fn(b0, b1)`` for every piece of the sequences, the pieces at once on the pool's
+        threads (one BLAS thread each; a piece's numbers do not depend on the cut)."""
+        if self.pool is None or len(self.pieces) == 1:
+            fn(0, self.B)
+            return
+        futures = [self.pool.submit(fn, b0, b1) for b0, b1 in self.pieces[1:]]
+        fn(*self.pieces[0])
+        for f in futures:
+            f.result()
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -170,22 +183,10 @@ class _RTRL(_Estimate):
         self.acc = np.zeros((B, self.rows[-1]), dtype)
         self.tmp = np.empty((B, self.rows[-1], 1), dtype)
         self.g = np.empty((B, H, 1), dtype)
-        self.pool: ThreadPoolExecutor | None = None     # set by FastRule.threads
-        self.pieces: list[tuple[int, int]] = [(0, B)]
 
     def _bmm(self, A: Array, W: Array, out: Array) -> None:
-        """``out[b] = A[b] W[b]`` for every sequence: one product each, the sequences cut into
-        pieces that run at once on the pool's threads (one BLAS thread each; a piece's numbers
-        do not depend on the cut)."""
-        if self.pool is None or len(self.pieces) == 1:
-            np.matmul(A, W, out=out)
-            return
-        futures = [self.pool.submit(np.matmul, A[b0:b1], W[b0:b1], out=out[b0:b1])
-                   for b0, b1 in self.pieces[1:]]
-        b0, b1 = self.pieces[0]
-        np.matmul(A[b0:b1], W[b0:b1], out=out[b0:b1])
-        for f in futures:
-            f.result()
+        """``out[b] = A[b] W[b]`` for every sequence, one product each, in pieces."""
+        self._each(lambda b0, b1: np.matmul(A[b0:b1], W[b0:b1], out=out[b0:b1]))
 
     def reset(self) -> None:
         H = self.H
@@ -389,7 +390,9 @@ class _KF(_Estimate):
                pad: Rows | None) -> None:
         B, H, f, u0 = self.B, self.H, fp[0], u[0]
         A, A_new = self.A, self.A_new
-        np.matmul(A.reshape(B * H, H), params["l0.W_hh"], out=A_new.reshape(B * H, H))
+        W = params["l0.W_hh"]
+        self._each(lambda b0, b1: np.matmul(A[b0:b1].reshape(-1, H), W,
+                                             out=A_new[b0:b1].reshape(-1, H)))
         A_new *= f[:, None, :]                                      # Ã W_hh ⊙ f'_t
         c = _signs(self.rng, (B, 2), self.c)
         n = self.n
@@ -724,28 +727,34 @@ class FastRule:
     # -------------------------------------------------------------- threads
 
     @contextmanager
-    def threads(self, est: _Estimate) -> Iterator[None]:
-        """RTRL's per-sequence products on the BLAS thread budget: with more than one thread,
-        the sequences cut into that many pieces run at once on a pool, one BLAS thread each
-        (a budget of threads on every one of ``B`` small products would synchronise ``B``
-        times a step); otherwise nothing changes."""
-        budget = BLAS.get() or 1
-        if not isinstance(est, _RTRL) or budget < 2 or est.B < 2:
+    def threads(self, est: _Estimate | None, budget: int) -> Iterator[None]:
+        """The rule's own work on a BLAS budget of ``budget`` threads: with more than one, on
+        one BLAS thread, the large per-sequence products (RTRL's, KF-RTRL's ``Ã W_hh``) cut
+        into ``budget`` pieces of sequences that run at once on a pool.  Small products on a
+        budget of threads (and beside the fast engine's workers) synchronise at every step: on
+        the shared machine e-prop's batch form ran ten times slower on two BLAS threads than on
+        one (docs/online.md)."""
+        if budget < 2:
             yield
             return
-        n = min(budget, est.B)
-        if self._pool is None or self._pool_size != n:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool, self._pool_size = ThreadPoolExecutor(n - 1), n
-        cuts = np.linspace(0, est.B, n + 1).astype(int)
-        est.pool, est.pieces = self._pool, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:],
-                                                                              strict=True)]
+        split = isinstance(est, _RTRL | _KF) and est.B >= 2
+        if split:
+            assert est is not None
+            n = min(budget, est.B)
+            if self._pool is None or self._pool_size != n:
+                if self._pool is not None:
+                    self._pool.shutdown()
+                self._pool, self._pool_size = ThreadPoolExecutor(n - 1), n
+            cuts = np.linspace(0, est.B, n + 1).astype(int)
+            est.pool = self._pool
+            est.pieces = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         try:
             with BLAS.limit(1):
                 yield
         finally:
-            est.pool, est.pieces = None, [(0, est.B)]
+            if split:
+                assert est is not None
+                est.pool, est.pieces = None, [(0, est.B)]
 
     def close(self) -> None:
         """Stop the threads of :meth:`threads` (made again when needed)."""
@@ -829,12 +838,20 @@ class FastRule:
                        ) -> tuple[float, Gradients, Output]:
         """The batch form: ``(loss, Gradients, Output)`` of the reference rule's
         ``value_and_grad``, the states from the fast engine's forward pass."""
-        spec, H, name = self.spec, self.spec.hidden_size, self.name
+        spec, name = self.spec, self.name
         _check_spec(spec, name)
         if self.ws is None:
             self.ws = Workspace(spec, reproducible=True)
         ws = self.ws
+        budget = BLAS.get() or 1
         loss, dz = ws.forward_loss(params, X, Y, h0=h0, mask=mask, lengths=lengths, steps=steps)
+        with self.threads(None, budget):
+            return self._window(params, ws, float(loss), dz, budget)
+
+    def _window(self, params: Mapping[str, Array], ws: Workspace, loss: float, dz: Array,
+                budget: int) -> tuple[float, Gradients, Output]:
+        """The batch form after the forward pass: the head, the signals, the rule."""
+        spec, H, name = self.spec, self.spec.hidden_size, self.name
         cache = ws.cache
         assert cache is not None
         T, B = cache.steps, cache.batch_size
@@ -868,16 +885,15 @@ class FastRule:
             if name == "snap" and not bool(self.conn.all()):
                 grads["l0.W_hh"] *= self.conn
         else:
-            dh0 = self._walk(params, cache, G, m, grads)
+            dh0 = self._walk(params, cache, G, m, grads, budget)
         if dh0 is None:
             dh0 = np.zeros((spec.num_layers, B, H), dtype)
         logits = np.array(ws.logits)
         y = losses.output(spec.loss, logits.reshape(-1, O)).reshape(logits.shape)
-        return float(loss), Gradients(grads, None, dh0), Output(y=y, logits=logits,
-                                                                 h_n=ws.h_n())
+        return loss, Gradients(grads, None, dh0), Output(y=y, logits=logits, h_n=ws.h_n())
 
     def _walk(self, params: Mapping[str, Array], cache: Any, G: Array,
-              m: NDArray[np.bool_] | None, grads: Params) -> Array:
+              m: NDArray[np.bool_] | None, grads: Params, budget: int) -> Array:
         """The rule's recursion over the window (RTRL, UORO, KF-RTRL, SnAp-n), reading the
         states of the forward pass: per step the joint inputs and ``f'`` into small buffers.
         Returns ``dL/dh0`` (RTRL; zeros for the others)."""
@@ -893,7 +909,7 @@ class FastRule:
         if m is not None and per_step:
             scored &= m.any(axis=1)
         gj = [np.zeros((H + d + 1, H), dtype) for d in D]
-        with self.threads(est):
+        with self.threads(est, budget):
             for t in range(T):
                 pad = None
                 if m is not None and not m[t].all():
@@ -1055,7 +1071,7 @@ class FastRule:
         dense = batch.x.ndim == 3
         proj = np.empty((min(self.every, T), B, H), dtype) if dense else None
         total, n_block = 0.0, 0
-        with self.threads(est):
+        with self.threads(est, BLAS.get() or 1):
             for t in range(T):
                 j = t % self.every
                 if proj is not None and j == 0:                      # the block's projections
