@@ -21,8 +21,9 @@ same thread count:
 * ``predict``: class ids of a test set (``B`` sequences, in batches of 1024 as
   :meth:`rnnlab.RNN.predict` takes them) by ``RNN.predict(engine="reference")`` (the reference
   forward pass), by ``RNN.predict`` (its default, the fast engine), by the fast engine's forward
-  pass alone (:meth:`rnnlab.Workspace.forward` + argmax, what fit's validation runs) and by ``nn.RNN(batch_first=True)`` + ``nn.Linear`` under
-  ``torch.no_grad()`` (``DataLoader``-free: the same batches); sequences/s, medians.
+  pass alone (:meth:`rnnlab.Workspace.forward` + argmax, what fit's validation runs) and by
+  ``nn.RNN(batch_first=True)`` + ``nn.Linear`` under ``torch.no_grad()`` (``DataLoader``-free:
+  the same batches); sequences/s, medians.
 * ``sample``: a character model (``V = 65``, ``H = 256``, index inputs) generating tokens one
   step at a time with :func:`rnnlab.data.text.generate` at temperature 1, for batch 1 and 64:
   a step function on :func:`rnnlab.network.forward` (one step, state carried), the same step on

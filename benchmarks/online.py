@@ -1,8 +1,10 @@
 """The online learning rules side by side, each against its own cost formula (docs/online.md).
 
-    python -m benchmarks.online               # configs s, m, l (~5 minutes on a quiet machine)
+    python -m benchmarks.online               # configs s, m, l (~6 minutes on a quiet machine)
     python -m benchmarks.online --quick       # config s, fewer repeats (~1 minute)
     python -m benchmarks.online --configs m --threads 2
+    python -m benchmarks.online --form online --no-memory      # the _online forms
+    python -m benchmarks.online --rules uoro,uoro-fast --configs l --rounds 3
 
 One float32 gradient of one window (forward, loss and the rule's gradient; no update) of a
 one-layer tanh many-to-many network with a softmax head, every rule on the same parameters and
@@ -13,8 +15,11 @@ drifts hit all of them alike:
 * ``bptt-ref``  the reference engine (:func:`rnnlab.network.value_and_grad`), the same NumPy cell
                 the rules below run on;
 * ``tbptt``, ``rtrl``, ``uoro``, ``kf_rtrl``, ``snap1``, ``rflo``, ``eprop``: their
-  ``value_and_grad``;
-* ``snap2-sparse``: SnAp-2 on a network whose ``W_hh`` keeps 10 % of its connections.
+  ``value_and_grad`` (the reference rules of :mod:`rnnlab.learning`, on the reference cell);
+* ``snap2-sparse``: SnAp-2 on a network whose ``W_hh`` keeps 10 % of its connections;
+* ``<rule>-fast``: the same rule as ``fit`` runs it by default (``TrainConfig(engine="fast")``:
+  :mod:`rnnlab.fast.rules`, the states from the fast engine's forward pass, the rule's recursion
+  on preallocated buffers).
 
 Columns: the median time of a window divided by ``T`` (ms per step); ``x bptt``: that time over
 the fast engine's; the leading flops of eq. (56) (docs/derivation.md) per step for the whole
@@ -37,6 +42,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -62,8 +68,13 @@ CONFIGS: dict[str, Config] = {
     "m": Config("m", 32, 50, 16, 64, 10, True),
     "l": Config("l", 64, 50, 32, 128, 10, False),   # RTRL: 4.4 GB and ~17 GFLOP per step
 }
-RULES = ("bptt", "bptt-ref", "tbptt", "rtrl", "uoro", "kf_rtrl", "snap1", "snap2-sparse",
-         "rflo", "eprop")
+REFERENCE = ("rtrl", "uoro", "kf_rtrl", "snap1", "snap2-sparse", "rflo", "eprop")
+RULES = ("bptt", "bptt-ref", "tbptt") + REFERENCE + tuple(f"{r}-fast" for r in REFERENCE)
+# the algorithm and options fit runs for each rule (the -fast rows: its gradient function with
+# the default engine="fast", rnnlab.fast.rules)
+ALGORITHM = {"rtrl": ("rtrl", {"max_bytes": None}), "uoro": ("uoro", {}),
+             "kf_rtrl": ("kf_rtrl", {}), "snap1": ("snap", {"n": 1}),
+             "snap2-sparse": ("snap", {"n": 2}), "rflo": ("rflo", {}), "eprop": ("eprop", {})}
 
 
 def formula(rule: str, cfg: Config, p: int = 1) -> tuple[float, float, str]:
@@ -71,6 +82,15 @@ def formula(rule: str, cfg: Config, p: int = 1) -> tuple[float, float, str]:
     B, T, D, H = cfg.B, cfg.T, cfg.D, cfg.H
     theta = (H + D + 1) * H
     fwd = 2.0 * theta
+    # the fast batch forms of the local rules accumulate the window backwards (rnnlab.fast.rules):
+    # the forward pass, one product u_tᵀ D_t over the window (2|θ|), SnAp-n's adjoint (2Hp²);
+    # they keep the window's states, as BPTT does
+    if rule in ("snap1-fast", "rflo-fast", "eprop-fast") and FORM["form"] == "batch":
+        return B * (fwd + 2 * theta), B * (T + 1) * H, "4|θ|; (T+1)H (backwards)"
+    if rule == "snap2-sparse-fast" and FORM["form"] == "batch":
+        return (B * (fwd + 2 * theta + 2.0 * H * p * p), B * ((T + 1) * H + H * p),
+                f"4|θ|+2Hp²; (T+1)H+Hp, p={p} (backwards)")
+    rule = rule.removesuffix("-fast")
     if rule in ("bptt", "bptt-ref"):
         return B * (fwd + 4 * theta), B * (T + 1) * H, "6|θ|; (T+1)H"
     if rule == "tbptt":
@@ -104,8 +124,15 @@ def _problem(cfg: Config) -> tuple[Any, dict[str, np.ndarray], np.ndarray, np.nd
     return spec, params, X, Y, conn
 
 
+FORM = {"form": "batch"}
+"""``--form``: ``"batch"`` (one window's gradient) or ``"online"`` (the rule's ``_online`` form:
+an SGD step at every step of the window, ``every = 1``)."""
+
+
 def make(rule: str, cfg: Config) -> tuple[Callable[[], Any], int]:
     """A fresh ``call()`` of one window's gradient by ``rule``, and SnAp's pattern width."""
+    if FORM["form"] == "online" and rule.removesuffix("-fast") in REFERENCE:
+        return make_online(rule, cfg)
     from rnnlab.learning import eprop, kf_rtrl, rflo, rtrl, snap, tbptt, uoro
     from rnnlab.network import value_and_grad
     from rnnlab.train import TrainConfig
@@ -115,7 +142,21 @@ def make(rule: str, cfg: Config) -> tuple[Callable[[], Any], int]:
     rng = np.random.default_rng(1)
     p = 1
     fn: Callable[[], Any]
-    if rule == "bptt":
+    if rule.endswith("-fast"):
+        base = rule.removesuffix("-fast")
+        algorithm, options = ALGORITHM[base]
+        use = params
+        if base == "snap2-sparse":
+            use = dict(params)
+            use["l0.W_hh"] = params["l0.W_hh"] * conn
+            p = int(snap.pattern(conn, 2).sum(axis=1).max())
+            options = {**options, "connectivity": conn.tolist()}
+        g = gradient_function(TrainConfig(algorithm=algorithm, algorithm_kwargs=options), spec,
+                              rng=rng if algorithm in ("uoro", "kf_rtrl") else None)
+
+        def fn() -> Any:
+            return g(use, X, Y, spec, None, None, None)
+    elif rule == "bptt":
         g = gradient_function(TrainConfig(algorithm="bptt"))
 
         def fn() -> Any:
@@ -150,6 +191,40 @@ def make(rule: str, cfg: Config) -> tuple[Callable[[], Any], int]:
     else:
         def fn() -> Any:
             return eprop.value_and_grad(params, X, Y, spec)
+    return fn, p
+
+
+def make_online(rule: str, cfg: Config) -> tuple[Callable[[], Any], int]:
+    """A fresh ``call()`` of the online form of ``rule`` (an SGD step, lr 1e-4, at every step
+    of the window; ``-fast``: as fit runs it, :mod:`rnnlab.fast.rules`), and SnAp's width."""
+    from rnnlab import optim
+    from rnnlab.learning import ONLINE, snap
+    from rnnlab.train import TrainConfig
+    from rnnlab.train.steps import gradient_function
+
+    spec, params, X, Y, conn = _problem(cfg)
+    base = rule.removesuffix("-fast")
+    algorithm, options = ALGORITHM[base]
+    options = dict(options)
+    p = 1
+    if base == "snap2-sparse":
+        params["l0.W_hh"] = params["l0.W_hh"] * conn
+        p = int(snap.pattern(conn, 2).sum(axis=1).max())
+        options["connectivity"] = conn.tolist() if rule.endswith("-fast") else conn
+    opt = optim.SGD(lr=1e-4)
+    state = opt.init(params)
+    rng = np.random.default_rng(1)
+    if algorithm in ("uoro", "kf_rtrl"):
+        options["rng"] = rng
+    if rule.endswith("-fast"):
+        kw = {k: v for k, v in options.items() if k != "rng"}
+        g = gradient_function(TrainConfig(algorithm=algorithm + "_online", algorithm_kwargs=kw),
+                              spec, rng=options.get("rng"))
+    else:
+        g = partial(ONLINE[algorithm + "_online"], **options)
+
+    def fn() -> Any:
+        return g(params, X, Y, spec, opt=opt, opt_state=state)
     return fn, p
 
 
@@ -204,11 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.online", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="s,m,l", help="comma-separated subset of s,m,l")
-    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated subset")
+    ap.add_argument("--rules", default=",".join(RULES),
+                    help="comma-separated subset (a rule's '-fast' row: fit's default path, "
+                         "rnnlab.fast.rules; without: the reference rule of rnnlab.learning)")
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS threads (default 1: stable timings on a shared machine)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; quick 3)")
     ap.add_argument("--quick", action="store_true", help="config s, 3 rounds")
+    ap.add_argument("--form", choices=("batch", "online"), default="batch",
+                    help="batch: one window's gradient (default); online: each rule's _online "
+                         "form, an SGD step at every step (the bptt rows stay batch)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     args = ap.parse_args(argv)
     names = ["s"] if args.quick else [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -219,17 +299,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown config(s) or rule(s) {bad}; configs {list(CONFIGS)}, rules "
                  f"{list(RULES)}")
     rounds = args.rounds or (3 if args.quick else 7)
+    FORM["form"] = args.form
+    if args.form == "online":
+        rules = [r for r in rules if r != "tbptt"]
     from threadpoolctl import threadpool_limits
 
     rows: list[Row] = []
     ceilings: list[float] = []
     loads = []
     with threadpool_limits(args.threads, user_api="blas"):
-        print(f"rnnlab online rules benchmark: {args.threads} BLAS thread(s), {blas_info()}, "
-              f"{os.cpu_count()} cores; {rounds} rounds", flush=True)
+        print(f"rnnlab online rules benchmark ({args.form} form): {args.threads} BLAS "
+              f"thread(s), {blas_info()}, {os.cpu_count()} cores; {rounds} rounds", flush=True)
         for name in names:
             cfg = CONFIGS[name]
-            use = [r for r in rules if r != "rtrl" or cfg.rtrl]
+            use = [r for r in rules if r.removesuffix("-fast") != "rtrl" or cfg.rtrl]
             ceilings += gemm_ceiling()
             t0, busy = time.perf_counter(), _cpu_busy()
             rows += time_config(cfg, use, rounds)

@@ -112,7 +112,7 @@ LAYOUT_PEERS = ("torch", "torch-bf")
 # the other gradient algorithms: (config, implementation)
 # (full BPTT on the Workspace is timed again next to them: the "x BPTT" column's reference)
 ALGO_ROWS = (("c", "rnnlab"), ("c", "tbptt-fast"), ("c", "tbptt"), ("r", "rnnlab"),
-             ("r", "rtrl"))
+             ("r", "rtrl-fast"), ("r", "rtrl"))
 
 
 def rtrl_rows(cfg: Config) -> int:
@@ -122,7 +122,7 @@ def rtrl_rows(cfg: Config) -> int:
 
 def step_flops(cfg: Config, impl: str) -> tuple[float, str]:
     """FLOPs of one training step of ``impl`` and the formula used."""
-    if impl == "rtrl":   # docs/derivation.md eq. (34): one (B R, H) x (H, H) GEMM per step
+    if impl in ("rtrl", "rtrl-fast"):   # eq. (34): one (B R, H) x (H, H) GEMM per step
         R = rtrl_rows(cfg)
         return (cfg.flops() + 2.0 * cfg.B * cfg.T * R * cfg.H * cfg.H,
                 f"F + 2BT R H^2, R = DH + H^2 + 2H = {R}")
@@ -375,10 +375,26 @@ def make_rtrl(cfg: Config, threads: int) -> Step:
     return _sgd_step(cfg, make)
 
 
+def make_rtrl_fast(cfg: Config, threads: int) -> Step:
+    """RTRL as fit runs it by default (rnnlab.fast.rules: the states from the Workspace's
+    forward pass, the sensitivities on buffers)."""
+    from rnnlab.fast.rules import FastRule
+
+    def make(spec: Any) -> Callable[..., tuple[float, Any]]:
+        rule = FastRule(spec, "rtrl")
+
+        def grads(params: Any, X: Any, Y: Any) -> tuple[float, Any]:
+            loss, g, _ = rule.value_and_grad(params, X, Y)
+            return loss, g.params
+        return grads
+
+    return _sgd_step(cfg, make)
+
+
 MAKERS: dict[str, Callable[[Config, int], Step]] = {
     "rnnlab": make_rnnlab, "rnnlab-api": make_rnnlab_api, "torch": make_torch,
     "torch-bf": make_torch_bf, "jax": make_jax, "keras": make_keras, "tbptt": make_tbptt,
-    "tbptt-fast": make_tbptt_fast, "rtrl": make_rtrl,
+    "tbptt-fast": make_tbptt_fast, "rtrl": make_rtrl, "rtrl-fast": make_rtrl_fast,
 }
 
 
@@ -399,7 +415,8 @@ def _available(impl: str) -> str | None:
     import importlib.util
 
     mod = {"torch": "torch", "torch-bf": "torch", "jax": "jax", "keras": "keras",
-           "tbptt": "rnnlab.learning.tbptt", "rtrl": "rnnlab.learning.rtrl"}.get(impl)
+           "tbptt": "rnnlab.learning.tbptt", "rtrl": "rnnlab.learning.rtrl",
+           "rtrl-fast": "rnnlab.fast.rules"}.get(impl)
     if mod is not None and importlib.util.find_spec(mod) is None:
         if mod.startswith("rnnlab."):
             return f"{mod} does not exist in this rnnlab"
@@ -764,6 +781,7 @@ def print_algos(rows: list[Row]) -> None:
             "FLOP formula"]
     names = {"tbptt": f"truncated BPTT k1=k2={TBPTT_K} (tbptt.value_and_grad)",
              "tbptt-fast": f"truncated BPTT k1=k2={TBPTT_K} (Workspace)", "rtrl": "RTRL",
+             "rtrl-fast": "RTRL (fast.rules)",
              "rnnlab": "BPTT (Workspace)"}
     full = {r.config: r.seq_per_s for r in rows if r.impl == "rnnlab"}
     lines = [[r.config, names.get(r.impl, r.impl), f"{r.seq_per_s:,.0f}",

@@ -256,3 +256,30 @@ def test_split_over_threads_gives_the_same_gradients(setup: int, split: int,
         np.testing.assert_allclose(ws.h0_grad, g.h0, **tol)
         if g.X is not None:
             np.testing.assert_allclose(ws.input_grad, g.X, **tol)
+
+
+@pytest.mark.parametrize("setup", range(len(SETUPS)), ids=lambda i: "-".join(SETUPS[i].values()))
+def test_forward_loss_is_the_loss_and_its_logit_gradient(setup: int) -> None:
+    """Workspace.forward_loss: value_and_grad's loss, the states of its forward pass and the
+    reference dL/dz (time first), with no backward pass (no gradient buffers)."""
+    for layers, masked, dtype in itertools.product((1, 2), (False, True),
+                                                   (np.float64, np.float32)):
+        spec = _spec(SETUPS[setup], num_layers=layers)
+        B, T = 4, 5
+        params, X, Y, mask, h0 = problem(spec, 3 + layers, B, T, masked)
+        params = {k: v.astype(dtype) for k, v in params.items()}
+        steps = T if spec.setup == "one_to_many" else None
+        out, cache = net.forward(params, X, spec, h0=h0, mask=mask, steps=steps)
+        ref = net.loss_and_grad(spec, out, Y, mask=mask)
+        ws = Workspace(spec, kernels=False)
+        loss, dz = ws.forward_loss(params, X, Y, h0=h0, mask=mask, steps=steps)
+        tol = 1e-11 if dtype == np.float64 else 2e-5
+        assert loss == pytest.approx(ref.value, rel=1e-13 if dtype == np.float64 else 1e-6)
+        want = ref.dz if dz.ndim == 2 else np.swapaxes(ref.dz, 0, 1)
+        assert_close(dz, want, tol, "dL/dz")
+        for mine, theirs in zip(ws.cache.hbufs, cache.hbufs, strict=True):
+            assert_close(mine, theirs, tol, "states")
+        assert ws.flat_grad is None and ws.grad_order is None
+        wl, _ = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
+        assert wl == pytest.approx(loss, rel=1e-12 if dtype == np.float64 else 1e-6)
+        assert ws.flat_grad is not None

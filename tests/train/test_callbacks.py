@@ -251,4 +251,4 @@ def test_why_the_fast_path_is_off_is_reported():
     assert "engine 'reference' was asked for" in \
         model().fit(DATA, cfg(epochs=1, engine="reference")).fast_path
     assert fit(model().params, model().spec, DATA, cfg(epochs=1, algorithm="rtrl")).fast_path \
-        .startswith("algorithm 'rtrl' runs on the reference cell")
+        .startswith("algorithm 'rtrl' runs on the fast path's buffers")

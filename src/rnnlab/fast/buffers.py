@@ -22,12 +22,13 @@ class Buffers:
     :class:`rnnlab.fast.workspace.Workspace`."""
 
     def __init__(self, spec: RNNSpec, B: int, T: int, dtype: np.dtype, input_grad: bool,
-                 joint: bool = False, train: bool = True) -> None:
+                 joint: bool = False, train: bool = True, backward: bool = True) -> None:
         H, nd, L, O = spec.hidden_size, spec.num_directions, spec.num_layers, spec.output_size
         D = spec.input_size
         index = spec.input_kind == "index"
         self.key = (B, T, np.dtype(dtype))
         self.train = train                    # False: a forward pass only (no gradient arrays)
+        self.backward = train and backward    # False: no backward pass (the loss and dL/dz only)
         self.tuner: Any = None                # the workspace's thread tuner for these shapes
         self._scratch: dict[str, Array] = {}
         self.h0 = np.zeros((L * nd, B, H), dtype)
@@ -70,6 +71,8 @@ class Buffers:
         index = spec.input_kind == "index"
         self.dz = np.empty(lead + (O,), dtype)
         self.loss_tmp = np.empty(lead + (O,), dtype)
+        if not self.backward:                       # Workspace.forward_loss: the loss only
+            return
         self.dtop = np.empty(lead + (nd * H,), dtype)
         self.dZ = np.empty((T, B, H), dtype)        # shared by every layer and direction
         self.dh0 = np.empty((L * nd, B, H), dtype)

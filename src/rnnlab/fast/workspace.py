@@ -156,7 +156,7 @@ class Workspace:
         self._budget0 = (threads if isinstance(threads, int) else (BLAS.get() or 1)) \
             if reproducible else 1
         self._flush = FlushDenormals() if flush_denormals else None
-        self._cache: dict[tuple[int, int, np.dtype, bool], Buffers] = {}
+        self._cache: dict[tuple[int, int, np.dtype, bool, bool], Buffers] = {}
         self._bufs: Buffers | None = None
         self._tuner: ThreadTuner | None = None
         self._runners: dict[ThreadOption | None, Runner] = {}
@@ -169,8 +169,9 @@ class Workspace:
     # buffer sets kept at once (a training batch, the epoch's last short batch, evaluation's)
     KEEP_BUFFERS = 4
 
-    def _buffers(self, B: int, T: int, dtype: np.dtype, train: bool = True) -> Buffers:
-        key = (B, T, np.dtype(dtype), train)
+    def _buffers(self, B: int, T: int, dtype: np.dtype, train: bool = True,
+                 backward: bool = True) -> Buffers:
+        key = (B, T, np.dtype(dtype), train, backward)
         bufs = self._cache.pop(key, None)
         if bufs is None:
             while len(self._cache) >= self.KEEP_BUFFERS:   # free the oldest before allocating
@@ -179,7 +180,8 @@ class Workspace:
             joint = (self._joint_ok and self.compiled and np.dtype(dtype) == np.float32
                      and spec.num_directions == 1 and spec.input_kind == "dense"
                      and spec.setup != "one_to_many")
-            bufs = Buffers(spec, B, T, dtype, self.want_input_grad and train, joint, train)
+            bufs = Buffers(spec, B, T, dtype, self.want_input_grad and train, joint, train,
+                           backward)
         self._cache[key] = bufs                            # the most recent last
         self._bufs = bufs
         self._tuner = bufs.tuner
@@ -300,6 +302,40 @@ class Workspace:
         assert logits is not None
         return logits
 
+    def forward_loss(
+        self,
+        params: Mapping[str, Array],
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        h0: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+        lengths: ArrayLike | None = None,
+        steps: int | None = None,
+    ) -> tuple[float, Array]:
+        """The forward pass and the loss of one batch, no backward pass: ``(loss, dL/dz)``.
+
+        ``dL/dz`` (eqs. 9-15, the spec's reduction) is time first, ``(T, B, O)`` when the spec
+        scores every step (zero at padded steps) and ``(B, O)`` otherwise, a view of the
+        workspace's buffer; :attr:`cache` holds the states of every layer (``hbufs``, ``(T + 1,
+        B, H)``: ``H_{-1}`` then ``H_0 .. H_{T-1}``, padded steps carrying their state, eq. 7)
+        and :attr:`logits` the logits.  What the forward-mode learning rules on the fast path
+        read (:mod:`rnnlab.fast.rules`): their batch form needs the states and the learning
+        signal of every step, not BPTT's backward pass.
+        """
+        spec = self.spec
+        dtype = check_params(params, spec)
+        x_tb, B, T = time_first(X, spec, dtype, steps)
+        m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
+        y = check_targets(Y, spec, target_lead(spec, B, T), dtype)
+        h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)
+        bufs = self._buffers(B, T, dtype, backward=False)
+        with self._call(bufs, h0_all, x_tb) as (run, h0_all, x_tb):
+            cache = network.forward(params, x_tb, m_tb, h0_all, spec, bufs, run)
+            value, dz = network.loss(spec, bufs.logits, y, m_tb, bufs, run)
+        self.cache, self._logits, self.h0_grad, self.input_grad = cache, bufs.logits, None, None
+        return value, dz.reshape(bufs.logits.shape)
+
     @contextmanager
     def _call(self, bufs: Buffers, h0_all: Array | None, x_tb: NDArray[Any]
               ) -> Iterator[tuple[Runner, Array, NDArray[Any]]]:
@@ -400,10 +436,10 @@ class Workspace:
         """The last training call's gradients as one flat array (each key's gradient one block
         of it, in the order of :attr:`grad_order`); None before the first call."""
         bufs = self._bufs
-        return None if bufs is None or not bufs.train else bufs.flat_grad
+        return None if bufs is None or not bufs.backward else bufs.flat_grad
 
     @property
     def grad_order(self) -> list[str] | None:
         """The parameter keys in the order of their blocks in :attr:`flat_grad`."""
         bufs = self._bufs
-        return None if bufs is None or not bufs.train else list(bufs.grad_order)
+        return None if bufs is None or not bufs.backward else list(bufs.grad_order)

@@ -148,10 +148,12 @@ class TrainConfig:
         only.  The random signs of UORO and KF-RTRL come from a Generator of the run (seeded
         from ``seed``, saved in checkpoints).
     engine : {"fast", "reference"}
-        What computes full BPTT (``algorithm="bptt"``): the fast engine
-        (:class:`rnnlab.Workspace`) or the reference engine (the public functions, the
-        derivation in code; slower).  Both give the same gradients to rounding (docs/
-        architecture.md).  A resumed run may change it; it is then no longer bit-identical.
+        What computes the gradients: the fast engine (:class:`rnnlab.Workspace` for full and
+        truncated BPTT; :mod:`rnnlab.fast.rules` for RTRL, UORO, KF-RTRL, SnAp, RFLO and e-prop
+        and their online forms) or the reference engine (the public functions and the rules of
+        :mod:`rnnlab.learning`, the derivation in code; slower).  Both give the same gradients to
+        rounding (docs/architecture.md, docs/online.md).  A resumed run may change it; it is
+        then no longer bit-identical.
     stateful : bool
         The training split is read as consecutive windows of ``batch_size`` streams and the final
         states carry over as the next minibatch's ``h0`` (reset every epoch); no shuffling.

@@ -46,7 +46,7 @@ from .progress import Progress
 from .schedules import Plateau, Warmup
 from .signals import StopFlag, catch
 from .splits import TrainData, as_data, check_fits, spec_for_dataset
-from .steps import FastStep, fast_path_note, gradient_function, rule_rng
+from .steps import FastRuleStep, FastStep, fast_path_note, gradient_function, rule_rng
 
 __all__ = [
     "ALGORITHMS",
@@ -686,7 +686,7 @@ class _Loop:
         training's fast engine when it has one (a forward pass only, with buffers of its own;
         the logits a view, valid until its next call), else the reference forward pass."""
         fs = self.grad_fn
-        if isinstance(fs, FastStep):
+        if isinstance(fs, FastStep | FastRuleStep):
             logits = fs.logits(self.params, X, h0=h0, mask=mask, steps=steps)
             return logits, (fs.h_n() if self.cfg.stateful else None)
         out, _ = network.forward(self.params, X, self.spec, h0=h0, mask=mask, steps=steps)
