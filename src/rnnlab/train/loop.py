@@ -429,7 +429,8 @@ class _Loop:
             if ds is not None and not self.cfg.stateful and self.test.X is ds.test.X:
                 # on the engine that scored the split above (the same forward pass)
                 fs = self.grad_fn
-                engine = fs.engine if isinstance(fs, FastStep) else "reference"
+                engine = fs.engine if isinstance(fs, FastStep) else (
+                    "fast" if isinstance(fs, FastRuleStep) else "reference")
                 h.test.update({f"test_{k}": v for k, v in task_metrics(
                     self.params, self.spec, ds, "test", batch_size=self.eval_bs,
                     engine=engine).items()})
