@@ -274,10 +274,11 @@ def skipped(results: Results, cells: Sequence[Cell]) -> str | None:
 
 def keras_intro(setups: Mapping[str, Setup]) -> str:
     eb = sorted({(s.train.get("epochs"), s.train.get("batch_size")) for s in setups.values()})
-    what = "; ".join(f"{e} epochs, batch {b}" for e, b in eb)
+    what = "; ".join(f"{e} epoch{'' if e == 1 else 's'}, batch {b}" for e, b in eb)
     return (
-        "**Keras with its own defaults** (issue 19; `keras-jax defaults`, on the torch backend "
-        "`keras-torch defaults`): what a Keras user writes with no tuning, `SimpleRNN(H)` "
+        "**Keras with its own defaults** (issue 19; rows `keras-jax defaults`, and `keras-torch "
+        "defaults` where Keras' torch backend ran): what a Keras user writes with no tuning, "
+        "`SimpleRNN(H)` "
         "(`return_sequences=True` where every step has a target) + `Dense` with the task's "
         "activation (softmax; linear for regression), `compile(optimizer=\"adam\", loss=<the "
         "task's loss by name>)` (Adam at 1e-3, no clipping, no schedule), Keras' initialisers "
@@ -290,12 +291,53 @@ def keras_intro(setups: Mapping[str, Setup]) -> str:
         "and PyTorch rows keep the settings in the table.")
 
 
+def own_agreement(results: Results, cells: Sequence[Cell]) -> str:
+    """How far a peer's own test loss (its predictions, ``test_own``) is from rnnlab's scoring
+    of the same trained weights: the largest relative difference over the cells."""
+    diffs = []
+    for c in cells:
+        r = res_of(results, c)
+        own, ours = r.get("test_own") or {}, r.get("test") or {}
+        for k in ("test_loss", "test_mse"):
+            if own.get(k) is not None and ours.get(k) is not None:
+                a, b = float(own[k]), float(ours[k])
+                diffs.append(abs(a - b) / max(abs(b), 1e-12))
+                break
+    if not diffs:
+        return ""
+    return (f"; its own test loss (Keras' predictions) is within {max(diffs):.1e} (relative) of "
+            "rnnlab's scoring of its weights")
+
+
+def best_epoch_note(results: Results, cells: Sequence[Cell], curve: str | None) -> str:
+    """For a row scored at its last epoch: the best and the last epoch's validation value of
+    ``curve`` (mean over seeds), which shows what stopping at the best epoch would have kept."""
+    if not curve:
+        return ""
+    best, last = [], []
+    for c in cells:
+        v = [float(e[curve]) for e in res_of(results, c).get("epochs") or []
+             if e.get(curve) is not None and math.isfinite(float(e[curve]))]
+        if v:
+            best.append(max(v) if curve.endswith("accuracy") else min(v))
+            last.append(v[-1])
+    if not best:
+        return ""
+    f = (lambda x: f"{100 * x:.1f} %") if curve.endswith("accuracy") else \
+        (lambda x: f"{x:.4g}")
+    name = curve.replace("val_", "validation ").replace("_", " ")
+    return (f"; its {name} was {f(statistics.fmean(best))} at its best epoch and "
+            f"{f(statistics.fmean(last))} at the last, whose weights are scored (mean over "
+            "seeds)")
+
+
 def _vals(results: Results, cells: Sequence[Cell], key: str) -> list[float]:
     return finite(metric(results, cells, key))
 
 
 def keras_verdict(results: Results, ours: Sequence[Cell], keras_rows: Mapping[str, Sequence[Cell]],
-                  key: str, *, higher: bool, as_pct: bool, what: str, unit: str = "") -> str:
+                  key: str, *, higher: bool, as_pct: bool, what: str, unit: str = "",
+                  ours_name: str = "rnnlab", curve: str | None = None) -> str:
     """One measured sentence per Keras row: its score against rnnlab's, who wins and by how much
     (within the seeds' spread or not), and the whole fit's time against rnnlab's."""
     r = _vals(results, ours, key)
@@ -318,20 +360,25 @@ def keras_verdict(results: Results, ours: Sequence[Cell], keras_rows: Mapping[st
             who = "a tie"
         else:
             keras_better = (d > 0) == higher
-            who = f"{'Keras' if keras_better else 'rnnlab'} better by {fd}"
+            who = f"{'Keras' if keras_better else ours_name} better by {fd}"
             if len(r) > 1 and abs(d) <= spread:
                 who += " (within the seeds' spread)"
             elif mr != 0 and not as_pct:
                 ratio = mk / mr
-                who += f" ({ratio:.2f}x rnnlab's)"
+                who += f" ({ratio:.2f}x {ours_name}'s)"
         tr = [float(x) for x in (res_of(results, c).get("fit_s") for c in ours) if x is not None]
         tk = [float(x) for x in (res_of(results, c).get("fit_s") for c in cs) if x is not None]
         tt = ""
         if tr and tk:
             a, b = statistics.median(tk), statistics.median(tr)
-            tt = f"; whole fit {a:.0f} s against rnnlab's {b:.0f} s ({a / b:.1f}x)"
+            tt = f"; whole fit {a:.0f} s against {ours_name}'s {b:.0f} s ({a / b:.1f}x)"
+            ek, er = epoch_time(results, cs), epoch_time(results, ours)
+            if ek != "-" and er != "-" and float(er) > 0:
+                tt += (f", an epoch after the first (compilation) {ek} s against {er} s "
+                       f"({float(ek) / float(er):.1f}x)")
         seeds = f"{len(k)} seed{'s' if len(k) > 1 else ''}"
-        out.append(f"{name} ({seeds}): {what} {fk} against rnnlab's {fr}: {who}{tt}.")
+        out.append(f"{name} ({seeds}): {what} {fk} against {ours_name}'s {fr}: {who}{tt}"
+                   f"{own_agreement(results, cs)}{best_epoch_note(results, cs, curve)}.")
     return " ".join(out)
 
 
@@ -438,7 +485,7 @@ def compare_report(plan: Plan, results: Results, figdir: Path, *, intro: str,
     if has_keras:
         verdicts = [keras_verdict(results, g["rnnlab"], {lib: cs for lib, cs in g.items()
                                                          if lib.startswith("keras")}, key,
-                                  higher=higher, as_pct=as_pct,
+                                  higher=higher, as_pct=as_pct, curve=curve,
                                   what=key.removeprefix("test_").replace("_", " "))
                     for g in groups.values() if "rnnlab" in g]
         blocks.append({"kind": "text", "text": "Keras with its own defaults against rnnlab "
@@ -889,7 +936,8 @@ def report_adding(plan: Plan, results: Results, figdir: Path, work: Path
                 results, groups[(m, T)]["rnnlab"], "test_mse")))
             verdicts.append(f"T = {T}: " + keras_verdict(
                 results, groups[(best, T)]["rnnlab"], {"Keras-JAX": kc}, "test_mse",
-                higher=False, as_pct=False, what="MSE").replace("rnnlab's", f"rnnlab {best}'s"))
+                higher=False, as_pct=False, what="MSE", ours_name=f"rnnlab {best}",
+                curve="val_loss"))
         blocks += [
             {"kind": "text", "text": keras_intro({"tanh": plan.info["setups"][("tanh",
                                                                              steps[0])]})},
@@ -977,7 +1025,8 @@ def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
         blocks.append({"kind": "text", "text": "Keras with its own defaults against rnnlab "
                        "(measured): " + keras_verdict(results, g["rnnlab"], keras_rows,
                                                       "test_error_xor", higher=False,
-                                                      as_pct=True, what="error on a XOR b")})
+                                                      as_pct=True, what="error on a XOR b",
+                                                      curve="val_loss")})
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
     for i, (lib, cs) in enumerate(g.items()):
@@ -1085,7 +1134,8 @@ def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
          + keras_verdict(results, groups["BPTT, H=32"]["rnnlab"],
                          {lib: cs for lib, cs in groups["BPTT, H=32"].items()
                           if lib.startswith("keras")}, "test_strict_accuracy", higher=True,
-                         as_pct=True, what="strict accuracy (fraction of test strings solved)")
+                         as_pct=True, what="strict accuracy (fraction of test strings solved)",
+                         curve="val_loss")
          + " Seeds strictly solved: " + ", ".join(
              f"{lib} {sum(1 for v in metric(results, cs, 'test_strict_accuracy') if v == 1.0)}"
              f" / {len(cs)}" for lib, cs in groups["BPTT, H=32"].items()) + "."},
