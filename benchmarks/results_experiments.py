@@ -331,6 +331,27 @@ def best_epoch_note(results: Results, cells: Sequence[Cell], curve: str | None) 
             "seeds)")
 
 
+def keras_target(what: str, results: Results, ours: Sequence[Cell], keras: Sequence[Cell],
+                 key: str, *, higher: bool, as_pct: bool) -> list[dict[str, str]]:
+    """The target "rnnlab at least as good as Keras-JAX with its defaults" of one row (empty
+    when the Keras row has no result)."""
+    r, k = _vals(results, ours, key), _vals(results, keras, key)
+    if not r or not k:
+        return []
+    mr, mk = statistics.fmean(r), statistics.fmean(k)
+    f = (lambda x: f"{100 * x:.1f} %") if as_pct else (lambda x: f"{x:.4g}")
+    met = mr >= mk if higher else mr <= mk
+    gap = f"{100 * abs(mr - mk):.1f} points" if as_pct else f"{abs(mr - mk):.3g}"
+    return [target(f"{what}: rnnlab's recipe vs Keras-JAX with its defaults",
+                   ">= Keras" if higher else "<= Keras", f"{f(mr)} vs {f(mk)}", met,
+                   f"{gap} {'below' if higher else 'above'} Keras")]
+
+
+def _row(groups: Mapping[str, Mapping[str, list[Cell]]], lib: str) -> list[Cell]:
+    """The cells of library (or row name) ``lib`` in the first group that has it."""
+    return next((g[lib] for g in groups.values() if lib in g), [])
+
+
 def _vals(results: Results, cells: Sequence[Cell], key: str) -> list[float]:
     return finite(metric(results, cells, key))
 
@@ -532,8 +553,11 @@ def report_mnist1d(plan: Plan, results: Results, figdir: Path, work: Path
                     ["Greydanus (2020)", "MLP", "68 %"]])
     r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
     m = mean(r)
+    g = plan.info["groups"]
     return blocks, [target("MNIST-1D, rnnlab, the reported weights", ">= 91 %", pct(r), m >= 0.91,
-                           f"{100 * (0.91 - m):.1f} points short")]
+                           f"{100 * (0.91 - m):.1f} points short")] + keras_target(
+        "MNIST-1D", results, _row(g, "rnnlab"), _row(g, "keras-jax defaults"), "test_accuracy",
+        higher=True, as_pct=True)
 
 
 def plan_fashion_rows(quick: bool, work: Path) -> Plan:
@@ -562,8 +586,11 @@ def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
                     ["fashion-mnist benchmark", "GRU", "88.8-89.7 %"]])
     r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
     m = mean(r)
+    g = plan.info["groups"]
     return blocks, [target("Fashion-MNIST rows, vanilla RNN (rnnlab)", ">= 89.5 %", pct(r),
-                           m >= 0.895, f"{100 * (0.895 - m):.1f} points short")]
+                           m >= 0.895, f"{100 * (0.895 - m):.1f} points short")] + keras_target(
+        "Fashion-MNIST rows", results, _row(g, "rnnlab"), _row(g, "keras-jax defaults"),
+        "test_accuracy", higher=True, as_pct=True)
 
 
 def plan_pixel(quick: bool, work: Path) -> Plan:
@@ -671,7 +698,10 @@ def report_charlm(plan: Plan, results: Results, figdir: Path, work: Path
     return blocks, [target("character LM (fortunes), test perplexity", "rnnlab ≈ PyTorch",
                            f"{num(r, '.3f')} vs {num(t, '.3f')}",
                            None if math.isnan(mean(r)) or math.isnan(mean(t)) else
-                           abs(mean(r) - mean(t)) <= 0.05 * mean(t))]
+                           abs(mean(r) - mean(t)) <= 0.05 * mean(t))] + keras_target(
+        "character LM, test perplexity", results, _row(plan.info["groups"], "rnnlab"),
+        _row(plan.info["groups"], "keras-jax defaults"), "test_perplexity", higher=False,
+        as_pct=False)
 
 
 # ----------------------------------------------------------------------------- seed 000
@@ -938,6 +968,9 @@ def report_adding(plan: Plan, results: Results, figdir: Path, work: Path
                 results, groups[(best, T)]["rnnlab"], {"Keras-JAX": kc}, "test_mse",
                 higher=False, as_pct=False, what="MSE", ours_name=f"rnnlab {best}",
                 curve="val_loss"))
+            targets += keras_target(f"adding, T = {T}, MSE (rnnlab {best})", results,
+                                    groups[(best, T)]["rnnlab"], kc, "test_mse", higher=False,
+                                    as_pct=False)
         blocks += [
             {"kind": "text", "text": keras_intro({"tanh": plan.info["setups"][("tanh",
                                                                              steps[0])]})},
@@ -1048,7 +1081,9 @@ def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
     blocks.append(config_block(setups))
     r = metric(results, g["rnnlab"], "test_error_xor")
     return blocks, [target("temporal XOR, error on a XOR b (rnnlab)", "0 % (Elman: ~0)",
-                           pct(r), mean(r) < 0.01, f"{100 * mean(r):.1f} %")]
+                           pct(r), mean(r) < 0.01, f"{100 * mean(r):.1f} %")] + keras_target(
+        "temporal XOR, error on a XOR b", results, g["rnnlab"], g.get("keras-jax defaults", []),
+        "test_error_xor", higher=False, as_pct=True)
 
 
 # ----------------------------------------------------------------------------- Reber
@@ -1106,6 +1141,10 @@ def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
                                       f"{100 * frac:.0f} %"))
     from benchmarks.results_run import load_data
 
+    main_row = groups["BPTT, H=32"]
+    targets += keras_target("embedded Reber, BPTT H=32, strict accuracy", results,
+                            main_row["rnnlab"], main_row.get("keras-jax defaults", []),
+                            "test_strict_accuracy", higher=True, as_pct=True)
     ds = load_data(next(iter(setups.values())))
     rows.append(["Hochreiter & Schmidhuber (1997)", "Elman net", "0 %", "", "", ""])
     rows.append(["Hochreiter & Schmidhuber (1997)", "RTRL", "'some fraction'", "", "", ""])
