@@ -288,7 +288,11 @@ def keras_intro(setups: Mapping[str, Setup]) -> str:
         "padded steps masked with `Masking(0.0)`. The trained Keras weights are loaded into "
         "rnnlab's parameters and scored by the same code as the other rows; Keras' own "
         "prediction on the test split agrees with it (`test_own` in the cells). The rnnlab "
-        "and PyTorch rows keep the settings in the table.")
+        "and PyTorch rows keep the settings in the table. Times are each cell's own, measured "
+        "on this shared machine when the cell ran: cells of different runs saw different "
+        "loads, so time ratios between them are indicative only (`python -m benchmarks.train "
+        "--peers torch,keras-jax` times the libraries side by side in one run; "
+        "docs/performance.md).")
 
 
 def own_agreement(results: Results, cells: Sequence[Cell]) -> str:
@@ -377,8 +381,8 @@ def keras_verdict(results: Results, ours: Sequence[Cell], keras_rows: Mapping[st
             fr, fk, fd = f"{100 * mr:.1f} %", f"{100 * mk:.1f} %", f"{100 * abs(d):.1f} points"
         else:
             fr, fk, fd = f"{mr:.4g}{unit}", f"{mk:.4g}{unit}", f"{abs(d):.3g}{unit}"
-        if d == 0:
-            who = "a tie"
+        if d == 0 or (as_pct and abs(d) < 5e-4):
+            who = "a tie" if d == 0 else "a tie to 0.05 points"
         else:
             keras_better = (d > 0) == higher
             who = f"{'Keras' if keras_better else ours_name} better by {fd}"
