@@ -257,6 +257,14 @@ def render(out: Path, results: list[dict[str, Any]], mach: dict[str, Any]) -> st
         "the same code (`rnnlab.train.metrics`) on the trained weights; each peer's own test "
         "accuracy agrees with it.",
         "",
+        "Beside Keras means *Keras with its own defaults* (issue 19): `SimpleRNN(H)` + `Dense` "
+        "with the task's activation, `compile(optimizer=\"adam\", loss=<the task's loss>)`, "
+        "`model.fit` with the rnnlab row's epochs and batch size, Keras' initialisers, no "
+        "clipping, no schedule, no early stopping, the last epoch's weights, on the JAX "
+        "backend (and its torch backend where that is cheap); its trained weights are scored "
+        "by the same code. The `keras` experiment also runs Keras under rnnlab's exact "
+        "configuration and initial weights.",
+        "",
         f"Page written {time.strftime('%Y-%m-%d %H:%M %Z')} from {len(results)} experiment "
         "result(s); each experiment's own date, wall time and the machine's load while it ran "
         "are in the table below (the machine is shared: a load above its core count means "

@@ -237,6 +237,176 @@ def seeds_text(seeds: Sequence[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
+# ----------------------------------------------------------------------------- Keras defaults rows
+
+KERAS_ROW = "{lib} defaults"
+"""The group name of a Keras row with Keras' own defaults (``keras-jax defaults``)."""
+
+
+def keras_cells(setup: Setup, seeds: Sequence[int], lib: str = "keras-jax") -> list[Cell]:
+    """Keras with its own defaults on ``setup``'s data, epochs and batch size
+    (:func:`benchmarks.results_run.run_keras`, ``mode="defaults"``)."""
+    return [Cell(setup, sd, lib, "defaults") for sd in seeds]
+
+
+def add_keras(plan: Plan, seeds: Sequence[int], libs: Sequence[str] = ("keras-jax",),
+              only: Sequence[str] | None = None) -> Plan:
+    """``plan`` with a Keras-defaults row (per library in ``libs``) beside every configuration
+    of its groups (or those named in ``only``); the seeds are noted when they are fewer."""
+    for label, g in plan.info["groups"].items():
+        if only is not None and label not in only:
+            continue
+        setup = next(iter(g.values()))[0].setup
+        for lib in libs:
+            cs = keras_cells(setup, seeds, lib)
+            g[KERAS_ROW.format(lib=lib)] = cs
+            plan.cells += cs
+    return plan
+
+
+def skipped(results: Results, cells: Sequence[Cell]) -> str | None:
+    """``"skipped: why"`` when every cell of a row was skipped (Keras not installed), else None."""
+    r = [res_of(results, c) for c in cells]
+    if r and all(x.get("status") == "skipped" for x in r):
+        return f"skipped: {r[0].get('message', '')}"
+    return None
+
+
+def keras_intro(setups: Mapping[str, Setup]) -> str:
+    eb = sorted({(s.train.get("epochs"), s.train.get("batch_size")) for s in setups.values()})
+    what = "; ".join(f"{e} epoch{'' if e == 1 else 's'}, batch {b}" for e, b in eb)
+    return (
+        "**Keras with its own defaults** (issue 19; rows `keras-jax defaults`, and `keras-torch "
+        "defaults` where Keras' torch backend ran): what a Keras user writes with no tuning, "
+        "`SimpleRNN(H)` "
+        "(`return_sequences=True` where every step has a target) + `Dense` with the task's "
+        "activation (softmax; linear for regression), `compile(optimizer=\"adam\", loss=<the "
+        "task's loss by name>)` (Adam at 1e-3, no clipping, no schedule), Keras' initialisers "
+        "(Glorot-uniform input weights, orthogonal recurrent weights, zero biases), `model.fit` "
+        f"with the rnnlab row's epochs and batch size ({what}; Keras shuffles), no early "
+        "stopping, the last epoch's weights. Ids inputs are one-hot encoded in the Keras model, "
+        "padded steps masked with `Masking(0.0)`. The trained Keras weights are loaded into "
+        "rnnlab's parameters and scored by the same code as the other rows; Keras' own "
+        "prediction on the test split agrees with it (`test_own` in the cells). The rnnlab "
+        "and PyTorch rows keep the settings in the table. Times are each cell's own, measured "
+        "on this shared machine when the cell ran: cells of different runs saw different "
+        "loads, so time ratios between them are indicative only (`python -m benchmarks.train "
+        "--peers torch,keras-jax` times the libraries side by side in one run; "
+        "docs/performance.md).")
+
+
+def own_agreement(results: Results, cells: Sequence[Cell]) -> str:
+    """How far a peer's own test loss (its predictions, ``test_own``) is from rnnlab's scoring
+    of the same trained weights: the largest relative difference over the cells."""
+    diffs = []
+    for c in cells:
+        r = res_of(results, c)
+        own, ours = r.get("test_own") or {}, r.get("test") or {}
+        for k in ("test_loss", "test_mse"):
+            if own.get(k) is not None and ours.get(k) is not None:
+                a, b = float(own[k]), float(ours[k])
+                diffs.append(abs(a - b) / max(abs(b), 1e-12))
+                break
+    if not diffs:
+        return ""
+    return (f"; its own test loss (Keras' predictions) is within {max(diffs):.1e} (relative) of "
+            "rnnlab's scoring of its weights")
+
+
+def best_epoch_note(results: Results, cells: Sequence[Cell], curve: str | None) -> str:
+    """For a row scored at its last epoch: the best and the last epoch's validation value of
+    ``curve`` (mean over seeds), which shows what stopping at the best epoch would have kept."""
+    if not curve:
+        return ""
+    best, last = [], []
+    for c in cells:
+        v = [float(e[curve]) for e in res_of(results, c).get("epochs") or []
+             if e.get(curve) is not None and math.isfinite(float(e[curve]))]
+        if v:
+            best.append(max(v) if curve.endswith("accuracy") else min(v))
+            last.append(v[-1])
+    if not best:
+        return ""
+    f = (lambda x: f"{100 * x:.1f} %") if curve.endswith("accuracy") else \
+        (lambda x: f"{x:.4g}")
+    name = curve.replace("val_", "validation ").replace("_", " ")
+    return (f"; its {name} was {f(statistics.fmean(best))} at its best epoch and "
+            f"{f(statistics.fmean(last))} at the last, whose weights are scored (mean over "
+            "seeds)")
+
+
+def keras_target(what: str, results: Results, ours: Sequence[Cell], keras: Sequence[Cell],
+                 key: str, *, higher: bool, as_pct: bool) -> list[dict[str, str]]:
+    """The target "rnnlab at least as good as Keras-JAX with its defaults" of one row (empty
+    when the Keras row has no result)."""
+    r, k = _vals(results, ours, key), _vals(results, keras, key)
+    if not r or not k:
+        return []
+    mr, mk = statistics.fmean(r), statistics.fmean(k)
+    f = (lambda x: f"{100 * x:.1f} %") if as_pct else (lambda x: f"{x:.4g}")
+    met = mr >= mk if higher else mr <= mk
+    gap = f"{100 * abs(mr - mk):.1f} points" if as_pct else f"{abs(mr - mk):.3g}"
+    return [target(f"{what}: rnnlab's recipe vs Keras-JAX with its defaults",
+                   ">= Keras" if higher else "<= Keras", f"{f(mr)} vs {f(mk)}", met,
+                   f"{gap} {'below' if higher else 'above'} Keras")]
+
+
+def _row(groups: Mapping[str, Mapping[str, list[Cell]]], lib: str) -> list[Cell]:
+    """The cells of library (or row name) ``lib`` in the first group that has it."""
+    return next((g[lib] for g in groups.values() if lib in g), [])
+
+
+def _vals(results: Results, cells: Sequence[Cell], key: str) -> list[float]:
+    return finite(metric(results, cells, key))
+
+
+def keras_verdict(results: Results, ours: Sequence[Cell], keras_rows: Mapping[str, Sequence[Cell]],
+                  key: str, *, higher: bool, as_pct: bool, what: str, unit: str = "",
+                  ours_name: str = "rnnlab", curve: str | None = None) -> str:
+    """One measured sentence per Keras row: its score against rnnlab's, who wins and by how much
+    (within the seeds' spread or not), and the whole fit's time against rnnlab's."""
+    r = _vals(results, ours, key)
+    out = []
+    for name, cs in keras_rows.items():
+        k = _vals(results, cs, key)
+        if not r or not k:
+            st = sorted({str(res_of(results, c).get("status")) for c in cs})
+            out.append(f"{name}: no result ({', '.join(st)}).")
+            continue
+        mr, mk = statistics.fmean(r), statistics.fmean(k)
+        d = mk - mr
+        spread = max(statistics.pstdev(r) if len(r) > 1 else 0.0,
+                     statistics.pstdev(k) if len(k) > 1 else 0.0)
+        if as_pct:
+            fr, fk, fd = f"{100 * mr:.1f} %", f"{100 * mk:.1f} %", f"{100 * abs(d):.1f} points"
+        else:
+            fr, fk, fd = f"{mr:.4g}{unit}", f"{mk:.4g}{unit}", f"{abs(d):.3g}{unit}"
+        if d == 0 or (as_pct and abs(d) < 5e-4):
+            who = "a tie" if d == 0 else "a tie to 0.05 points"
+        else:
+            keras_better = (d > 0) == higher
+            who = f"{'Keras' if keras_better else ours_name} better by {fd}"
+            if len(r) > 1 and abs(d) <= spread:
+                who += " (within the seeds' spread)"
+            elif mr != 0 and not as_pct:
+                ratio = mk / mr
+                who += f" ({ratio:.2f}x {ours_name}'s)"
+        tr = [float(x) for x in (res_of(results, c).get("fit_s") for c in ours) if x is not None]
+        tk = [float(x) for x in (res_of(results, c).get("fit_s") for c in cs) if x is not None]
+        tt = ""
+        if tr and tk:
+            a, b = statistics.median(tk), statistics.median(tr)
+            tt = f"; whole fit {a:.0f} s against {ours_name}'s {b:.0f} s ({a / b:.1f}x)"
+            ek, er = epoch_time(results, cs), epoch_time(results, ours)
+            if ek != "-" and er != "-" and float(er) > 0:
+                tt += (f", an epoch after the first (compilation) {ek} s against {er} s "
+                       f"({float(ek) / float(er):.1f}x)")
+        seeds = f"{len(k)} seed{'s' if len(k) > 1 else ''}"
+        out.append(f"{name} ({seeds}): {what} {fk} against {ours_name}'s {fr}: {who}{tt}"
+                   f"{own_agreement(results, cs)}{best_epoch_note(results, cs, curve)}.")
+    return " ".join(out)
+
+
 # ----------------------------------------------------------------------------- defaults
 
 
@@ -303,7 +473,8 @@ def report_digits(plan: Plan, results: Results, figdir: Path, work: Path
 def compare_report(plan: Plan, results: Results, figdir: Path, *, intro: str,
                    key: str = "test_accuracy", literature: Sequence[Sequence[str]] = (),
                    curve: str = "val_accuracy", curve_label: str = "validation accuracy",
-                   caption: str = "", as_pct: bool = True) -> tuple[list[Block], dict[str, Any]]:
+                   caption: str = "", as_pct: bool = True, higher: bool = True
+                   ) -> tuple[list[Block], dict[str, Any]]:
     setups: dict[str, Setup] = plan.info["setups"]
     groups: dict[str, dict[str, list[Cell]]] = plan.info["groups"]
     rows = []
@@ -312,6 +483,10 @@ def compare_report(plan: Plan, results: Results, figdir: Path, *, intro: str,
         for lib, cs in g.items():
             v = metric(results, cs, key)
             vals[(label, lib)] = v
+            why = skipped(results, cs)
+            if why:
+                rows.append([label, lib, why, "", "", "", ""])
+                continue
             fmt = pct(v) if as_pct else num(v, ".3f")
             each = " ".join(f"{100 * x:.1f}" if as_pct else f"{x:.3f}" for x in v)
             rows.append([label, lib, fmt, each, weights_note(results, cs),
@@ -322,13 +497,28 @@ def compare_report(plan: Plan, results: Results, figdir: Path, *, intro: str,
     head = ["configuration", "library / source", key.removeprefix("test_").replace("_", " "),
             "per seed", "weights scored (epoch)", "fit s (median)", "epoch s (median)"]
     figs = {f"{label}: {lib}": cs for label, g in groups.items() for lib, cs in g.items()}
-    blocks: list[Block] = [
-        {"kind": "text", "text": intro},
-        settings_table(setups),
+    has_keras = any(lib.startswith("keras") for g in groups.values() for lib in g)
+    blocks: list[Block] = [{"kind": "text", "text": intro}]
+    if has_keras:
+        blocks.append({"kind": "text", "text": keras_intro(setups)})
+    blocks += [
+        settings_table(setups, caption="Settings (rnnlab and PyTorch)" if has_keras
+                       else "Settings"),
         {"kind": "table", "caption": caption or "Test results (mean ± std over seeds)",
          "header": head, "rows": rows},
+    ]
+    if has_keras:
+        verdicts = [keras_verdict(results, g["rnnlab"], {lib: cs for lib, cs in g.items()
+                                                         if lib.startswith("keras")}, key,
+                                  higher=higher, as_pct=as_pct, curve=curve,
+                                  what=key.removeprefix("test_").replace("_", " "))
+                    for g in groups.values() if "rnnlab" in g]
+        blocks.append({"kind": "text", "text": "Keras with its own defaults against rnnlab "
+                       "(measured): " + " ".join(verdicts)})
+    blocks += [
         curves_figure(results, figs, curve, figdir, curve.replace("val_", "val-"),
-                      f"{curve_label} per epoch (mean over seeds); solid rnnlab, dashed PyTorch",
+                      f"{curve_label} per epoch (mean over seeds); solid rnnlab, dashed PyTorch"
+                      + (", dotted Keras-JAX with its defaults" if has_keras else ""),
                       curve_label, log=curve.endswith("perplexity")),
         config_block(setups),
     ]
@@ -350,8 +540,9 @@ def plan_mnist1d(quick: bool, work: Path) -> Plan:
                          "schedule": "cosine",
                          "schedule_kwargs": {"total_steps": epochs * (13 if quick else 113)},
                          "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
-    return _single("mnist1d", {"H=128, keras init, Adam 1e-3 cosine": setup},
-                   (0,) if quick else (0, 1, 2))
+    seeds = (0,) if quick else (0, 1, 2)
+    return add_keras(_single("mnist1d", {"H=128, keras init, Adam 1e-3 cosine": setup}, seeds),
+                     seeds)
 
 
 def report_mnist1d(plan: Plan, results: Results, figdir: Path, work: Path
@@ -366,8 +557,11 @@ def report_mnist1d(plan: Plan, results: Results, figdir: Path, work: Path
                     ["Greydanus (2020)", "MLP", "68 %"]])
     r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
     m = mean(r)
+    g = plan.info["groups"]
     return blocks, [target("MNIST-1D, rnnlab, the reported weights", ">= 91 %", pct(r), m >= 0.91,
-                           f"{100 * (0.91 - m):.1f} points short")]
+                           f"{100 * (0.91 - m):.1f} points short")] + keras_target(
+        "MNIST-1D", results, _row(g, "rnnlab"), _row(g, "keras-jax defaults"), "test_accuracy",
+        higher=True, as_pct=True)
 
 
 def plan_fashion_rows(quick: bool, work: Path) -> Plan:
@@ -380,7 +574,8 @@ def plan_fashion_rows(quick: bool, work: Path) -> Plan:
                          "schedule": "cosine",
                          "schedule_kwargs": {"total_steps": epochs * steps_per_epoch},
                          "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
-    return _single("fashion-rows", {"H=256, keras init, Adam 1e-3 cosine": setup}, (0,))
+    return add_keras(_single("fashion-rows", {"H=256, keras init, Adam 1e-3 cosine": setup},
+                             (0,)), (0,))
 
 
 def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
@@ -395,8 +590,11 @@ def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
                     ["fashion-mnist benchmark", "GRU", "88.8-89.7 %"]])
     r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
     m = mean(r)
+    g = plan.info["groups"]
     return blocks, [target("Fashion-MNIST rows, vanilla RNN (rnnlab)", ">= 89.5 %", pct(r),
-                           m >= 0.895, f"{100 * (0.895 - m):.1f} points short")]
+                           m >= 0.895, f"{100 * (0.895 - m):.1f} points short")] + keras_target(
+        "Fashion-MNIST rows", results, _row(g, "rnnlab"), _row(g, "keras-jax defaults"),
+        "test_accuracy", higher=True, as_pct=True)
 
 
 def plan_pixel(quick: bool, work: Path) -> Plan:
@@ -476,8 +674,8 @@ def plan_charlm(quick: bool, work: Path) -> Plan:
                          "schedule": "cosine",
                          "schedule_kwargs": {"total_steps": epochs * math.ceil(windows / 32)},
                          "clip_norm": 5.0, "monitor": "val_loss", "restore_best": True})
-    return _single("charlm", {"H=256, keras init, Adam 2e-3 cosine": setup}, (0,),
-                   corpus=str(path), chars=max_chars)
+    return add_keras(_single("charlm", {"H=256, keras init, Adam 2e-3 cosine": setup}, (0,),
+                             corpus=str(path), chars=max_chars), (0,))
 
 
 def report_charlm(plan: Plan, results: Results, figdir: Path, work: Path
@@ -490,7 +688,7 @@ def report_charlm(plan: Plan, results: Results, figdir: Path, work: Path
     V = ds.input_size
     blocks, info = compare_report(
         plan, results, figdir, key="test_perplexity", curve="val_perplexity",
-        curve_label="validation perplexity", as_pct=False,
+        curve_label="validation perplexity", as_pct=False, higher=False,
         intro=(f"A character-level language model on Debian's `fortunes` package (every plain "
                f"file of `{FORTUNES}`, sorted by name, overstrike sequences removed, the first "
                f"{plan.info['chars']:,} characters; V = {V} characters; 90 / 5 / 5 % contiguous "
@@ -504,7 +702,10 @@ def report_charlm(plan: Plan, results: Results, figdir: Path, work: Path
     return blocks, [target("character LM (fortunes), test perplexity", "rnnlab ≈ PyTorch",
                            f"{num(r, '.3f')} vs {num(t, '.3f')}",
                            None if math.isnan(mean(r)) or math.isnan(mean(t)) else
-                           abs(mean(r) - mean(t)) <= 0.05 * mean(t))]
+                           abs(mean(r) - mean(t)) <= 0.05 * mean(t))] + keras_target(
+        "character LM, test perplexity", results, _row(plan.info["groups"], "rnnlab"),
+        _row(plan.info["groups"], "keras-jax defaults"), "test_perplexity", higher=False,
+        as_pct=False)
 
 
 # ----------------------------------------------------------------------------- seed 000
@@ -739,9 +940,12 @@ def plan_adding(quick: bool, work: Path) -> Plan:
                                           "schedule": "constant", "monitor": "val_loss",
                                           "restore_best": True})
     groups = {k: cells_for(s, seeds, ("rnnlab", "torch")) for k, s in setups.items()}
-    return Plan(_all(groups), seeds_text(seeds), str(epochs),
-                info={"groups": groups, "setups": setups, "steps": steps,
-                      "methods": list(recipes)})
+    # Keras with its own defaults (tanh, its initialisers, Adam 1e-3, no clipping) on the tanh
+    # row's data, epochs and batch size
+    keras = {T: keras_cells(setups[("tanh", T)], seeds) for T in steps}
+    return Plan(_all(groups) + [c for cs in keras.values() for c in cs], seeds_text(seeds),
+                str(epochs), info={"groups": groups, "setups": setups, "steps": steps,
+                                   "methods": list(recipes), "keras": keras})
 
 
 def report_adding(plan: Plan, results: Results, figdir: Path, work: Path
@@ -776,6 +980,38 @@ def report_adding(plan: Plan, results: Results, figdir: Path, work: Path
          "header": ["method", "T", "rnnlab", "torch", "solved (rnnlab)", "solved (torch)",
                     "epoch s rnnlab", "epoch s torch"], "rows": rows},
     ]
+    keras = plan.info.get("keras") or {}
+    if keras:
+        krows, verdicts = [], []
+        for T in steps:
+            kc, tanh, irnn = keras[T], groups[("tanh", T)]["rnnlab"], groups[("IRNN", T)]["rnnlab"]
+            k = metric(results, kc, "test_mse")
+            krows.append([str(T), (skipped(results, kc) or num(k, ".4f")) + statuses(results, kc),
+                          "yes" if mean(k) < 0.01 else "no",
+                          num(metric(results, tanh, "test_mse"), ".4f"),
+                          num(metric(results, irnn, "test_mse"), ".4f"),
+                          fit_time(results, kc), fit_time(results, tanh), fit_time(results, irnn),
+                          epoch_time(results, kc)])
+            best = min(("tanh", "IRNN"), key=lambda m: mean(metric(
+                results, groups[(m, T)]["rnnlab"], "test_mse")))
+            verdicts.append(f"T = {T}: " + keras_verdict(
+                results, groups[(best, T)]["rnnlab"], {"Keras-JAX": kc}, "test_mse",
+                higher=False, as_pct=False, what="MSE", ours_name=f"rnnlab {best}",
+                curve="val_loss"))
+            targets += keras_target(f"adding, T = {T}, MSE (rnnlab {best})", results,
+                                    groups[(best, T)]["rnnlab"], kc, "test_mse", higher=False,
+                                    as_pct=False)
+        blocks += [
+            {"kind": "text", "text": keras_intro({"tanh": plan.info["setups"][("tanh",
+                                                                             steps[0])]})},
+            {"kind": "table", "caption": "Keras-JAX with its own defaults (tanh SimpleRNN(100), "
+             "Adam(), no clipping, the last epoch) beside rnnlab's two recipes: test MSE",
+             "header": ["T", "Keras-JAX defaults", "solved (Keras)", "rnnlab tanh",
+                        "rnnlab IRNN", "fit s Keras", "fit s rnnlab tanh", "fit s rnnlab IRNN",
+                        "epoch s Keras"], "rows": krows},
+            {"kind": "text", "text": "Keras with its own defaults against rnnlab's better "
+             "recipe at each T (measured): " + " ".join(verdicts)},
+        ]
     fig = _figure()
     ax = fig.subplots()
     for i, m in enumerate(methods):
@@ -783,6 +1019,10 @@ def report_adding(plan: Plan, results: Results, figdir: Path, work: Path
             ys = [mean(metric(results, groups[(m, T)][lib], "test_mse")) for T in steps]
             ls, mk = LIB_STYLE[lib]
             ax.plot(steps, ys, ls, marker=mk, color=f"C{i}", label=f"{m} ({lib})")
+    if keras:
+        ls, mk = LIB_STYLE["keras-jax"]
+        ax.plot(steps, [mean(metric(results, keras[T], "test_mse")) for T in steps], ls,
+                marker=mk, color=f"C{len(methods)}", label="Keras-JAX defaults (tanh)")
     ax.axhline(1 / 6, color="0.5", ls=":", label="predict 1 (1/6)")
     ax.axhline(0.01, color="k", ls="-.", lw=0.8, label="solved (0.01)")
     ax.set_yscale("log")
@@ -805,8 +1045,10 @@ def plan_xor(quick: bool, work: Path) -> Plan:
                   train={"epochs": epochs, "batch_size": 32, "optimizer": "adam", "lr": 1e-2,
                          "schedule": "constant", "clip_norm": 1.0, "monitor": "val_loss",
                          "restore_best": True})
-    return _single("xor", {"H=8, keras init, Adam 1e-2": setup},
-                   (0,) if quick else (0, 1, 2, 3, 4))
+    seeds = (0,) if quick else (0, 1, 2, 3, 4)
+    # Keras' torch backend is cheap here (about 1 s an epoch): both backends
+    return add_keras(_single("xor", {"H=8, keras init, Adam 1e-2": setup}, seeds), seeds,
+                     ("keras-jax", "keras-torch"))
 
 
 def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
@@ -816,10 +1058,17 @@ def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
     g = groups[label]
     rows = []
     for lib, cs in g.items():
+        why = skipped(results, cs)
+        if why:
+            rows.append([lib, why, "", "", "", "", ""])
+            continue
         rows.append([lib] + [pct(metric(results, cs, f"test_error_{p}")) for p in
                              ("a", "b", "xor")] + [pct([1 - v for v in metric(
-                                 results, cs, "test_accuracy")])])
-    rows.append(["optimum (Elman 1990)", "50 %", "50 %", "0 %", "33.3 %"])
+                                 results, cs, "test_accuracy")]),
+                             weights_note(results, cs),
+                             fit_time(results, cs) + statuses(results, cs)])
+    rows.append(["optimum (Elman 1990)", "50 %", "50 %", "0 %", "33.3 %", "", ""])
+    keras_rows = {lib: cs for lib, cs in g.items() if lib.startswith("keras")}
     blocks: list[Block] = [
         {"kind": "text", "text": (
             "Elman's (1990) temporal XOR: a stream of triples (a, b, a XOR b), one bit a step, "
@@ -827,11 +1076,20 @@ def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
             "triple boundary; 1000 training sequences). Only every third bit is predictable: "
             "the best error is 50 %, 50 %, 0 % by position in the triple. The figure is "
             "Elman's: the error at each step of a test sequence, low at every third step.")},
-        settings_table(setups),
+        *([{"kind": "text", "text": keras_intro(setups)}] if keras_rows else []),
+        settings_table(setups, caption="Settings (rnnlab and PyTorch)" if keras_rows
+                       else "Settings"),
         {"kind": "table", "caption": f"Test error by the target's position in its triple "
          f"(mean ± std over seeds {plan.seeds})",
-         "header": ["library", "a", "b", "a XOR b", "all steps"], "rows": rows},
+         "header": ["library", "a", "b", "a XOR b", "all steps", "weights scored (epoch)",
+                    "fit s (median)"], "rows": rows},
     ]
+    if keras_rows:
+        blocks.append({"kind": "text", "text": "Keras with its own defaults against rnnlab "
+                       "(measured): " + keras_verdict(results, g["rnnlab"], keras_rows,
+                                                      "test_error_xor", higher=False,
+                                                      as_pct=True, what="error on a XOR b",
+                                                      curve="val_loss")})
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
     for i, (lib, cs) in enumerate(g.items()):
@@ -840,7 +1098,7 @@ def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
         if not per:
             continue
         y = np.mean(np.asarray(per, dtype=np.float64), axis=0)
-        ls, mk = LIB_STYLE[lib]
+        ls, mk = LIB_STYLE.get(cs[0].lib, ("-", "o"))
         ax.plot(np.arange(len(y)), y, ls, marker=mk, ms=3, color=f"C{i}", label=lib)
     ax.set_xlabel("time step t (target: bit t + 1)")
     ax.set_ylabel("test error rate")
@@ -853,7 +1111,9 @@ def report_xor(plan: Plan, results: Results, figdir: Path, work: Path
     blocks.append(config_block(setups))
     r = metric(results, g["rnnlab"], "test_error_xor")
     return blocks, [target("temporal XOR, error on a XOR b (rnnlab)", "0 % (Elman: ~0)",
-                           pct(r), mean(r) < 0.01, f"{100 * mean(r):.1f} %")]
+                           pct(r), mean(r) < 0.01, f"{100 * mean(r):.1f} %")] + keras_target(
+        "temporal XOR, error on a XOR b", results, g["rnnlab"], g.get("keras-jax defaults", []),
+        "test_error_xor", higher=False, as_pct=True)
 
 
 # ----------------------------------------------------------------------------- Reber
@@ -878,8 +1138,13 @@ def plan_reber(quick: bool, work: Path) -> Plan:
     groups = {"BPTT, H=32": cells_for(setups["BPTT, H=32"], seeds, ("rnnlab", "torch")),
               "BPTT, H=16": cells_for(setups["BPTT, H=16"], few, ("rnnlab",)),
               "RTRL, H=16": cells_for(setups["RTRL, H=16"], few, ("rnnlab",))}
-    return Plan(_all(groups), f"{seeds_text(seeds)} (H=16: {seeds_text(few)})", str(epochs),
+    plan = Plan(_all(groups), f"{seeds_text(seeds)} (H=16: {seeds_text(few)}; Keras on the "
+                f"torch backend: {seeds_text(seeds[:3])})", str(epochs),
                 info={"groups": groups, "setups": setups})
+    # Keras with its defaults beside the main row; its torch backend takes ~3 s an epoch here
+    # (JAX: 0.06 s), so it runs three seeds
+    add_keras(plan, seeds, ("keras-jax",), only=("BPTT, H=32",))
+    return add_keras(plan, seeds[:3], ("keras-torch",), only=("BPTT, H=32",))
 
 
 def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
@@ -888,6 +1153,10 @@ def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
     rows, targets = [], []
     for algo, g in groups.items():
         for lib, cs in g.items():
+            why = skipped(results, cs)
+            if why:
+                rows.append([algo, lib, why, "", "", ""])
+                continue
             s = metric(results, cs, "test_strict_accuracy")
             solved = sum(1 for v in s if v == 1.0)
             n = len(finite(s))
@@ -902,6 +1171,10 @@ def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
                                       f"{100 * frac:.0f} %"))
     from benchmarks.results_run import load_data
 
+    main_row = groups["BPTT, H=32"]
+    targets += keras_target("embedded Reber, BPTT H=32, strict accuracy", results,
+                            main_row["rnnlab"], main_row.get("keras-jax defaults", []),
+                            "test_strict_accuracy", higher=True, as_pct=True)
     ds = load_data(next(iter(setups.values())))
     rows.append(["Hochreiter & Schmidhuber (1997)", "Elman net", "0 %", "", "", ""])
     rows.append(["Hochreiter & Schmidhuber (1997)", "RTRL", "'some fraction'", "", "", ""])
@@ -919,10 +1192,22 @@ def report_reber(plan: Plan, results: Results, figdir: Path, work: Path
             "the same gradient as BPTT forward in time (rnnlab only: PyTorch has no RTRL); its "
             "cost grows as H^4, so it runs at H = 16 beside BPTT at H = 16. The recipe is "
             "`recipes-reber`'s.")},
-        settings_table(setups),
+        {"kind": "text", "text": keras_intro({"BPTT, H=32": setups["BPTT, H=32"]})
+         .replace("**Keras with its own defaults**", "**Keras with its own defaults** (beside "
+                  "BPTT, H=32, a `SimpleRNN(32)`)")},
+        settings_table(setups, caption="Settings (rnnlab and PyTorch)"),
         {"kind": "table", "caption": "Seeds that strictly solve the task (test strings)",
          "header": ["gradient", "library / source", "strictly solved", "strict accuracy",
                     "test loss", "fit s (median)"], "rows": rows},
+        {"kind": "text", "text": "Keras with its own defaults against rnnlab (measured): "
+         + keras_verdict(results, groups["BPTT, H=32"]["rnnlab"],
+                         {lib: cs for lib, cs in groups["BPTT, H=32"].items()
+                          if lib.startswith("keras")}, "test_strict_accuracy", higher=True,
+                         as_pct=True, what="strict accuracy (fraction of test strings solved)",
+                         curve="val_loss")
+         + " Seeds strictly solved: " + ", ".join(
+             f"{lib} {sum(1 for v in metric(results, cs, 'test_strict_accuracy') if v == 1.0)}"
+             f" / {len(cs)}" for lib, cs in groups["BPTT, H=32"].items()) + "."},
         curves_figure(results, {f"{a}: {lib}": cs for a, g in groups.items()
                                 for lib, cs in g.items()}, "val_loss", figdir, "val_loss",
                       "Embedded Reber: validation loss per epoch (mean over seeds)",

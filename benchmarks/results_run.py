@@ -15,12 +15,16 @@ cut into consecutive batches):
   arguments, the learning rate of rnnlab's schedule set before every step, the validation split
   scored every epoch and the weights of the best ``val_loss`` restored at the end (rnnlab's
   ``restore_best``);
-* ``keras``   Keras 3 ``SimpleRNN`` + ``Dense`` (in a child process per backend, see
-  :func:`run_keras_cells`): with ``mode="same"`` loaded with the same weights (``kernel = W_xh``,
-  ``recurrent_kernel = W_hh``, ``bias = b_h``; ``Dense`` ``W_hy``, ``b_y``) and trained by
-  ``train_on_batch`` on the same minibatches with ``Adam(epsilon=1e-8, global_clipnorm=clip)``,
-  best validation weights restored; with ``mode="defaults"`` Keras as a Keras user runs it
-  (``model.fit`` with its own initialisers, shuffling and batch size, the last epoch's weights).
+* ``keras``   Keras 3 ``SimpleRNN`` + ``Dense`` (:func:`keras_model`, in a child process per
+  backend, see :func:`run_keras_cells`) on every set-up of the suite: a label after the last
+  step or at every step (``return_sequences=True``), softmax / sigmoid / linear heads with the
+  loss of the same name, ids inputs one-hot encoded in the model, padded steps masked by
+  ``Masking(0.0)``.  With ``mode="same"`` (many-to-one classification) loaded with the same
+  weights (``kernel = W_xh``, ``recurrent_kernel = W_hh``, ``bias = b_h``; ``Dense`` ``W_hy``,
+  ``b_y``) and trained by ``train_on_batch`` on the same minibatches with ``Adam(epsilon=1e-8,
+  global_clipnorm=clip)``, best validation weights restored; with ``mode="defaults"`` Keras as
+  a Keras user runs it (``compile(optimizer="adam", loss=<by name>)``, ``model.fit`` with its
+  own initialisers and shuffling, the setup's epochs and batch size, the last epoch's weights).
 
 Test metrics of every library are computed by rnnlab's metric code on the trained weights
 (converted back for torch and Keras), so the definitions (accuracy after the last step, strict
@@ -419,34 +423,157 @@ def run_torch(setup: Setup, seed: int, *, dtype: Any = np.float32,
 # ----------------------------------------------------------------------------- Keras
 
 
-def _keras_model(spec: Any, T: int, softmax: bool) -> tuple[Any, Any, Any]:
+KERAS_LOSSES = {"softmax_ce": ("sparse_categorical_crossentropy", "softmax"),
+                "sigmoid_bce": ("binary_crossentropy", "sigmoid"),
+                "identity_mse": ("mse", None)}
+"""rnnlab loss -> (the loss a Keras user names, the activation of the ``Dense`` head)."""
+
+
+def keras_supports(spec: Any) -> str | None:
+    """None if :func:`keras_model` builds ``spec``'s network, else why not."""
+    if spec.num_layers != 1 or spec.bidirectional:
+        return "the Keras rows compare one-layer, one-direction networks"
+    if spec.loss not in KERAS_LOSSES:
+        return f"no Keras loss for {spec.loss!r}"
+    if spec.setup == "many_to_one" and spec.label_steps != "last":
+        return "many-to-one with a label at every step is not a Keras row"
+    if spec.setup not in ("many_to_one", "many_to_many"):
+        return f"set-up {spec.setup!r} is not a Keras row"
+    return None
+
+
+def keras_model(spec: Any, T: int, *, logits: bool, masked: bool = False
+                ) -> tuple[Any, Any, Any]:
+    """``SimpleRNN`` + ``Dense`` for ``spec``, as a Keras user writes it: ``(model, rnn, head)``.
+
+    Many-to-many networks return the sequence (``return_sequences=True``) and the ``Dense`` head
+    acts on every step; ids inputs (``input_kind="index"``) are one-hot encoded in the model (the
+    one-hot row times ``kernel`` is rnnlab's row ``x_t`` of ``W_xh``); ``masked`` puts a
+    ``Masking(0.0)`` layer first (padded steps are all-zero inputs: :func:`keras_inputs`), which
+    Keras carries to the loss and the metrics.  The head is the task's activation
+    (:data:`KERAS_LOSSES`) or, with ``logits``, linear.  The weights map one to one: ``kernel =
+    W_xh``, ``recurrent_kernel = W_hh``, ``bias = b_h``; ``Dense`` ``W_hy``, ``b_y``.
+    """
     import keras
 
-    rnn = keras.layers.SimpleRNN(spec.hidden_size, activation=spec.nonlinearity)
-    head = keras.layers.Dense(spec.output_size, activation="softmax" if softmax else None)
-    model = keras.Sequential([keras.Input((T, spec.input_size)), rnn, head])
+    why = keras_supports(spec)
+    if why:
+        raise ValueError(why)
+    layers: list[Any] = []
+    if spec.input_kind == "index":
+        if masked:
+            raise ValueError("masked ids inputs are not a Keras row")
+        depth = spec.input_size
+
+        class OneHot(keras.layers.Layer):
+            def call(self, x: Any) -> Any:
+                return keras.ops.one_hot(keras.ops.cast(x, "int32"), depth)
+
+        layers += [keras.Input((T,), dtype="int32"), OneHot()]
+    else:
+        layers.append(keras.Input((T, spec.input_size)))
+        if masked:
+            layers.append(keras.layers.Masking(0.0))
+    rnn = keras.layers.SimpleRNN(spec.hidden_size, activation=spec.nonlinearity,
+                                 return_sequences=spec.setup == "many_to_many")
+    head = keras.layers.Dense(spec.output_size,
+                              activation=None if logits else KERAS_LOSSES[spec.loss][1])
+    model = keras.Sequential([*layers, rnn, head])
     return model, rnn, head
 
 
+def keras_inputs(spec: Any, X: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The array a Keras model of :func:`keras_model` reads: ids as int32, dense inputs as
+    float32 with the padded steps (``mask`` False) zeroed for ``Masking(0.0)``."""
+    if spec.input_kind == "index":
+        return np.ascontiguousarray(X, dtype=np.int32)
+    X = np.asarray(X, dtype=np.float32)
+    if mask is not None:
+        X = X * np.asarray(mask, dtype=np.float32)[..., None]
+    return np.ascontiguousarray(X)
+
+
+def keras_load(rnn: Any, head: Any, params: Mapping[str, np.ndarray]) -> None:
+    """rnnlab's parameters into the Keras layers (the same layout, eq. 5)."""
+    rnn.set_weights([params["l0.W_xh"], params["l0.W_hh"], params["l0.b_h"]])
+    head.set_weights([params["W_hy"], params["b_y"]])
+
+
+def keras_params(rnn: Any, head: Any) -> dict[str, np.ndarray]:
+    """The Keras layers' weights as rnnlab parameters (float32)."""
+    W_xh, W_hh, b_h = (np.asarray(w, np.float32) for w in rnn.get_weights())
+    W_hy, b_y = (np.asarray(w, np.float32) for w in head.get_weights())
+    return {"l0.W_xh": W_xh, "l0.W_hh": W_hh, "l0.b_h": b_h, "W_hy": W_hy, "b_y": b_y}
+
+
+def peer_metrics(spec: Any, out: np.ndarray, y: np.ndarray, mask: np.ndarray | None, *,
+                 logits: bool) -> dict[str, float]:
+    """Loss (and accuracy, perplexity) of a peer's own predictions ``out`` on one split, in
+    NumPy: ``(N, O)`` after the last step or ``(N, T, O)`` at every step (only the steps of
+    ``mask`` count), probabilities or, with ``logits``, scores before the head's activation.
+    The cross-check beside rnnlab's scoring of the same weights."""
+    z = np.asarray(out, dtype=np.float64)
+    y = np.asarray(y)
+    keep = None
+    if z.ndim == 3 and mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+    if spec.loss == "softmax_ce":
+        if logits:
+            logp = z - z.max(-1, keepdims=True)
+            logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        else:
+            logp = np.log(np.clip(z, 1e-300, None))
+        nll = -np.take_along_axis(logp, y[..., None].astype(np.int64), -1)[..., 0]
+        right = (z.argmax(-1) == y).astype(np.float64)
+        if keep is not None:
+            nll, right = nll[keep], right[keep]
+        res = {"loss": float(nll.mean()), "accuracy": float(right.mean())}
+        if z.ndim == 3:
+            res["perplexity"] = math.exp(res["loss"])
+        return res
+    if spec.loss == "sigmoid_bce":
+        p = 1.0 / (1.0 + np.exp(-z)) if logits else z
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        bce = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+        if keep is not None:
+            bce = bce[keep]
+        return {"bce": float(bce.mean())}
+    err = (z - y) ** 2
+    if keep is not None:
+        err = err[keep]
+    return {"mse": float(err.mean())}
+
+
 def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
-    """One Keras cell in this process (its backend is fixed at import: KERAS_BACKEND)."""
+    """One Keras cell in this process (its backend is fixed at import: KERAS_BACKEND).
+
+    ``mode="defaults"``: what a Keras user writes with no tuning: ``SimpleRNN(H)`` (+ ``Dense``
+    with the task's activation), ``compile(optimizer="adam", loss=<the task's loss by name>)``,
+    ``model.fit`` with the setup's epochs and batch size (Keras shuffles), no early stopping,
+    the last epoch's weights.  ``mode="same"``: rnnlab's initial weights, minibatches, Adam
+    settings and best-epoch restore (many-to-one classification only).  Either way the trained
+    weights are scored by rnnlab's code (:func:`score`) and Keras' own predictions on the test
+    split are kept beside them (``test_own``, :func:`peer_metrics`).
+    """
     import keras
 
     ds = load_data(setup)
     spec = model_spec(setup, ds)
-    if spec.setup != "many_to_one" or spec.loss != "softmax_ce" or spec.label_steps != "last" \
-            or spec.input_kind != "dense":
-        raise ValueError("the Keras rows are sequence classification with the label at the end")
     cfg = train_config(setup, seed)
     T = ds.train.X.shape[1]
+    masked = any(s.mask is not None for s in (ds.train, ds.val, ds.test))
+    X = {name: keras_inputs(spec, getattr(ds, name).X, getattr(ds, name).mask)
+         for name in ("train", "val", "test")}
     keras.utils.set_random_seed(seed)
     res: dict[str, Any] = {"status": "completed", "epochs": [],
                            "backend": keras.backend.backend(), "keras": keras.__version__}
     times: list[float] = []
     if mode == "defaults":
-        model, rnn, head = _keras_model(spec, T, softmax=True)
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model, rnn, head = keras_model(spec, T, logits=False, masked=masked)
+        classify = spec.loss == "softmax_ce"
+        model.compile(optimizer="adam", loss=KERAS_LOSSES[spec.loss][0],
+                      metrics=["accuracy"] if classify else None)
+        per_step = spec.setup == "many_to_many"
 
         class Clock(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -455,24 +582,34 @@ def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 times[-1] = time.perf_counter() - times[-1]
                 logs = logs or {}
-                res["epochs"].append({"epoch": epoch + 1, "train_loss": logs.get("loss"),
-                                      "val_loss": logs.get("val_loss"),
-                                      "val_accuracy": logs.get("val_accuracy"),
-                                      "time": times[-1]})
+                rec = {"epoch": epoch + 1, "train_loss": logs.get("loss"),
+                       "val_loss": logs.get("val_loss"), "time": times[-1]}
+                if classify:
+                    rec["train_accuracy"] = logs.get("accuracy")
+                    rec["val_accuracy"] = logs.get("val_accuracy")
+                    if per_step and rec["val_loss"] is not None:
+                        rec["val_perplexity"] = math.exp(rec["val_loss"])
+                res["epochs"].append(rec)
 
+        val = (X["val"], ds.val.y) if len(ds.val.X) else None
         t0 = time.perf_counter()
-        model.fit(ds.train.X, ds.train.y, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                  validation_data=(ds.val.X, ds.val.y), callbacks=[Clock()], verbose=0)
+        hist = model.fit(X["train"], ds.train.y, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                         validation_data=val, callbacks=[Clock()], verbose=0)
         res["weights"], res["weights_epoch"] = "last", cfg.epochs
+        last = hist.history.get("loss") or [None]
+        if last[-1] is None or not math.isfinite(float(last[-1])):
+            res["status"] = "diverged"
     elif mode == "same":
         from rnnlab.train.metrics import EarlyStopping
 
+        if spec.setup != "many_to_one" or spec.loss != "softmax_ce" or masked:
+            raise ValueError("the identical-config Keras rows are sequence classification with "
+                             "the label at the end")
         if cfg.optimizer != "adam" or cfg.schedule != "constant":
             raise ValueError("the identical-config Keras rows use Adam at a constant rate")
         params = initial_params(setup, spec, seed)
-        model, rnn, head = _keras_model(spec, T, softmax=False)
-        rnn.set_weights([params["l0.W_xh"], params["l0.W_hh"], params["l0.b_h"]])
-        head.set_weights([params["W_hy"], params["b_y"]])
+        model, rnn, head = keras_model(spec, T, logits=True)
+        keras_load(rnn, head, params)
         betas = cfg.optimizer_kwargs.get("betas", (0.9, 0.999))
         model.compile(optimizer=keras.optimizers.Adam(
             learning_rate=cfg.lr, beta_1=betas[0], beta_2=betas[1],
@@ -484,13 +621,12 @@ def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         for e in range(cfg.epochs):
             te = time.perf_counter()
-            losses = [float(model.train_on_batch(ds.train.X[idx], ds.train.y[idx]))
-                      for idx in batch_plan(len(ds.train.X), cfg.batch_size, rng, cfg.shuffle)]
-            z = np.asarray(model.predict(ds.val.X, batch_size=256, verbose=0), np.float64)
-            lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
-            val_loss = float(np.mean(lse - z[np.arange(len(z)), ds.val.y]))
-            rec = {"epoch": e + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                   "val_accuracy": float(np.mean(z.argmax(1) == ds.val.y)),
+            losses = [float(model.train_on_batch(X["train"][idx], ds.train.y[idx]))
+                      for idx in batch_plan(len(X["train"]), cfg.batch_size, rng, cfg.shuffle)]
+            z = np.asarray(model.predict(X["val"], batch_size=256, verbose=0), np.float64)
+            own = peer_metrics(spec, z, ds.val.y, None, logits=True)
+            rec = {"epoch": e + 1, "train_loss": float(np.mean(losses)),
+                   "val_loss": own["loss"], "val_accuracy": own["accuracy"],
                    "time": time.perf_counter() - te}
             times.append(rec["time"])
             res["epochs"].append(rec)
@@ -505,12 +641,13 @@ def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown Keras mode {mode!r}")
     res["fit_s"] = time.perf_counter() - t0
-    W_xh, W_hh, b_h = (np.asarray(w, np.float32) for w in rnn.get_weights())
-    W_hy, b_y = (np.asarray(w, np.float32) for w in head.get_weights())
-    params = {"l0.W_xh": W_xh, "l0.W_hh": W_hh, "l0.b_h": b_h, "W_hy": W_hy, "b_y": b_y}
-    res["test"] = score(params, spec, ds)      # softmax is monotone: the same accuracy
-    z = np.asarray(model.predict(ds.test.X, batch_size=256, verbose=0))
-    res["test_own"] = {"test_accuracy": float(np.mean(z.argmax(1) == ds.test.y))}
+    params = keras_params(rnn, head)
+    # rnnlab's scorer on the Keras weights: the head's activation is monotone, so accuracy,
+    # strict Reber success and XOR errors are those of Keras' own outputs
+    res["test"] = score(params, spec, ds)
+    z = np.asarray(model.predict(X["test"], batch_size=256, verbose=0))
+    res["test_own"] = {f"test_{k}": v for k, v in peer_metrics(
+        spec, z, ds.test.y, ds.test.mask, logits=mode == "same").items()}
     return res
 
 

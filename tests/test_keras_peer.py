@@ -77,3 +77,106 @@ def test_one_step_from_the_same_weights_lands_on_the_same_weights(opt: str) -> N
     atol = 1e-5 if opt == "sgd" else 2e-3 * lr
     for a, b in zip(mine, theirs, strict=True):
         np.testing.assert_allclose(np.asarray(b), a, rtol=1e-4, atol=atol)
+
+
+# ----------------------------------------------------------------------------- the results
+# harness's Keras rows (benchmarks.results_run.keras_model): every set-up of the suite
+
+rr = pytest.importorskip("benchmarks.results_run")
+
+SUITE_SETUPS = {
+    # name: (RNNSpec fields, masked)
+    "many-to-one softmax (MNIST-1D, Fashion rows)": (dict(setup="many_to_one"), False),
+    "many-to-one MSE (adding)": (dict(setup="many_to_one", loss="identity_mse",
+                                      output_size=1, nonlinearity="relu"), False),
+    "many-to-many softmax (XOR)": (dict(setup="many_to_many"), False),
+    "many-to-many softmax, padded (Reber)": (dict(setup="many_to_many"), True),
+    "many-to-many softmax, ids (character model)": (dict(setup="many_to_many",
+                                                         input_kind="index"), False),
+    "many-to-many sigmoid BCE": (dict(setup="many_to_many", loss="sigmoid_bce"), False),
+}
+
+
+def _suite_problem(name: str, seed: int = 0):
+    fields, masked = SUITE_SETUPS[name]
+    fields = {"input_size": D, "hidden_size": H, "output_size": C, **fields}
+    spec = RNNSpec(**fields)
+    rng = np.random.default_rng(seed)
+    params = init_params(spec, rng, scheme="pytorch")     # non-zero biases: a generic point
+    if spec.input_kind == "index":
+        X = rng.integers(0, D, (B, T))
+    else:
+        X = rng.standard_normal((B, T, D)).astype(np.float32)
+    mask = None
+    if masked:                                  # prefix masks of lengths T, T-1, ..., like Reber
+        lengths = np.array([T, T - 1, 3, T - 2, 1])
+        mask = np.arange(T)[None, :] < lengths[:, None]
+        X = np.where(mask[..., None], X, 1.0).astype(np.float32)   # padding that is not zero
+    per_step = spec.setup == "many_to_many"
+    if spec.loss == "softmax_ce":
+        y = rng.integers(0, C, (B, T) if per_step else B)
+    elif spec.loss == "sigmoid_bce":
+        y = rng.integers(0, 2, (B, T, C)).astype(np.float32)
+    else:
+        y = rng.random((B, 1)).astype(np.float32)
+    return spec, params, X, y, mask
+
+
+@pytest.mark.parametrize("name", list(SUITE_SETUPS))
+def test_suite_keras_model_with_rnnlab_weights_gives_the_same_outputs(name: str) -> None:
+    """The Keras model the results harness trains, loaded with rnnlab's weights, gives rnnlab's
+    logits (and, with the task's head, its probabilities) on every step that counts; its
+    weights come back unchanged."""
+    spec, params, X, y, mask = _suite_problem(name)
+    out, _ = net.forward(params, X, spec, mask=mask)
+    keep = np.ones((B, T), bool) if mask is None else mask
+    for logits in (True, False):
+        model, rnn, head = rr.keras_model(spec, T, logits=logits, masked=mask is not None)
+        rr.keras_load(rnn, head, params)
+        z = np.asarray(model.predict(rr.keras_inputs(spec, X, mask), verbose=0), np.float64)
+        want = out.logits if logits else out.y
+        assert z.shape == want.shape
+        if z.ndim == 3:
+            z, want = z[keep], want[keep]
+        np.testing.assert_allclose(z, want, rtol=2e-5, atol=2e-6)
+        back = rr.keras_params(rnn, head)
+        for k, v in params.items():
+            np.testing.assert_array_equal(back[k], v.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", list(SUITE_SETUPS))
+def test_suite_keras_loss_and_cross_check_match_rnnlab(name: str) -> None:
+    """Keras' compiled loss (the one its ``fit`` minimises, padded steps masked) and the
+    harness's NumPy cross-check of Keras' predictions equal rnnlab's loss and accuracy for the
+    same weights."""
+    from rnnlab.train.metrics import evaluate
+
+    spec, params, X, y, mask = _suite_problem(name, seed=4)
+    ref = evaluate(params, spec, X, y, mask)
+    model, rnn, head = rr.keras_model(spec, T, logits=False, masked=mask is not None)
+    rr.keras_load(rnn, head, params)
+    model.compile(loss=rr.KERAS_LOSSES[spec.loss][0])
+    Xk = rr.keras_inputs(spec, X, mask)
+    k_loss = float(model.evaluate(Xk, y, batch_size=B, verbose=0))
+    own = rr.peer_metrics(spec, model.predict(Xk, verbose=0), y, mask, logits=False)
+    if spec.loss == "softmax_ce":
+        assert k_loss == pytest.approx(ref["loss"], rel=1e-5)
+        assert own["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        assert own["accuracy"] == pytest.approx(ref["accuracy"])
+    elif spec.loss == "identity_mse":
+        assert k_loss == pytest.approx(own["mse"], rel=1e-5)
+        z, _ = net.forward(params, X, spec)
+        assert own["mse"] == pytest.approx(float(np.mean((z.y - y) ** 2)), rel=1e-5)
+    else:       # Keras clips probabilities at 1e-7; rnnlab's BCE is exact: close, not equal
+        assert k_loss == pytest.approx(own["bce"], rel=1e-4)
+        z, _ = net.forward(params, X, spec)
+        p = np.asarray(z.y, np.float64)
+        want = float(np.mean(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
+        assert own["bce"] == pytest.approx(want, rel=1e-5)
+
+
+def test_suite_keras_refuses_what_it_cannot_build() -> None:
+    with pytest.raises(ValueError, match="label at every step"):
+        rr.keras_model(RNNSpec(D, H, C, label_steps="all"), T, logits=True)
+    with pytest.raises(ValueError, match="one-layer"):
+        rr.keras_model(RNNSpec(D, H, C, num_layers=2), T, logits=True)
