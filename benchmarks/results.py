@@ -144,18 +144,25 @@ class Workers:
 
 
 def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: int, fresh: bool,
-              echo: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], int]:
-    """Every cell's result by ``cell.key()`` (from the work directory, or trained now) and the
+              echo: Callable[[str], None], reuse: Sequence[Path] = ()
+              ) -> tuple[dict[str, dict[str, Any]], int]:
+    """Every cell's result by ``cell.key()`` (from the work directory, or from one of the
+    ``reuse`` directories, other experiments' that are only read, or trained now) and the
     number trained now."""
     out: dict[str, dict[str, Any]] = {}
     todo: list[Cell] = []
     for c in dict.fromkeys(cells):
-        p = _cache_path(work, c)
-        if not fresh and p.exists():
-            res = json.loads(p.read_text())
-            if res.get("status") != "failed":
-                out[c.key()] = res
-                continue
+        found = None
+        for d in (work, *reuse):
+            p = _cache_path(d, c)
+            if not fresh and p.exists():
+                res = json.loads(p.read_text())
+                if res.get("status") != "failed":
+                    found = res
+                    break
+        if found is not None:
+            out[c.key()] = found
+            continue
         todo.append(c)
     if not todo:
         return out, 0
@@ -372,7 +379,8 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
             results: dict[str, dict[str, Any]] = {}
         else:
             results, trained = run_cells(plan.cells, work=work / exp.name, workers=workers,
-                                         threads=args.threads, fresh=args.fresh, echo=echo)
+                                         threads=args.threads, fresh=args.fresh, echo=echo,
+                                         reuse=plan.reuse)
         figdir.mkdir(parents=True, exist_ok=True)
         # the published files move aside while the report is made, and come back if it fails
         keep = figdir.parent / f".{exp.name}.previous"

@@ -41,6 +41,8 @@ class Plan:
     epochs: str
     skipped: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # other experiments' work directories whose finished cells this plan reuses (read only)
+    reuse: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -1340,6 +1342,111 @@ def _exp(name: str, title: str, plan: Callable[[bool, Path], Plan],
     return Experiment(name, title, plan, report)
 
 
+# ----------------------------------------------------------------------------- defaults vs Keras
+
+# the suite's experiments whose Keras-JAX defaults rows the comparison reuses, and their metric
+SUITE_METRICS: dict[str, tuple[str, bool]] = {
+    "mnist1d": ("test_accuracy", True), "fashion-rows": ("test_accuracy", True),
+    "adding": ("test_mse", False), "xor": ("test_error_xor", False),
+    "reber": ("test_strict_accuracy", True), "charlm": ("test_perplexity", False),
+}
+
+
+def _keras_rows(name: str, plan: Plan) -> dict[str, list[Cell]]:
+    """An experiment's Keras-JAX defaults cells, by row label."""
+    out: dict[str, list[Cell]] = {}
+    for label, g in plan.info.get("groups", {}).items():
+        cs = g.get(KERAS_ROW.format(lib="keras-jax"))
+        if cs:
+            out[label] = cs
+    for T, cs in plan.info.get("keras", {}).items():          # the adding problem, per T
+        out[f"T={T}"] = cs
+    # the row's name: the experiment's, with the Keras row's own label where it has several
+    return {name if len(out) == 1 else f"{name}, {label}": cs for label, cs in out.items()}
+
+
+def plan_defaults_keras(quick: bool, work: Path) -> Plan:
+    """Issue 19: rnnlab with its defaults against Keras with its defaults on the results suite,
+    each library's own initialiser, optimizer settings and weights kept (rnnlab: the best
+    validation epoch's; Keras: the last), the same data, hidden size, epochs and batch size.
+    The Keras cells are those of the experiments' own Keras rows (the same configuration, so the
+    finished ones are reused)."""
+    _, init, defaults = library_defaults()
+    rows: dict[str, dict[str, list[Cell]]] = {}
+    metrics: dict[str, tuple[str, bool]] = {}
+    for name in SUITE_METRICS:
+        # the experiment's own work directory: its data files (the corpus) and finished cells
+        sub = EXPERIMENTS[name].plan(quick, work.parent / name)
+        if sub.skipped:
+            continue
+        for label, kcells in _keras_rows(name, sub).items():
+            ks = kcells[0].setup
+            ours = ks.replace(init=init, nonlinearity="tanh",
+                              train={**defaults, "epochs": ks.train["epochs"],
+                                     "batch_size": ks.train["batch_size"]})
+            rows[label] = {"rnnlab defaults": [Cell(ours, c.seed, "rnnlab") for c in kcells],
+                           "keras-jax defaults": list(kcells)}
+            metrics[label] = SUITE_METRICS[name]
+    cells = [c for g in rows.values() for cs in g.values() for c in cs]
+    return Plan(cells, "as each experiment's Keras row", "as each experiment",
+                info={"rows": rows, "metrics": metrics},
+                reuse=[work.parent / name for name in SUITE_METRICS])
+
+
+def report_defaults_keras(plan: Plan, results: Results, figdir: Path, work: Path
+                          ) -> tuple[list[Block], list[dict[str, str]]]:
+    rows, metrics = plan.info["rows"], plan.info["metrics"]
+    table, targets = [], []
+    for label, g in rows.items():
+        key, higher = metrics[label]
+        ours_c, keras_c = g["rnnlab defaults"], g["keras-jax defaults"]
+        s = ours_c[0].setup
+        what = key.removeprefix("test_").replace("_", " ")
+        as_pct = key in ("test_accuracy", "test_strict_accuracy", "test_error_xor")
+        fmt = (lambda v: pct(v)) if as_pct else (lambda v: num(v, ".4f"))
+        why = skipped(results, keras_c)
+        o, k = metric(results, ours_c, key), metric(results, keras_c, key)
+        if why:
+            table.append([label, what, fmt(o), why, "", ""])
+            continue
+        mo, mk = mean(o), mean(k)
+        better = (mo >= mk) if higher else (mo <= mk)
+        gap = (100 * abs(mo - mk)) if as_pct else abs(mo - mk)
+        unit = " points" if as_pct else ""
+        table.append([label, what, fmt(o) + statuses(results, ours_c),
+                      fmt(k) + statuses(results, keras_c),
+                      f"H={s.hidden}, {s.train['epochs']} epochs, batch {s.train['batch_size']}, "
+                      f"seeds {seeds_text(sorted({c.seed for c in ours_c}))}",
+                      "rnnlab" if better else "Keras"])
+        targets.append(target(f"defaults vs Keras defaults, {label}",
+                              "rnnlab's defaults at least as good as Keras's",
+                              f"{fmt(o)} against {fmt(k)}", better,
+                              f"Keras better by {gap:.4g}{unit}"))
+    blocks: list[Block] = [
+        {"kind": "text", "text": (
+            "Issue 19's question on the whole suite: each library with its own defaults except "
+            "the hidden size, the epochs and the batch size, which are the experiment's. rnnlab: "
+            "`TrainConfig()` and `RNN`'s initialiser (Keras's scheme: Glorot-uniform input and "
+            "output weights, orthogonal recurrent weights, zero biases), Adam 1e-3, no "
+            "clipping, a constant rate, the best validation epoch's weights restored (the "
+            "default). Keras: `SimpleRNN(H)` + `Dense`, `optimizer=\"adam\"` (1e-3), the loss "
+            "by name, `model.fit` on the training split, the last epoch's weights; its cells "
+            "are the Keras rows of the experiments above. Both scored by rnnlab's metric code "
+            "on the test split.")},
+        {"kind": "table", "caption": "Test score, mean ± std over seeds (the better one last)",
+         "header": ["row", "metric", "rnnlab defaults", "Keras-JAX defaults", "budget",
+                    "better"], "rows": table},
+    ]
+    wins = sum(1 for t in targets if t["verdict"] == "met")
+    blocks.append({"kind": "text", "text": (
+        f"rnnlab's defaults are at least as good as Keras's on {wins} of {len(targets)} rows."
+        + ("" if wins == len(targets) else " Where Keras is better, the row says by how much "
+           "in the targets table at the top of the page."))})
+    setups = {label: g["rnnlab defaults"][0].setup for label, g in rows.items()}
+    blocks.append(config_block(setups))
+    return blocks, targets
+
+
 EXPERIMENTS: dict[str, Experiment] = {
     "digits": _exp("digits", "Digits with the default settings", plan_digits, report_digits),
     "mnist1d": _exp("mnist1d", "MNIST-1D", plan_mnist1d, report_mnist1d),
@@ -1349,6 +1456,8 @@ EXPERIMENTS: dict[str, Experiment] = {
     "xor": _exp("xor", "Temporal XOR", plan_xor, report_xor),
     "reber": _exp("reber", "Embedded Reber grammar", plan_reber, report_reber),
     "keras": _exp("keras", "Keras as a peer", plan_keras, report_keras),
+    "defaults-keras": _exp("defaults-keras", "rnnlab's defaults against Keras's on the suite",
+                           plan_defaults_keras, report_defaults_keras),
     "charlm": _exp("charlm", "Character language model (fortunes)", plan_charlm, report_charlm),
     "seed000-digits": _exp("seed000-digits", "Seed 000 on digits: accuracy against T",
                            lambda q, w: plan_seed000("digits", q, w), report_seed000),

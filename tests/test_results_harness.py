@@ -153,3 +153,32 @@ def test_quick_run_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture
     page2 = (out / "results.md").read_text()
     assert "## Embedded Reber grammar" in page2 and "## Temporal XOR" in page2
     assert "rnnlab " not in capsys.readouterr().out        # no cell was trained again
+
+
+def test_cells_are_reused_from_other_experiments_read_only(tmp_path: Path) -> None:
+    """A plan's ``reuse`` directories (other experiments' work) provide finished cells: nothing
+    is trained and nothing is written there; a failed cell there does not count."""
+    a, b = Cell(Setup("digits", 8, train={"lr": 1e-3}), 0, "rnnlab"), \
+        Cell(Setup("digits", 8, train={"lr": 2e-3}), 0, "rnnlab")
+    other, work = tmp_path / "other", tmp_path / "mine"
+    (other / "cells").mkdir(parents=True)
+    done = {"status": "completed", "test": {"test_accuracy": 0.5}}
+    results._cache_path(other, a).write_text(json.dumps(done))
+    results._cache_path(other, b).write_text(json.dumps({"status": "failed"}))
+    before = sorted(p.name for p in (other / "cells").iterdir())
+
+    class NoWorkers:
+        jobs = 2
+
+        def pool(self):  # pragma: no cover - would mean a cell was trained
+            raise AssertionError("a reused cell was trained again")
+
+    out, trained = results.run_cells([a], work=work, workers=NoWorkers(), threads=1,
+                                     fresh=False, echo=print, reuse=[other])
+    assert trained == 0 and out[a.key()] == done
+    assert sorted(p.name for p in (other / "cells").iterdir()) == before
+    assert not work.exists()
+    # the failed one is not reused: it would be trained (here: the pool is asked for)
+    with pytest.raises(AssertionError, match="trained again"):
+        results.run_cells([b], work=work, workers=NoWorkers(), threads=1, fresh=False,
+                          echo=print, reuse=[other])
