@@ -283,3 +283,49 @@ def test_forward_loss_is_the_loss_and_its_logit_gradient(setup: int) -> None:
         wl, _ = ws.value_and_grad(params, X, Y, h0=h0, mask=mask, steps=steps)
         assert wl == pytest.approx(loss, rel=1e-12 if dtype == np.float64 else 1e-6)
         assert ws.flat_grad is not None
+
+
+def _layouts(p):
+    """The same parameters as Fortran-ordered arrays, transposed views and strided views."""
+    return {
+        "fortran": {k: np.asfortranarray(v) for k, v in p.items()},
+        "transposed view": {k: np.ascontiguousarray(v.T).T if v.ndim == 2 else v
+                            for k, v in p.items()},
+        "strided view": {k: np.repeat(v, 2, axis=-1)[..., ::2] if v.ndim == 2 else v
+                         for k, v in p.items()},
+    }
+
+
+@pytest.mark.parametrize("spec", [
+    RNNSpec(5, 8, 3),
+    RNNSpec(5, 8, 3, num_layers=2, bidirectional=True),
+    RNNSpec(7, 8, 7, setup="many_to_many", input_kind="index"),
+    RNNSpec(5, 8, 2, setup="one_to_many", loss="identity_mse"),
+], ids=["dense", "stacked-bidirectional", "index", "one-to-many"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_any_parameter_layout(spec, dtype):
+    """Parameters need not be C-contiguous (weights loaded from PyTorch or Keras are often
+    transposed views or Fortran-ordered): the workspace gives the reference's loss, gradients
+    and logits for every layout (a float32 first layer on the joint buffer once refused them)."""
+    rng = np.random.default_rng(0)
+    p = init_params(spec, rng, dtype=dtype, scheme="pytorch")
+    if spec.input_kind == "index":
+        X, Y = rng.integers(0, 7, (6, 9)), rng.integers(0, 7, (6, 9))
+    elif spec.setup == "one_to_many":
+        X = rng.standard_normal((6, 5)).astype(dtype)
+        Y = rng.standard_normal((6, 9, 2)).astype(dtype)
+    else:
+        X, Y = rng.standard_normal((6, 9, 5)).astype(dtype), rng.integers(0, 3, 6)
+    steps = 9 if spec.setup == "one_to_many" else None
+    loss0, g0 = net.value_and_grad(p, X, Y, spec, steps=steps)[:2]
+    z0 = net.forward(p, X, spec, steps=steps)[0].logits
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    for name, q in _layouts(p).items():
+        ws = Workspace(spec)
+        loss, g = ws.value_and_grad(q, X, Y, steps=steps)
+        assert loss == pytest.approx(loss0, rel=tol), name
+        for k in p:
+            scale = np.abs(g0.params[k]).max() + 1e-30
+            assert np.abs(g[k] - g0.params[k]).max() / scale < tol, (name, k)
+        z = ws.forward(q, X, steps=steps)
+        np.testing.assert_allclose(z, z0, rtol=tol, atol=tol, err_msg=name)

@@ -137,7 +137,8 @@ def _first_layer_joint(W_hh: Array, W_xh: Array, b_h: Array, act: Activation, h0
     # each step's product [H_{t-1} | x_t | 1] [W_hh; W_xh; b_h] is Z_t, eq. (39); the compiled
     # loop first copies its rows of x_in (T, B, D) into the joint rows
     W = np.ascontiguousarray(W_hh)
-    Wj = np.concatenate([W_hh, W_xh, b_h[None]])                         # (H + D + 1, H)
+    # C-contiguous whatever the parameters' layout (a transposed view, a Fortran-ordered copy)
+    Wj = np.ascontiguousarray(np.concatenate([W_hh, W_xh, b_h[None]]))  # (H + D + 1, H)
     hb[0] = h0
 
     def job(lo: int, hi: int, flush: bool) -> NDArray[np.int64]:
