@@ -1352,6 +1352,10 @@ SUITE_METRICS: dict[str, tuple[str, bool]] = {
 }
 
 
+# rows where the experiment has one seed and the two libraries' defaults land close: 3 seeds
+MORE_SEEDS: dict[str, tuple[int, ...]] = {"adding, T=50": (0, 1, 2), "charlm": (0, 1, 2)}
+
+
 def _keras_rows(name: str, plan: Plan) -> dict[str, list[Cell]]:
     """An experiment's Keras-JAX defaults cells, by row label."""
     out: dict[str, list[Cell]] = {}
@@ -1381,6 +1385,9 @@ def plan_defaults_keras(quick: bool, work: Path) -> Plan:
             continue
         for label, kcells in _keras_rows(name, sub).items():
             ks = kcells[0].setup
+            # rows decided by one seed in the experiment get two more (both libraries)
+            more = [sd for sd in MORE_SEEDS.get(label, ()) if sd not in {c.seed for c in kcells}]
+            kcells = list(kcells) + [Cell(ks, sd, "keras-jax", "defaults") for sd in more]
             ours = ks.replace(init=init, nonlinearity="tanh",
                               train={**defaults, "epochs": ks.train["epochs"],
                                      "batch_size": ks.train["batch_size"]})
@@ -1397,6 +1404,7 @@ def report_defaults_keras(plan: Plan, results: Results, figdir: Path, work: Path
                           ) -> tuple[list[Block], list[dict[str, str]]]:
     rows, metrics = plan.info["rows"], plan.info["metrics"]
     table, targets = [], []
+    notes: list[str] = []
     for label, g in rows.items():
         key, higher = metrics[label]
         ours_c, keras_c = g["rnnlab defaults"], g["keras-jax defaults"]
@@ -1413,6 +1421,18 @@ def report_defaults_keras(plan: Plan, results: Results, figdir: Path, work: Path
         better = (mo >= mk) if higher else (mo <= mk)
         gap = (100 * abs(mo - mk)) if as_pct else abs(mo - mk)
         unit = " points" if as_pct else ""
+        if not better:
+            spread = max(statistics.pstdev(finite(v)) if len(finite(v)) > 1 else 0.0
+                         for v in (o, k))
+            if key == "test_mse" and min(mo, mk) >= 0.01:
+                notes.append(f"{label}: on average neither library solves it in this budget "
+                             "(solved: MSE < 0.01; the baseline of always predicting 1 is 0.167)")
+            elif spread and abs(mo - mk) <= 2 * spread:
+                notes.append(f"{label}: Keras better by {gap:.4g}{unit}, within twice the seeds' "
+                             f"spread ({(100 if as_pct else 1) * spread:.4g})")
+            else:
+                notes.append(f"{label}: Keras better by {gap:.4g}{unit}"
+                             + (" (one seed)" if len(finite(o)) < 2 else ""))
         table.append([label, what, fmt(o) + statuses(results, ours_c),
                       fmt(k) + statuses(results, keras_c),
                       f"H={s.hidden}, {s.train['epochs']} epochs, batch {s.train['batch_size']}, "
@@ -1440,8 +1460,10 @@ def report_defaults_keras(plan: Plan, results: Results, figdir: Path, work: Path
     wins = sum(1 for t in targets if t["verdict"] == "met")
     blocks.append({"kind": "text", "text": (
         f"rnnlab's defaults are at least as good as Keras's on {wins} of {len(targets)} rows."
-        + ("" if wins == len(targets) else " Where Keras is better, the row says by how much "
-           "in the targets table at the top of the page."))})
+        + ("" if not notes else " Where Keras is better: " + "; ".join(notes) + ". Both start "
+           "from the same initialisation scheme and optimizer settings (Keras's Adam has "
+           "epsilon 1e-7, rnnlab's 1e-8), so on one seed the two runs differ as two seeds "
+           "do."))})
     setups = {label: g["rnnlab defaults"][0].setup for label, g in rows.items()}
     blocks.append(config_block(setups))
     return blocks, targets
