@@ -288,3 +288,19 @@ def test_generate_refuses_non_finite_logits():
     m.params["l0.W_xh"][:] = 1.0
     with pytest.raises(ValueError, match="logits contain NaN or infinity"):
         m.generate([1, 2, 3], 10, rng=np.random.default_rng(0))
+
+
+def test_concurrent_predictions_on_one_model():
+    """A workspace is not thread-safe; the model's own is held for a call and a call from
+    another thread meanwhile gets one of its own: predictions from 4 threads at once equal the
+    sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = RNN(6, 32, output_size=5, seed=0)
+    rng = np.random.default_rng(0)
+    Xs = [rng.standard_normal((300, 20, 6)).astype(np.float32) for _ in range(8)]
+    want = [m.predict_proba(X, batch_size=64) for X in Xs]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda X: m.predict_proba(X, batch_size=64), Xs))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

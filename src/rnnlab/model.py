@@ -15,7 +15,9 @@ state) and the dtype; every method delegates to :mod:`rnnlab.network`, :mod:`rnn
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -131,22 +133,34 @@ class RNN:
         self._workspace: Workspace | None = None      # inference's buffers, made on first use
 
     def __getstate__(self) -> dict[str, Any]:
-        # copy.deepcopy / copy.copy: the workspace (buffers, thread pools) is not part of the
-        # model; a copy makes its own on first use
+        # copy.deepcopy / copy.copy: the workspace (buffers, thread pools) and its lock are not
+        # part of the model; a copy makes its own on first use
         state = dict(self.__dict__)
         state["_workspace"] = None
+        state.pop("_workspace_lock", None)
         return state
 
-    def _engine(self, engine: str) -> str | Workspace:
-        """The engine for an inference call: this model's workspace for ``"fast"``."""
+    @contextmanager
+    def _engine(self, engine: str) -> Iterator[str | Workspace]:
+        """The engine for one inference call: this model's workspace for ``"fast"``, held for
+        the call (a workspace is not thread-safe: a call from another thread meanwhile gets a
+        workspace of its own, so concurrent predictions stay correct)."""
         if engine not in INFERENCE_ENGINES:
             raise ValueError(f"engine must be one of {list(INFERENCE_ENGINES)}; got {engine!r}")
         if engine == "reference":
-            return engine
-        ws = getattr(self, "_workspace", None)
-        if ws is None or ws.spec != self.spec:
-            ws = self._workspace = Workspace(self.spec)
-        return ws
+            yield engine
+            return
+        lock = self.__dict__.setdefault("_workspace_lock", threading.Lock())
+        if not lock.acquire(blocking=False):
+            yield Workspace(self.spec)
+            return
+        try:
+            ws = getattr(self, "_workspace", None)
+            if ws is None or ws.spec != self.spec:
+                ws = self._workspace = Workspace(self.spec)
+            yield ws
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------------ construction
 
@@ -200,7 +214,6 @@ class RNN:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
         m = None if mask is None else np.asarray(mask)
         ln = None if lengths is None else np.asarray(lengths)
-        eng = self._engine(engine)
         if ln is not None:
             # lengths -> the (N, T) mask they mean, checked as the forward pass checks them
             T = steps if self.spec.setup == "one_to_many" else (
@@ -208,13 +221,14 @@ class RNN:
             if not isinstance(T, int) or isinstance(T, bool):
                 raise ValueError(f"setup='one_to_many' needs steps=T; got steps={steps!r}")
             m = make_mask(len(Xa), T, mask=m, lengths=ln)
-        logits_of = inference_forward(self.params, self.spec, eng)
         parts = []
-        for s in range(0, max(len(Xa), 1), batch_size):
-            sl = slice(s, s + batch_size)
-            z = logits_of(Xa[sl], None if m is None else m[sl], steps)
-            # copies: the logits may be a view of the engine's buffer (g(z) is a new array)
-            parts.append(z.copy() if logits else losses.output(self.spec.loss, z))
+        with self._engine(engine) as eng:
+            logits_of = inference_forward(self.params, self.spec, eng)
+            for s in range(0, max(len(Xa), 1), batch_size):
+                sl = slice(s, s + batch_size)
+                z = logits_of(Xa[sl], None if m is None else m[sl], steps)
+                # copies: the logits may be a view of the engine's buffer (g(z) is a new array)
+                parts.append(z.copy() if logits else losses.output(self.spec.loss, z))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def predict(self, X: ArrayLike, *, mask: ArrayLike | None = None,
@@ -258,8 +272,9 @@ class RNN:
         if y is None:
             split = X.test if isinstance(X, Dataset) else X
             X, y, mask = split.X, split.y, getattr(split, "mask", None)
-        return evaluate(self.params, self.spec, X, y, mask, batch_size=batch_size, steps=steps,
-                        engine=self._engine(engine))
+        with self._engine(engine) as eng:
+            return evaluate(self.params, self.spec, X, y, mask, batch_size=batch_size,
+                            steps=steps, engine=eng)
 
     def generate(self, prime: ArrayLike, length: int, *, temperature: float = 1.0,
                  rng: np.random.Generator | None = None, h0: ArrayLike | None = None
