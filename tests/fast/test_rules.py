@@ -292,11 +292,11 @@ def test_fit_keeps_the_memory_limit() -> None:
 def test_uoro_in_chunks_and_folding(online: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """UORO's pass over Θ in chunks of sequences (one sequence each here), and the scale
     folded back into Θ at almost every step (a fold bound of 1.5, in both implementations)."""
-    from rnnlab.fast import rules
+    from rnnlab.fast import estimates
     from rnnlab.learning import uoro
 
-    monkeypatch.setattr(rules._UORO, "CHUNK_BYTES", 8)
-    monkeypatch.setattr(rules, "FOLD", 1.5)
+    monkeypatch.setattr(estimates.UOROEstimate, "CHUNK_BYTES", 8)
+    monkeypatch.setattr(estimates, "FOLD", 1.5)
     monkeypatch.setattr(uoro, "FOLD", 1.5)
     spec = RNNSpec(3, 4, 3, num_layers=2, setup="many_to_many")
     params, X, Y, mask, h0 = problem(spec, 12, 5, 9, True)
@@ -316,7 +316,7 @@ def test_uoro_in_chunks_and_folding(online: bool, monkeypatch: pytest.MonkeyPatc
     rule = FastRule(spec, "uoro", **fast_kw)
     _, g2, _ = rule(params, X, Y, spec, h0=h0, mask=mask)
     est = next(iter(rule._est.values()))
-    assert isinstance(est, rules._UORO) and est.chunk == 1
+    assert isinstance(est, estimates.UOROEstimate) and est.chunk == 1
     for k in g1.params:
         _close(g2.params[k], g1.params[k], 1e-12, k)
 
@@ -324,9 +324,9 @@ def test_uoro_in_chunks_and_folding(online: bool, monkeypatch: pytest.MonkeyPatc
 def test_snap1_online_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Online SnAp-1 updates its trace in place, a chunk of sequences at a time (one each
     here), the padded rows carrying theirs: the reference's parameters after the updates."""
-    from rnnlab.fast import rules
+    from rnnlab.fast import estimates
 
-    monkeypatch.setattr(rules._UORO, "CHUNK_BYTES", 8)
+    monkeypatch.setattr(estimates.UOROEstimate, "CHUNK_BYTES", 8)
     spec = RNNSpec(3, 4, 3, setup="many_to_many")
     params, X, Y, mask, h0 = problem(spec, 13, 5, 8, True)
     conn = _sparse(params, seed=5)
