@@ -704,21 +704,9 @@ def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
             res = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
     res["wall_s"] = time.perf_counter() - t0
     res["cell"] = cell.to_dict()
-    return _json_safe(res)
+    from rnnlab.lab.experiments import json_safe
 
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    return json_safe(res)
 
 
 def keras_available(backend: str) -> str | None:
@@ -732,16 +720,9 @@ def keras_available(backend: str) -> str | None:
 
 
 def keras_env(backend: str, threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["KERAS_BACKEND"] = backend
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[k] = str(threads)
-    multi = "true" if threads > 1 else "false"
-    env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={multi} "
-                        f"intra_op_parallelism_threads={threads}")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    return env
+    from benchmarks.train import thread_env
+
+    return {**thread_env(threads, backend), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def run_keras_cells(cells: list[Cell], threads: int, timeout: float = 7200.0

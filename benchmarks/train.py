@@ -182,7 +182,9 @@ def run_child(impl: str, w: Workload, epochs: int, seed: int) -> None:
 # ----------------------------------------------------------------------------- the parent
 
 
-def _env(impl: str, threads: int) -> dict[str, str]:
+def thread_env(threads: int, keras_backend: str | None = None) -> dict[str, str]:
+    """This process's environment for a child held to ``threads`` threads (BLAS, OpenMP,
+    XLA on the CPU), with ``KERAS_BACKEND`` when given (also :mod:`benchmarks.results_run`)."""
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(threads)
@@ -190,16 +192,17 @@ def _env(impl: str, threads: int) -> dict[str, str]:
     env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={multi} "
                         f"intra_op_parallelism_threads={threads}")
     env["JAX_PLATFORMS"] = "cpu"
-    if impl.startswith("keras"):
-        env["KERAS_BACKEND"] = impl.split("-", 1)[1]
+    if keras_backend is not None:
+        env["KERAS_BACKEND"] = keras_backend
     return env
 
 
 def measure(impl: str, w: Workload, epochs: int, seed: int, threads: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "benchmarks.train", "--child", impl, "--workloads", w.name,
            "--epochs", str(epochs), "--seed", str(seed)]
+    backend = impl.split("-", 1)[1] if impl.startswith("keras") else None
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(impl, threads),
+    res = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, backend),
                          timeout=3600)
     if res.returncode != 0:
         raise RuntimeError(f"{impl} on {w.name} failed: "

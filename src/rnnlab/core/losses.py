@@ -220,3 +220,38 @@ def loss_and_grad(name: str, z: Array, y: NDArray[Any], reduction: str,
     if denom != 1.0:
         dz /= denom
     return LossResult(value / denom, dz)
+
+
+def scored_loss(loss: str, logits: Array, y: NDArray[Any], m: NDArray[np.bool_] | None
+                ) -> tuple[float, Array, int]:
+    """Summed loss of the scored entries and its gradient (eqs. 9-15 with ``"sum"``): what the
+    rules that walk time forwards score at a step or a chunk of steps (:mod:`rnnlab.learning`,
+    :mod:`rnnlab.fast.rules`).
+
+    Parameters
+    ----------
+    logits : (..., O)
+        Any leading shape (e.g. ``(B, O)`` or ``(T, B, O)``).
+    y : (...) labels or (..., O)
+    m : (...) bool or None
+        Which entries are scored (None: all).
+
+    Returns
+    -------
+    value : float
+    dz : like ``logits``, zero at unscored entries
+    n : int
+        The number of scored entries.
+    """
+    O = logits.shape[-1]
+    if m is None:
+        flat_y = y.reshape((-1,) + y.shape[logits.ndim - 1:])
+        res = loss_and_grad(loss, logits.reshape(-1, O), flat_y, "sum")
+        return res.value, res.dz.reshape(logits.shape), logits.size // O
+    n = int(m.sum())
+    dz = np.zeros_like(logits)
+    if n == 0:
+        return 0.0, dz, 0
+    res = loss_and_grad(loss, logits[m], y[m], "sum")
+    dz[m] = res.dz
+    return res.value, dz, n

@@ -19,13 +19,14 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
+from ..core.sparsity import pattern_layout
 from ..core.spec import RNNSpec
 
 Array = NDArray[np.floating]
 Rows = NDArray[np.intp]
 
 __all__ = ["EPS", "FOLD", "Estimate", "KFEstimate", "RTRLEstimate", "SnApEstimate",
-           "TraceEstimate", "UOROEstimate", "pattern_layout"]
+           "TraceEstimate", "UOROEstimate"]
 
 EPS = 1e-7
 """UORO's and KF-RTRL's ``ε`` (:data:`rnnlab.learning.walk.EPS`)."""
@@ -363,24 +364,6 @@ class KFEstimate(Estimate):
     def contract(self, params: Mapping[str, Array], G: Array, gj: list[Array]) -> None:
         np.matmul(self.A, G[:, :, None], out=self.AG)              # Ã_t G_tᵀ
         gj[0] += self.ut.T @ self.AG[:, :, 0]                       # Σ_b ũ[b] ⊗ (Ã G)[b]
-
-
-def pattern_layout(P: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray[np.bool_],
-                                                  NDArray[np.intp]]:
-    """``idx`` ``(H, p)`` each unit's pattern row (padded with the unit itself), ``valid``,
-    ``pos`` (where unit ``j`` sits in its row): the storage of SnAp-n (eq. 51)."""
-    H = P.shape[0]
-    p = int(P.sum(axis=1).max())
-    idx = np.empty((H, p), dtype=np.intp)
-    valid = np.zeros((H, p), dtype=bool)
-    pos = np.empty(H, dtype=np.intp)
-    for j in range(H):
-        row = np.flatnonzero(P[j])
-        idx[j, :row.size] = row
-        idx[j, row.size:] = j
-        valid[j, :row.size] = True
-        pos[j] = int(np.searchsorted(row, j))
-    return idx, valid, pos
 
 
 class SnApEstimate(Estimate):

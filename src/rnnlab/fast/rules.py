@@ -61,6 +61,7 @@ from ..core import activations, losses
 from ..core.inputs import check_h0, check_targets, make_mask, target_lead, time_first
 from ..core.network import Gradients, Output
 from ..core.params import Params, check_params
+from ..core.sparsity import pattern_layout
 from ..core.spec import RNNSpec
 from .cpu import BLAS
 from .estimates import (
@@ -72,7 +73,6 @@ from .estimates import (
     SnApEstimate,
     TraceEstimate,
     UOROEstimate,
-    pattern_layout,
 )
 from .workspace import Workspace
 
@@ -154,21 +154,6 @@ def _check_spec(spec: RNNSpec, algorithm: str) -> None:
         raise ValueError(
             f"{name} is defined for one recurrent layer; got num_layers={spec.num_layers}. For "
             "stacked layers use 'uoro' (defined for any state transition), 'rtrl' or BPTT")
-
-
-def _scored(loss: str, logits: Array, y: NDArray[Any], m: NDArray[np.bool_] | None
-            ) -> tuple[float, Array, int]:
-    """Summed loss of the scored rows and its gradient (``learning.batch.scored_loss``)."""
-    if m is None:
-        res = losses.loss_and_grad(loss, logits, y, "sum")
-        return res.value, res.dz, logits.shape[0]
-    n = int(m.sum())
-    dz = np.zeros_like(logits)
-    if n == 0:
-        return 0.0, dz, 0
-    res = losses.loss_and_grad(loss, logits[m], y[m], "sum")
-    dz[m] = res.dz
-    return res.value, dz, n
 
 
 def _joint(h_prev: Array, x_t: NDArray[Any], D: int, out: Array) -> Array:
@@ -642,8 +627,8 @@ class FastRule:
                     if logits_tb is not None:
                         logits_tb[t] = logits
                     mt = None if batch.mask is None or not per_step else batch.mask[t]
-                    value, dzt, n = _scored(spec.loss, logits, batch.y[t] if per_step else batch.y,
-                                            mt)
+                    yt = batch.y[t] if per_step else batch.y
+                    value, dzt, n = losses.scored_loss(spec.loss, logits, yt, mt)
                     if n:
                         total += value
                         n_block += n

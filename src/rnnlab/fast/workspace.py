@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..core import cell
 from ..core.inputs import (
+    Mask,
     check_h0,
     check_sample_weight,
     check_targets,
@@ -271,6 +272,15 @@ class Workspace:
             return None
         return z if z.ndim == 2 else z.transpose(1, 0, 2)
 
+    def _batch(self, params: Mapping[str, Array], X: ArrayLike, mask: ArrayLike | None,
+               lengths: ArrayLike | None, steps: int | None
+               ) -> tuple[np.dtype, NDArray[Any], int, int, Mask | None]:
+        """The parameters' dtype, the validated inputs time first (``(T, B, D)`` or ids
+        ``(T, B)``), ``B``, ``T`` and the ``(T, B)`` mask, as every call reads them."""
+        dtype = check_params(params, self.spec)
+        x_tb, B, T = time_first(X, self.spec, dtype, steps)
+        return dtype, x_tb, B, T, time_first_mask(B, T, mask=mask, lengths=lengths)
+
     def forward(
         self,
         params: Mapping[str, Array],
@@ -290,9 +300,7 @@ class Workspace:
         arrays), kept for the last few batch shapes.
         """
         spec = self.spec
-        dtype = check_params(params, spec)
-        x_tb, B, T = time_first(X, spec, dtype, steps)
-        m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
+        dtype, x_tb, B, T, m_tb = self._batch(params, X, mask, lengths, steps)
         h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)
         bufs = self._buffers(B, T, dtype, train=False)
         with self._call(bufs, h0_all, x_tb) as (run, h0_all, x_tb):
@@ -324,9 +332,7 @@ class Workspace:
         signal of every step, not BPTT's backward pass.
         """
         spec = self.spec
-        dtype = check_params(params, spec)
-        x_tb, B, T = time_first(X, spec, dtype, steps)
-        m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
+        dtype, x_tb, B, T, m_tb = self._batch(params, X, mask, lengths, steps)
         y = check_targets(Y, spec, target_lead(spec, B, T), dtype)
         h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)
         bufs = self._buffers(B, T, dtype, backward=False)
@@ -413,9 +419,7 @@ class Workspace:
                         steps: int | None, sample_weight: ArrayLike | None,
                         windows: list[tuple[int, ...]] | None) -> tuple[float, Params]:
         spec = self.spec
-        dtype = check_params(params, spec)
-        x_tb, B, T = time_first(X, spec, dtype, steps)      # validated, (T, B, D) or ids (T, B)
-        m_tb = time_first_mask(B, T, mask=mask, lengths=lengths)
+        dtype, x_tb, B, T, m_tb = self._batch(params, X, mask, lengths, steps)
         y = check_targets(Y, spec, target_lead(spec, B, T), dtype)
         w = check_sample_weight(sample_weight, spec, B, T, dtype)
         h0_all = None if h0 is None else check_h0(h0, spec, B, dtype)

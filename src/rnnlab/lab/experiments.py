@@ -45,8 +45,8 @@ from ..train.metrics import evaluate, metric_names
 from ..version import __version__
 from .config import ExperimentConfig, load_config, save_config
 
-__all__ = ["METHODS", "RUN_FILES", "cell_dir", "cell_function", "check_cells", "run",
-           "run_cell", "run_dir_of", "timesteps", "timesteps_cells", "versions"]
+__all__ = ["METHODS", "RUN_FILES", "cell_dir", "cell_function", "check_cells", "json_safe",
+           "run", "run_cell", "run_dir_of", "timesteps", "timesteps_cells", "versions"]
 
 DIAGNOSTIC_SEQUENCES = 128
 
@@ -57,14 +57,14 @@ def versions() -> dict[str, str]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """Plain JSON data: non-finite floats -> None, numpy scalars and arrays -> Python."""
     if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -76,7 +76,7 @@ def _json_safe(x: Any) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n",
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n",
                    encoding="utf-8")
     os.replace(tmp, path)
 
@@ -170,7 +170,7 @@ def _same_run(previous: Mapping[str, Any], cfg: ExperimentConfig) -> bool:
     """Whether the summary ``previous`` is of a run of ``cfg`` (what the trainer's progress bar
     and the run directory's own paths do not change)."""
     def key(d: Any) -> Any:
-        d = json.loads(json.dumps(_json_safe(d)))
+        d = json.loads(json.dumps(json_safe(d)))
         if isinstance(d, dict) and isinstance(d.get("train"), dict):
             for k in ("progress", "checkpoint_dir", "log_path"):
                 d["train"].pop(k, None)
@@ -381,7 +381,7 @@ def _undo_start(rdir: Path, wrote_config: bool) -> None:
 def _summary(cfg: ExperimentConfig, ds: Any, spec: RNNSpec, params: Any, h: History,
              status: str, message: str, test: Mapping[str, float], wall: float,
              train_time: float) -> dict[str, Any]:
-    return _json_safe({
+    return json_safe({
         "name": cfg.name,
         "label": cfg.label,
         "status": status,
@@ -480,7 +480,7 @@ def check_cells(base: ExperimentConfig, cells: Sequence[Mapping[str, Any]], *,
             raise type(exc)(f"sweep cell {canonical_json(c)}: {exc}") from None
     groups: dict[str, list[tuple[Mapping[str, Any], ExperimentConfig]]] = {}
     for c, cfg in built:
-        groups.setdefault(json.dumps(_json_safe(cfg.to_dict()["data"]), sort_keys=True),
+        groups.setdefault(json.dumps(json_safe(cfg.to_dict()["data"]), sort_keys=True),
                           []).append((c, cfg))
     for members in groups.values():
         first = members[0][0]

@@ -1,8 +1,9 @@
 """A batch validated once for the learning rules that walk time forwards (truncated BPTT, RTRL).
 
 :func:`prepare` reads a batch through :mod:`rnnlab.core.inputs`, as the engines do, and lays it
-out time first with the targets and the divisor of eq. (15); :func:`scored_loss` is the summed
-loss of the scored entries of one step or chunk.
+out time first with the targets and the divisor of eq. (15); :func:`scored_loss`
+(:func:`rnnlab.core.losses.scored_loss`, shared with the fast rules) is the summed loss of the
+scored entries of one step or chunk.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..core import losses
 from ..core.inputs import check_h0, check_targets, make_mask, target_lead, time_first
+from ..core.losses import scored_loss
 from ..core.params import check_params
 from ..core.spec import RNNSpec
 
@@ -101,36 +102,3 @@ def prepare(
     denom = 1.0 if spec.reduction == "sum" else float(n_scored * k)
     m_tb = None if m_bt is None else np.ascontiguousarray(m_bt.T)
     return Batch(spec, B, T, dtype, x, m_tb, h0_arr, y, denom)
-
-
-def scored_loss(loss: str, logits: Array, y: NDArray[Any], m: Mask | None
-                ) -> tuple[float, Array, int]:
-    """Summed loss of the scored entries and its gradient (eqs. 9-15 with ``"sum"``).
-
-    Parameters
-    ----------
-    logits : (..., O)
-        Any leading shape (e.g. ``(B, O)`` or ``(T, B, O)``).
-    y : (...) labels or (..., O)
-    m : (...) bool or None
-        Which entries are scored (None: all).
-
-    Returns
-    -------
-    value : float
-    dz : like ``logits``, zero at unscored entries
-    n : int
-        The number of scored entries.
-    """
-    O = logits.shape[-1]
-    if m is None:
-        flat_y = y.reshape((-1,) + y.shape[logits.ndim - 1:])
-        res = losses.loss_and_grad(loss, logits.reshape(-1, O), flat_y, "sum")
-        return res.value, res.dz.reshape(logits.shape), logits.size // O
-    n = int(m.sum())
-    dz = np.zeros_like(logits)
-    if n == 0:
-        return 0.0, dz, 0
-    res = losses.loss_and_grad(loss, logits[m], y[m], "sum")
-    dz[m] = res.dz
-    return res.value, dz, n

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..core import network
 from ..core.params import Params
+from ..core.sparsity import pattern_layout
 from ..core.spec import RNNSpec
 from .batch import Batch, prepare
 from .rtrl import DEFAULT_MAX_BYTES, SensitivityMemoryError
@@ -81,23 +82,6 @@ def pattern(connectivity: ArrayLike, n: int) -> NDArray[np.bool_]:
     return P
 
 
-def _layout(P: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray[np.bool_], NDArray[np.intp]]:
-    """``idx`` ``(H, p)`` the pattern row of each unit (padded with the unit itself), ``valid``
-    ``(H, p)``, ``pos`` ``(H,)`` where unit ``j`` sits in its own row."""
-    H = P.shape[0]
-    p = int(P.sum(axis=1).max())
-    idx = np.empty((H, p), dtype=np.intp)
-    valid = np.zeros((H, p), dtype=bool)
-    pos = np.empty(H, dtype=np.intp)
-    for j in range(H):
-        row = np.flatnonzero(P[j])
-        idx[j, :row.size] = row
-        idx[j, row.size:] = j
-        valid[j, :row.size] = True
-        pos[j] = int(np.searchsorted(row, j))
-    return idx, valid, pos
-
-
 def check_connectivity(connectivity: object, W_hh: Array) -> NDArray[np.bool_]:
     """The connections of a SnAp network as an ``(H, H)`` bool matrix.
 
@@ -140,7 +124,7 @@ class SnApTracker(Tracker):
         self.conn = conn
         self.sparse = not bool(conn.all())
         self.P = pattern(conn, n)
-        self.idx, self.valid, self.pos = _layout(self.P)
+        self.idx, self.valid, self.pos = pattern_layout(self.P)
         self.p = self.idx.shape[1]
         self.full = self.p == H and bool(self.valid.all())
         self.units = np.arange(H)
