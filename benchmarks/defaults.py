@@ -43,32 +43,41 @@ TASKS: dict[str, Task] = {
     "xor": Task("xor", "xor", None, "test_error_xor", False),
 }
 
-CANDIDATES: list[dict[str, Any]] = [
-    {"label": f"{init} init, Adam {lr:g}, clip {clip if clip else 'none'}",
-     "model.init": init, "train.lr": lr, **({"train.clip_norm": clip} if clip else {})}
-    for init in ("pytorch", "keras") for lr in (1e-3, 3e-3) for clip in (None, 1.0)
-]
+ROUNDS: dict[int, list[dict[str, Any]]] = {
+    # round 1 (2026-11-29, at the then default of 10 epochs): initialiser x lr x clipping
+    1: [{"label": f"{init} init, Adam {lr:g}, clip {clip if clip else 'none'}",
+         "model.init": init, "train.lr": lr, **({"train.clip_norm": clip} if clip else {})}
+        for init in ("pytorch", "keras") for lr in (1e-3, 3e-3) for clip in (None, 1.0)],
+    # round 2 (2026-11-30, at the default of 50 epochs): round 1's initialiser, lr x schedule
+    2: [{"label": f"keras init, Adam {lr:g}, {sched}", "model.init": "keras", "train.lr": lr,
+         "train.schedule": sched}
+        for lr in (1e-3, 2e-3, 3e-3) for sched in ("constant", "cosine")],
+}
+CANDIDATES = ROUNDS[2]
+"""The current round's candidates (``--round`` chooses)."""
 
 
-def run_task(task: Task, out: Path, jobs: int, echo: Any) -> list[dict[str, Any]]:
+def run_task(task: Task, out: Path, jobs: int, echo: Any, round_: int = 2
+             ) -> list[dict[str, Any]]:
     from rnnlab.lab import experiments, sweep
     from rnnlab.lab.config import ExperimentConfig
 
     base = ExperimentConfig.from_dict({
         "name": f"defaults-{task.name}",
         "data": {"dataset": task.dataset, "steps": task.steps},
-        "train": {"progress": "off", **({"epochs": task.epochs} if task.epochs else {})},
+        "train": {"progress": "off", **({"epochs": task.epochs} if task.epochs
+                                         else {"epochs": 10} if round_ == 1 else {})},
         "diagnostics": False,
     })
-    cells = sweep.config_cells(base, {"train.seed": list(task.seeds)}, CANDIDATES)
-    report = sweep.run_sweep(experiments.cell_function(base, out / task.name), cells,
-                             out / task.name, jobs=jobs, echo=echo,
-                             meta={"base": base.to_dict(), "experiment": "defaults"})
+    cells = sweep.config_cells(base, {"train.seed": list(task.seeds)}, ROUNDS[round_])
+    where = out / task.name if round_ == 2 else out / f"round{round_}" / task.name
+    report = sweep.run_sweep(experiments.cell_function(base, where), cells, where, jobs=jobs,
+                             echo=echo, meta={"base": base.to_dict(), "experiment": "defaults"})
     return [r for r in report.records if r["status"] == "done"]
 
 
-def table(results: dict[str, list[dict[str, Any]]]) -> str:
-    labels = [c["label"] for c in CANDIDATES]
+def table(results: dict[str, list[dict[str, Any]]], round_: int = 2) -> str:
+    labels = [c["label"] for c in ROUNDS[round_]]
     score: dict[tuple[str, str], float] = {}
     for name, records in results.items():
         task = TASKS[name]
@@ -106,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default="runs/defaults")
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=2,
+                    help="the candidates: 1 = initialiser x lr x clipping at 10 epochs "
+                         "(2026-11-29), 2 = lr x schedule at the default epochs (default)")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     bad = [n for n in names if n not in TASKS]
@@ -115,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for n in names:
         try:
-            results[n] = run_task(TASKS[n], out, args.jobs, echo=print)
+            results[n] = run_task(TASKS[n], out, args.jobs, echo=print, round_=args.round)
         except (OSError, RuntimeError, ValueError) as exc:
             print(f"skipping {n}: {exc}", file=sys.stderr)
     print()
-    print(table(results))
+    print(table(results, args.round))
     return 0
 
 

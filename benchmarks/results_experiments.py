@@ -1699,10 +1699,11 @@ def report_defaults(plan: Plan, results: Results, figdir: Path, work: Path
     blocks: list[Block] = [
         {"kind": "text", "text": (
             "The sweep behind rnnlab's default training settings (`benchmarks/defaults.py`): "
-            "every candidate (initialiser x Adam learning rate x gradient clipping) trains "
+            "every candidate of its second round (Adam learning rate x schedule, with the "
+            "Keras initialiser its first round chose; docs/training.md, \"Defaults\") trains "
             "every task of the suite with everything else at its default, as `rnnlab train "
-            f"--dataset NAME` does. Tasks: {tasks}. `--work DIR` reuses a sweep already run "
-            "under `DIR/defaults/`.")},
+            f"--dataset NAME` does (50 epochs). Tasks: {tasks}. `--work DIR` reuses a sweep "
+            "already run under `DIR/defaults/`.")},
         _text_table(d.table(found)) if found else {"kind": "text", "text": "No task ran."},
     ]
     return blocks, []
