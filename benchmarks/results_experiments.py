@@ -163,7 +163,8 @@ def settings_table(setups: Mapping[str, Setup], caption: str = "Settings") -> Bl
             opt += " (" + ", ".join(f"{k} {v}" for k, v in kw.items()) + ")"
         sched = tr.get("schedule", "constant")
         rows.append([label, s.dataset + (f", T={s.steps}" if s.steps else ""),
-                     str(s.hidden), s.nonlinearity, s.init,
+                     str(s.hidden) + (f" x {s.num_layers} layers" if s.num_layers != 1 else "")
+                     + (", both directions" if s.bidirectional else ""), s.nonlinearity, s.init,
                      "every step" if s.label_steps == "all" or s.dataset in STEP_TASKS
                      else "last step",
                      tr.get("algorithm", "bptt"), opt, f"{tr.get('lr')}", sched,
@@ -576,8 +577,12 @@ def plan_fashion_rows(quick: bool, work: Path) -> Plan:
                          "schedule": "cosine",
                          "schedule_kwargs": {"total_steps": epochs * steps_per_epoch},
                          "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
-    return add_keras(_single("fashion-rows", {"H=256, keras init, Adam 1e-3 cosine": setup},
-                             (0,)), (0,))
+    first = "H=256, keras init, Adam 1e-3 cosine"
+    # a bidirectional layer (still a vanilla Elman RNN: two tanh recurrences, no gates) read
+    # the rows both ways; +2.0 points over one direction in the 10,000-image sweep (issue 14)
+    setups = {first: setup,
+              f"bidirectional, {first}": setup.replace(bidirectional=True)}
+    return add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
 
 
 def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
@@ -590,11 +595,14 @@ def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
                "fashion-mnist README)."),
         literature=[["fashion-mnist benchmark", "Keras SimpleRNN(256)", "88.3 %"],
                     ["fashion-mnist benchmark", "GRU", "88.8-89.7 %"]])
-    r = [x for (lb, lib), x in info["vals"].items() if lib == "rnnlab"][0]
+    ours = {lb: x for (lb, lib), x in info["vals"].items() if lib == "rnnlab" and x}
+    best = max(ours, key=lambda lb: mean(ours[lb]))       # the best vanilla configuration
+    r = ours[best]
     m = mean(r)
     g = plan.info["groups"]
-    return blocks, [target("Fashion-MNIST rows, vanilla RNN (rnnlab)", ">= 89.5 %", pct(r),
-                           m >= 0.895, f"{100 * (0.895 - m):.1f} points short")] + keras_target(
+    return blocks, [target(f"Fashion-MNIST rows, vanilla RNN (rnnlab, {best})", ">= 89.5 %",
+                           pct(r), m >= 0.895, f"{100 * (0.895 - m):.1f} points short")
+                    ] + keras_target(
         "Fashion-MNIST rows", results, _row(g, "rnnlab"), _row(g, "keras-jax defaults"),
         "test_accuracy", higher=True, as_pct=True)
 

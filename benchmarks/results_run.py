@@ -76,10 +76,17 @@ class Setup:
     n_train: int | None = None
     n_val: int | None = None
     data_seed: int = 0
+    num_layers: int = 1
+    bidirectional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"], d["data"] = dict(self.train), dict(self.data)
+        # the fields added after the first cells ran are left out at their defaults, so the
+        # key (and the finished cells it names) of every earlier configuration is unchanged
+        for name, default in (("num_layers", 1), ("bidirectional", False)):
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -131,7 +138,8 @@ def model_spec(setup: Setup, ds: Any) -> Any:
     from rnnlab.train import spec_for_dataset
 
     return spec_for_dataset(ds, setup.hidden, nonlinearity=setup.nonlinearity,
-                            label_steps=setup.label_steps)
+                            label_steps=setup.label_steps, num_layers=setup.num_layers,
+                            bidirectional=setup.bidirectional)
 
 
 def initial_params(setup: Setup, spec: Any, seed: int, dtype: Any = np.float32) -> dict[str, Any]:
@@ -248,23 +256,27 @@ class TorchNet:
 
         from rnnlab.interop.torch import to_torch_state_dict
 
-        if spec.num_layers != 1 or spec.bidirectional:
-            raise ValueError("the results harness compares one-layer, one-direction networks")
         self.spec = spec
         dtype = torch.float64 if params["b_y"].dtype == np.float64 else torch.float32
         self.dtype = dtype
-        self.rnn = nn.RNN(spec.input_size, spec.hidden_size, nonlinearity=spec.nonlinearity,
+        self.rnn = nn.RNN(spec.input_size, spec.hidden_size, num_layers=spec.num_layers,
+                          nonlinearity=spec.nonlinearity, bidirectional=spec.bidirectional,
                           batch_first=True, dtype=dtype)
-        self.fc = nn.Linear(spec.hidden_size, spec.output_size, dtype=dtype)
+        self.fc = nn.Linear(spec.hidden_size * spec.num_directions, spec.output_size,
+                            dtype=dtype)
         dense = dataclasses.replace(spec, input_kind="dense") if spec.input_kind == "index" \
             else spec
         sd = {k: torch.from_numpy(np.ascontiguousarray(v))
               for k, v in to_torch_state_dict(params, dense).items()}
         self.rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
         self.fc.load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("fc.")})
-        self.rnn.bias_hh_l0.requires_grad_(False)     # rnnlab has one bias: b_h = bias_ih
-        self.trainable: list[Any] = [self.rnn.weight_ih_l0, self.rnn.weight_hh_l0,
-                                     self.rnn.bias_ih_l0, self.fc.weight, self.fc.bias]
+        self.trainable: list[Any] = []
+        for name, p in self.rnn.named_parameters():
+            if name.startswith("bias_hh"):         # rnnlab has one bias: b_h = bias_ih
+                p.requires_grad_(False)
+            else:
+                self.trainable.append(p)
+        self.trainable += [self.fc.weight, self.fc.bias]
 
     def inputs(self, X: np.ndarray) -> Any:
         import torch
@@ -280,7 +292,10 @@ class TorchNet:
         """Logits: ``(B, O)`` for a label at the last step, else ``(B, T, O)``."""
         seq, h_n = self.rnn(self.inputs(X))
         if self.spec.setup == "many_to_one" and self.spec.label_steps == "last":
-            return self.fc(h_n[-1])
+            # the top layer's final states, [forward at T, reverse at t = 0] (rnnlab's
+            # convention, rnnlab.interop.torch_modules.RNNModule)
+            nd = self.spec.num_directions
+            return self.fc(h_n[-nd:].transpose(0, 1).reshape(h_n.shape[1], -1))
         return self.fc(seq)
 
     def losses(self, z: Any, y: np.ndarray, mask: np.ndarray | None) -> tuple[Any, int, Any]:
