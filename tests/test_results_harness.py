@@ -40,10 +40,20 @@ SETUPS = [
     Setup("reber", None, hidden=6, train={"epochs": 2, "batch_size": 16, "lr": 1e-2}),
     Setup("adding", 12, hidden=8, init="irnn", nonlinearity="relu",
           data={"n_train": 300, "n_test": 50}, train={"epochs": 2, "lr": 1e-3}),
+    Setup("digits", 8, hidden=10, init="keras", bidirectional=True,
+          train={"epochs": 2, "batch_size": 64, "lr": 3e-3, "clip_norm": 1.0}),
+    Setup("digits", 4, hidden=7, num_layers=2, bidirectional=True, label_steps="all",
+          n_train=300, train={"epochs": 2, "lr": 3e-3}),
+    Setup("xor", None, hidden=6, init="keras", num_layers=2, train={"epochs": 2, "lr": 1e-2}),
 ]
 
 
-@pytest.mark.parametrize("setup", SETUPS, ids=lambda s: f"{s.dataset}-{s.nonlinearity}")
+def _id(s: Setup) -> str:
+    return (f"{s.dataset}-{s.nonlinearity}" + (f"-{s.num_layers}layers" if s.num_layers > 1
+                                               else "") + ("-bidir" if s.bidirectional else ""))
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=_id)
 def test_torch_twin_follows_rnnlab_in_float64(setup: Setup) -> None:
     """Same weights, batches, loss, clipping, optimizer, schedule and best-epoch restore: in
     float64 the trained parameters agree to rounding (a different batch order, bias
@@ -74,6 +84,13 @@ def test_cells_are_keyed_by_their_whole_configuration() -> None:
     assert Cell(a, 0, "rnnlab").key() != Cell(a, 1, "rnnlab").key()
     assert Cell(a, 0, "rnnlab").key() != Cell(a, 0, "torch").key()
     assert Cell.from_dict(Cell(a, 2, "torch").to_dict()) == Cell(a, 2, "torch")
+    # layers and directions are part of the key; at their defaults they are left out of it, so
+    # the keys of the configurations that ran before the fields existed are unchanged
+    assert "bidirectional" not in a.to_dict() and "num_layers" not in a.to_dict()
+    assert a == Setup("digits", 8, train={"lr": 1e-3}, num_layers=1, bidirectional=False)
+    assert a.key() != a.replace(bidirectional=True).key() != a.replace(num_layers=2).key()
+    b = a.replace(num_layers=2, bidirectional=True)
+    assert Setup.from_dict(b.to_dict()) == b and Setup.from_dict(a.to_dict()) == a
 
 
 def test_every_experiment_plans_explicit_settings(tmp_path: Path) -> None:
