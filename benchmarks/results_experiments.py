@@ -1569,17 +1569,25 @@ def _mnist1d_variants(quick: bool) -> dict[str, Setup]:
 
 
 def _adding_variants(quick: bool) -> dict[str, Setup]:
-    grid = ((20, 256, 1),) if quick else ((200, 5000, 20), (100, 10000, 30))
+    grid = ((20, 256, 1),) if quick else ((200, 5000, 20), (100, 10000, 30), (50, 10000, 30))
     return {f"T={T}, {k}": v for T, n, e in grid for k, v in _adding_at(T, n, e, quick).items()}
 
 
 def _adding_at(T: int, n: int, e: int, quick: bool) -> dict[str, Setup]:
-    def s(f: str, init: str, opt: str, lr: float, **kw: Any) -> Setup:
+    def s(f: str, init: str, opt: str, lr: float, clip: float | None = 1.0,
+          **kw: Any) -> Setup:
         return Setup("adding", T, hidden=100, nonlinearity=f, init=init,
                      data={"n_train": n, "n_test": 200 if quick else 1000},
                      train={"epochs": e, "batch_size": 32, "optimizer": opt, "lr": lr,
-                            "optimizer_kwargs": kw, "schedule": "constant", "clip_norm": 1.0,
+                            "optimizer_kwargs": kw, "schedule": "constant", "clip_norm": clip,
                             "monitor": "val_loss", "restore_best": True})
+    if T == 50:         # the tanh recipe (Keras' defaults, unclipped, did better than clip 1)
+        return {"tanh, keras init, Adam 1e-3": s("tanh", "keras", "adam", 1e-3),
+                "tanh, keras init, Adam 1e-3, no clipping": s("tanh", "keras", "adam", 1e-3,
+                                                              None),
+                "tanh, keras init, Adam 3e-4, no clipping": s("tanh", "keras", "adam", 3e-4,
+                                                              None),
+                "tanh, keras init, Adam 1e-3, clip 10": s("tanh", "keras", "adam", 1e-3, 10.0)}
     if T == 100:
         return {"tanh, keras init, Adam 1e-3": s("tanh", "keras", "adam", 1e-3),
                 "IRNN, Adam 3e-4": s("relu", "irnn", "adam", 3e-4),

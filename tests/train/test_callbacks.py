@@ -170,6 +170,24 @@ def test_cosine_without_total_steps_spans_the_run():
     assert lrs[-1] < 1e-4
 
 
+@pytest.mark.parametrize("every, updates", [(1, 6), (4, 2), (6, 1)])
+def test_cosine_without_total_steps_spans_an_online_rules_run(every, updates):
+    """An online rule updates once per block of ``every`` steps (T = 6, a label at every step):
+    the default length counts those updates, so the cosine ends at the end of the run, not
+    after a fraction ``1 / updates`` of it."""
+    X, y = DATA
+    Y = np.repeat(y[:, None], X.shape[1], axis=1)                     # (N, T): every step
+    net = RNN(3, 8, output_size=2, setup="many_to_many", seed=1, dtype="float64")
+    c = cfg(epochs=3, schedule="cosine", algorithm="rtrl_online",
+            algorithm_kwargs={"every": every})
+    h = net.fit((X, Y), c)
+    total = 3 * 5 * updates                                           # epochs x batches x blocks
+    lrs = [r["lr"] for r in h.epochs]     # the lr of each epoch's last minibatch, read before it
+    expected = [0.005 * (1 + np.cos(np.pi * (5 * e - 1) * updates / total)) for e in (1, 2, 3)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] > 1e-3 and lrs[-1] < 1e-3
+
+
 # ----------------------------------------------------------------------------- weights, state
 
 

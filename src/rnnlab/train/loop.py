@@ -224,6 +224,19 @@ def check_resume(path: str | os.PathLike[str], params: Params, spec: RNNSpec, cf
     return ck
 
 
+def updates_per_batch(spec: RNNSpec, cfg: TrainConfig, train: TrainData) -> int:
+    """The optimizer updates one minibatch makes: one, but for an online rule
+    (:data:`rnnlab.learning.ONLINE`) one per block of ``every`` steps that scores a target
+    (eq. 42): ``ceil(T / every)`` when every step has an output, one when only the last step
+    has.  With a mask, a block whose steps are all padding in a minibatch makes no update, so
+    a run over padded sequences may make fewer than this counts."""
+    if cfg.algorithm not in ONLINE or not spec.per_step_output:
+        return 1
+    T = int(train.y.shape[1] if spec.setup == "one_to_many" else train.X.shape[1])
+    every = int(cfg.algorithm_kwargs.get("every", 1))
+    return max(1, -(-T // every))
+
+
 class _Loop:
     """One call of :func:`fit`: set-up, optional resume, the epochs.
 
@@ -245,7 +258,9 @@ class _Loop:
         n, B = len(train), cfg.batch_size
         self.batches_per_epoch = n // B if cfg.stateful else -(-n // B)
         self.opt = cfg.make_optimizer()
-        self.sched = cfg.make_schedule().with_length(cfg.epochs * self.batches_per_epoch)
+        # a schedule counts optimizer updates; its default length is the run's
+        self.sched = cfg.make_schedule().with_length(
+            cfg.epochs * self.batches_per_epoch * updates_per_batch(spec, cfg, train))
         self.opt_state: dict[str, Any] = self.opt.init(params)
         if opt_state is not None:
             self._set_opt_state(opt_state)
