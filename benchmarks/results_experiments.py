@@ -87,6 +87,19 @@ def metric(results: Results, cells: Sequence[Cell], key: str) -> list[float]:
     return out
 
 
+def scored_epoch(results: Results, cells: Sequence[Cell], key: str) -> list[float]:
+    """``key`` (an epoch's metric, e.g. ``val_accuracy``) at the epoch whose weights each cell
+    scored (``weights_epoch``; the last epoch when it kept the last weights)."""
+    out = []
+    for c in cells:
+        r = res_of(results, c)
+        eps = r.get("epochs") or []
+        at = r.get("weights_epoch") or len(eps)
+        v = next((e.get(key) for e in eps if e.get("epoch") == at), None)
+        out.append(math.nan if v is None else float(v))
+    return out
+
+
 def finite(vals: Sequence[float]) -> list[float]:
     return [v for v in vals if not math.isnan(v)]
 
@@ -580,9 +593,18 @@ def plan_fashion_rows(quick: bool, work: Path) -> Plan:
     first = "H=256, keras init, Adam 1e-3 cosine"
     # a bidirectional layer (still a vanilla Elman RNN: two tanh recurrences, no gates) read
     # the rows both ways; +2.0 points over one direction in the 10,000-image sweep (issue 14)
-    setups = {first: setup,
-              f"bidirectional, {first}": setup.replace(bidirectional=True)}
-    return add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
+    bidir = setup.replace(bidirectional=True)
+    setups = {first: setup, f"bidirectional, {first}": bidir}
+    plan = add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
+    # the bidirectional run overfits after epoch ~20 (training loss 0.07, validation loss
+    # rising): decoupled weight decay (AdamW), rnnlab alone
+    for wd in (0.05, 0.15):
+        s = bidir.replace(train={"optimizer": "adamw", "optimizer_kwargs": {"weight_decay": wd}})
+        label = f"bidirectional, H=256, keras init, AdamW 1e-3 (weight decay {wd:g}) cosine"
+        plan.info["setups"][label] = s
+        plan.info["groups"][label] = cells_for(s, (0,), ("rnnlab",))
+        plan.cells += plan.info["groups"][label]["rnnlab"]
+    return plan
 
 
 def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
@@ -601,14 +623,22 @@ def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path
                "the dataset's benchmark table (Zalando's fashion-mnist README)."),
         literature=[["fashion-mnist benchmark", "Keras SimpleRNN(256)", "88.3 %"],
                     ["fashion-mnist benchmark", "GRU", "88.8-89.7 %"]])
+    g = plan.info["groups"]
     ours = {lb: x for (lb, lib), x in info["vals"].items() if lib == "rnnlab" and x}
-    best = max(ours, key=lambda lb: mean(ours[lb]))       # the best vanilla configuration
+    # the headline configuration is chosen on the validation split (its best epoch's
+    # accuracy, the weights scored), never on the test split
+    val = {lb: mean(scored_epoch(results, g[lb]["rnnlab"], "val_accuracy")) for lb in ours}
+    best = max(ours, key=lambda lb: val[lb])
     r = ours[best]
     m = mean(r)
-    g = plan.info["groups"]
-    return blocks, [target(f"Fashion-MNIST rows, vanilla RNN (rnnlab, {best})", ">= 89.5 %",
-                           pct(r), m >= 0.895, f"{100 * (0.895 - m):.1f} points short")
-                    ] + keras_target(
+    blocks.append({"kind": "text", "text": (
+        "The configuration for the target is the one with the best validation accuracy "
+        "(of its restored epoch): " + "; ".join(
+            f"{lb}: validation {100 * val[lb]:.2f} %, test {pct(ours[lb])}" for lb in ours)
+        + f". Chosen: {best}.")})
+    return blocks, [target(f"Fashion-MNIST rows, vanilla RNN (rnnlab, {best}; chosen on "
+                           "validation)", ">= 89.5 %", pct(r), m >= 0.895,
+                           f"{100 * (0.895 - m):.1f} points short")] + keras_target(
         "Fashion-MNIST rows", results, _row(g, "rnnlab"), _row(g, "keras-jax defaults"),
         "test_accuracy", higher=True, as_pct=True)
 
