@@ -597,13 +597,13 @@ def plan_fashion_rows(quick: bool, work: Path) -> Plan:
     setups = {first: setup, f"bidirectional, {first}": bidir}
     plan = add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
     # the bidirectional run overfits after epoch ~20 (training loss 0.07, validation loss
-    # rising): decoupled weight decay (AdamW), rnnlab alone
+    # rising): decoupled weight decay (AdamW)
     for wd in (0.05, 0.15):
         s = bidir.replace(train={"optimizer": "adamw", "optimizer_kwargs": {"weight_decay": wd}})
         label = f"bidirectional, H=256, keras init, AdamW 1e-3 (weight decay {wd:g}) cosine"
         plan.info["setups"][label] = s
-        plan.info["groups"][label] = cells_for(s, (0,), ("rnnlab",))
-        plan.cells += plan.info["groups"][label]["rnnlab"]
+        plan.info["groups"][label] = cells_for(s, (0,), ("rnnlab", "torch"))
+        plan.cells += _all({label: plan.info["groups"][label]})
     return plan
 
 
