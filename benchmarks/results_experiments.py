@@ -1724,7 +1724,8 @@ SWEEPS: dict[str, tuple[str, Sweep]] = {
     "recipes-mnist1d": ("Recipe sweep: MNIST-1D", Sweep(
         "Which initialiser, learning rate and schedule train MNIST-1D (T = 40, one value a "
         "step); 100 epochs, the best validation epoch's weights scored. The chosen recipe is "
-        "the `mnist1d` experiment's.", _mnist1d_variants, "test_accuracy", True)),
+        "the `mnist1d` experiment's.", _mnist1d_variants, "test_accuracy", True,
+        select="val_accuracy")),
     "recipes-adding": ("Recipe sweep: the adding problem", Sweep(
         "Which initialiser, optimizer and learning rate solve the adding problem: at T = 200 "
         "with 5000 training sequences for 20 epochs (3140 updates), then at T = 100 with "
@@ -1733,13 +1734,13 @@ SWEEPS: dict[str, tuple[str, Sweep]] = {
         "epochs) with clipping at 1, at 10 and off (Keras' defaults, unclipped, came closer "
         "than clip 1 in the `adding` experiment). The chosen recipes are the `adding` "
         "experiment's.",
-        _adding_variants, "test_mse", False)),
+        _adding_variants, "test_mse", False, select="val_loss")),
     "recipes-fashion": ("Recipe sweep: Fashion-MNIST rows", Sweep(
         "Initialiser, learning rate, hidden size, pixel scaling, a second layer, a "
         "bidirectional layer and weight decay for Fashion-MNIST row by row, on 10,000 training "
         "images for 10 epochs (cosine schedule, clip 1) to fit the budget; the best go to the "
         "full `fashion-rows` experiment.", _fashion_variants,
-        "test_accuracy", True)),
+        "test_accuracy", True, select="val_accuracy")),
     "recipes-fashion-full": ("Recipe sweep: Fashion-MNIST rows, the whole training set", Sweep(
         "The bidirectional layer of `recipes-fashion` on the whole training set (54,000 "
         "images, 6,000 for validation, 30 epochs, as `fashion-rows`) with Adam and with "
