@@ -304,7 +304,7 @@ def render(out: Path, results: list[dict[str, Any]], mach: dict[str, Any]) -> st
     lines += _table_md({"header": head, "rows": [
         [f"[{r['title']}](#{_anchor(r['title'])})",
          f"`python -m benchmarks.results --only {r['name']}`", r["seeds"], r["epochs"],
-         f"{r['wall_s'] / 60:.1f} min", _fmt_load(r.get("load"), mach["cores"]),
+         _wall(r), _load(r, mach.get("cores")),
          r["finished"][:16].replace("T", " ")] for r in results]})
     missing = [n for n in rx.EXPERIMENTS if n not in {r["name"] for r in results}]
     if missing:
@@ -313,6 +313,21 @@ def render(out: Path, results: list[dict[str, Any]], mach: dict[str, Any]) -> st
     for r in results:
         lines += _section(r, mach)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _wall(r: Mapping[str, Any]) -> str:
+    """An experiment's wall time, or its runs' own time when earlier commands trained them."""
+    if r.get("reused"):
+        return (f"{r.get('cell_time_s', 0.0) / 60:.1f} min of runs (trained by earlier "
+                "commands)")
+    return f"{r['wall_s'] / 60:.1f} min"
+
+
+def _load(r: Mapping[str, Any], cores: Any) -> str:
+    """The load while the experiment's runs trained (unknown when earlier commands did)."""
+    if r.get("reused"):
+        return "not known (the runs were trained by earlier commands)"
+    return _fmt_load(r.get("load"), cores)
 
 
 def _anchor(title: str) -> str:
@@ -325,9 +340,9 @@ def _section(r: Mapping[str, Any], mach: Mapping[str, Any]) -> list[str]:
     if r.get("quick"):
         lines += ["**Quick run (smoke test of the harness): not the experiment's numbers.**", ""]
     lines += [f"`python -m benchmarks.results --only {r['name']}` -- seeds {r['seeds']}, "
-              f"epochs {r['epochs']}, wall time {r['wall_s'] / 60:.1f} min "
+              f"epochs {r['epochs']}, wall time {_wall(r)} "
               f"({r['cells']} runs, {r['jobs']} worker(s) x {r['threads']} thread(s)); load "
-              f"{_fmt_load(r.get('load'), mach.get('cores'))}; finished "
+              f"{_load(r, mach.get('cores'))}; finished "
               f"{r['finished'][:16].replace('T', ' ')}.", ""]
     if r.get("skipped"):
         lines += [f"Skipped: {r['skipped']}", ""]
@@ -402,11 +417,13 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         finally:
             shutil.rmtree(keep, ignore_errors=True)
     cell_walls = [r.get("wall_s", 0.0) for r in results.values()]
+    # a report that runs its own work (the defaults sweep) gives its runs' time in the plan
+    cell_time = sum(cell_walls) or float(plan.info.get("cell_time_s", 0.0))
     res = {
         "name": exp.name, "title": exp.title, "quick": args.quick, "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": time.perf_counter() - t0, "cells": len(plan.cells),
-        "cell_time_s": sum(cell_walls), "jobs": args.jobs, "threads": args.threads,
+        "cell_time_s": cell_time, "jobs": args.jobs, "threads": args.threads,
         "load": mon.summary(), "seeds": plan.seeds, "epochs": plan.epochs,
         "skipped": plan.skipped, "blocks": blocks, "targets": targets,
         "command": " ".join(shlex.quote(a) for a in sys.argv),
@@ -424,6 +441,10 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         # some runs were trained by an earlier command: count its time too
         res["wall_s"] += float(previous.get("wall_s", 0.0))
         res["started"] = previous.get("started", started)
+    elif trained == 0 and cell_time > 0 and not plan.info.get("ran_now"):
+        # every run was trained by earlier commands (or another experiment's) whose wall time
+        # is not known here: the page gives the runs' own time instead of this command's
+        res["reused"] = True
     (figdir / "result.json").write_text(json.dumps(res, indent=1))
     echo(f"   {exp.name} done in {res['wall_s'] / 60:.1f} min")
     return res

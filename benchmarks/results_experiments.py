@@ -16,6 +16,7 @@ import json
 import math
 import re
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1793,11 +1794,17 @@ def report_defaults(plan: Plan, results: Results, figdir: Path, work: Path
     from benchmarks import defaults as d
 
     found: dict[str, list[dict[str, Any]]] = {}
+    start = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for name in plan.info["tasks"]:
         try:
             found[name] = d.run_task(d.TASKS[name], work, 2, echo=lambda s: None)
         except (OSError, RuntimeError, ValueError) as exc:
             print(f"   defaults: skipping {name}: {exc}", flush=True)
+    # the runs' own time, for the page (these runs are the sweep's, not the plan's cells)
+    plan.info["cell_time_s"] = sum(float(r.get("elapsed_s") or 0.0)
+                                   for rs in found.values() for r in rs)
+    plan.info["ran_now"] = any(str(r.get("finished_at", "")) >= start
+                               for rs in found.values() for r in rs)
     tasks = "; ".join(f"`{t.name}` ({t.dataset}{f', T={t.steps}' if t.steps else ''}: "
                       f"{t.metric.removeprefix('test_')}, seeds {seeds_text(t.seeds)}"
                       f"{f', {t.epochs} epochs' if t.epochs else ''})"
