@@ -596,7 +596,13 @@ def plan_fashion_rows(quick: bool, work: Path) -> Plan:
     # bidirectional layer, still a vanilla Elman RNN (two tanh recurrences, no gates), with
     # decoupled weight decay (the one-direction and the Adam runs overfit after epoch ~20)
     setups = {first: setup, FASHION_RECIPE: _fashion_full(setup, 0.15)}
-    return add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
+    plan = add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
+    if not quick:       # the recipe's rnnlab row over three seeds (its twin: seed 0)
+        more = [Cell(setups[FASHION_RECIPE], sd, "rnnlab") for sd in (1, 2)]
+        plan.info["groups"][FASHION_RECIPE]["rnnlab"] += more
+        plan.cells += more
+        plan.seeds = "0 (the recipe's rnnlab row: 0, 1, 2)"
+    return plan
 
 
 FASHION_RECIPE = "bidirectional, H=256, keras init, AdamW 1e-3 (weight decay 0.15) cosine"
