@@ -438,8 +438,10 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         res["reported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     elif plan.cells and 0 < trained < len(plan.cells) and previous \
             and previous.get("quick") == args.quick:
-        # some runs were trained by an earlier command: count its time too
-        res["wall_s"] += float(previous.get("wall_s", 0.0))
+        # some runs were trained by an earlier command: count its time too (the runs' own
+        # time when that command had only reused runs trained before it)
+        res["wall_s"] += float(previous.get("cell_time_s" if previous.get("reused") else
+                                            "wall_s", 0.0))
         res["started"] = previous.get("started", started)
     elif trained == 0 and cell_time > 0 and not plan.info.get("ran_now"):
         # every run was trained by earlier commands (or another experiment's) whose wall time
