@@ -429,10 +429,12 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "trained": trained, "machine": machine(),
     }
-    if plan.cells and trained == 0 and previous and previous.get("quick") == args.quick \
+    if (plan.cells or cell_time) and trained == 0 and not plan.info.get("ran_now") \
+            and previous and previous.get("quick") == args.quick \
             and previous.get("cells") == len(plan.cells):
         # every run came from the work directory: the times are those of the run that trained
-        for k in ("started", "finished", "wall_s", "load", "jobs", "threads", "machine"):
+        for k in ("started", "finished", "wall_s", "load", "jobs", "threads", "machine",
+                  "reused"):
             if k in previous:
                 res[k] = previous[k]
         res["reported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

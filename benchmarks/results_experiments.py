@@ -581,49 +581,54 @@ def report_mnist1d(plan: Plan, results: Results, figdir: Path, work: Path
         higher=True, as_pct=True)
 
 
-def plan_fashion_rows(quick: bool, work: Path) -> Plan:
+FASHION_FIRST = "H=256, keras init, Adam 1e-3 cosine"
+FASHION_WEIGHT_DECAY = 0.15     # the recipe's, chosen on validation by recipes-fashion-full
+
+
+def _fashion_rows_setup(quick: bool) -> Setup:
+    """fashion-rows' one-direction configuration (``FASHION_FIRST``)."""
     epochs = 1 if quick else 30
     n = 1000 if quick else None
     steps_per_epoch = math.ceil((n or 54000) / 64)
-    setup = Setup("fashion-mnist", 28, hidden=256, init="keras", n_train=n,
-                  n_val=500 if quick else None,
-                  train={"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
-                         "schedule": "cosine",
-                         "schedule_kwargs": {"total_steps": epochs * steps_per_epoch},
-                         "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
-    first = "H=256, keras init, Adam 1e-3 cosine"
+    return Setup("fashion-mnist", 28, hidden=256, init="keras", n_train=n,
+                 n_val=500 if quick else None,
+                 train={"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
+                        "schedule": "cosine",
+                        "schedule_kwargs": {"total_steps": epochs * steps_per_epoch},
+                        "clip_norm": 1.0, "monitor": "val_accuracy", "restore_best": True})
+
+
+def _fashion_full(setup: Setup, weight_decay: float | None) -> tuple[str, Setup]:
+    """``setup`` (the one-direction configuration) bidirectional, with AdamW's decoupled
+    ``weight_decay`` (None: Adam), and its label."""
+    s = setup.replace(bidirectional=True)
+    if weight_decay is None:
+        return "bidirectional, H=256, keras init, Adam 1e-3 cosine", s
+    return (f"bidirectional, H=256, keras init, AdamW 1e-3 (weight decay {weight_decay:g}) "
+            "cosine", s.replace(train={"optimizer": "adamw",
+                                       "optimizer_kwargs": {"weight_decay": weight_decay}}))
+
+
+def plan_fashion_rows(quick: bool, work: Path) -> Plan:
+    setup = _fashion_rows_setup(quick)
     # the recipe recipes-fashion and recipes-fashion-full chose (on validation accuracy): a
     # bidirectional layer, still a vanilla Elman RNN (two tanh recurrences, no gates), with
     # decoupled weight decay (the one-direction and the Adam runs overfit after epoch ~20)
-    setups = {first: setup, FASHION_RECIPE: _fashion_full(setup, 0.15)}
-    plan = add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[first])
+    recipe, recipe_setup = _fashion_full(setup, FASHION_WEIGHT_DECAY)
+    setups = {FASHION_FIRST: setup, recipe: recipe_setup}
+    plan = add_keras(_single("fashion-rows", setups, (0,)), (0,), only=[FASHION_FIRST])
     if not quick:       # the recipe's rnnlab row over three seeds (its twin: seed 0)
-        more = [Cell(setups[FASHION_RECIPE], sd, "rnnlab") for sd in (1, 2)]
-        plan.info["groups"][FASHION_RECIPE]["rnnlab"] += more
+        more = [Cell(recipe_setup, sd, "rnnlab") for sd in (1, 2)]
+        plan.info["groups"][recipe]["rnnlab"] += more
         plan.cells += more
         plan.seeds = "0 (the recipe's rnnlab row: 0, 1, 2)"
     return plan
 
 
-FASHION_RECIPE = "bidirectional, H=256, keras init, AdamW 1e-3 (weight decay 0.15) cosine"
-
-
-def _fashion_full(setup: Setup, weight_decay: float | None) -> Setup:
-    """``setup`` (fashion-rows' one-direction configuration) bidirectional, with AdamW's
-    decoupled ``weight_decay`` (None: Adam)."""
-    s = setup.replace(bidirectional=True)
-    if weight_decay is None:
-        return s
-    return s.replace(train={"optimizer": "adamw",
-                            "optimizer_kwargs": {"weight_decay": weight_decay}})
-
-
 def _fashion_full_variants(quick: bool) -> dict[str, Setup]:
     """The full-data runs behind fashion-rows' recipe (its cells are reused from there)."""
-    base = plan_fashion_rows(quick, Path()).info["setups"]["H=256, keras init, Adam 1e-3 cosine"]
-    return {"bidirectional, H=256, keras init, Adam 1e-3 cosine": _fashion_full(base, None),
-            **{f"bidirectional, H=256, keras init, AdamW 1e-3 (weight decay {wd:g}) cosine":
-               _fashion_full(base, wd) for wd in (0.05, 0.15)}}
+    base = _fashion_rows_setup(quick)
+    return dict(_fashion_full(base, wd) for wd in (None, 0.05, FASHION_WEIGHT_DECAY))
 
 
 def report_fashion_rows(plan: Plan, results: Results, figdir: Path, work: Path

@@ -66,15 +66,22 @@ CASES = [(r, g) for r in sorted(FAST_RULES) for g in GRID] + \
     [(r, g) for r in ("rtrl", "uoro") for g in STACKED]
 
 
-@pytest.mark.parametrize("name,case", CASES, ids=lambda v: str(v))
-def test_batch_form_is_the_reference_rule(name: str, case: tuple[Any, ...]) -> None:
+def _case(name: str, case: tuple[Any, ...], B: int, T: int) -> tuple[Any, ...]:
+    """One case of the grid: ``(spec, params, X, Y, mask, h0, reference kwargs, fast kwargs)``
+    for a batch of ``B`` sequences of ``T`` steps."""
     setup, layers, masked, with_h0, act = case[:5]
     spec = RNNSpec(3, 4, 3, num_layers=layers, nonlinearity=act, setup=setup,
                    **(case[5] if len(case) > 5 else {}))
-    params, X, Y, mask, h0 = problem(spec, 5, 4, 6, masked, with_h0)
+    params, X, Y, mask, h0 = problem(spec, B, 4, T, masked, with_h0)
     ref_kw, fast_kw = _options(name, spec, params)
     if setup == "one_to_many":
-        ref_kw["steps"] = 6
+        ref_kw["steps"] = T
+    return spec, params, X, Y, mask, h0, ref_kw, fast_kw
+
+
+@pytest.mark.parametrize("name,case", CASES, ids=lambda v: str(v))
+def test_batch_form_is_the_reference_rule(name: str, case: tuple[Any, ...]) -> None:
+    spec, params, X, Y, mask, h0, ref_kw, fast_kw = _case(name, case, 5, 6)
     l1, g1, o1 = RULES[name](params, X, Y, spec, h0=h0, mask=mask, **ref_kw)
     rule = FastRule(spec, name, **fast_kw)
     for _ in range(2):               # the buffers reused by a second call give the same result
@@ -95,13 +102,7 @@ def test_batch_form_is_the_reference_rule(name: str, case: tuple[Any, ...]) -> N
 @pytest.mark.parametrize("name,case", CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("every", [1, 4])
 def test_online_form_is_the_reference_rule(name: str, case: tuple[Any, ...], every: int) -> None:
-    setup, layers, masked, with_h0, act = case[:5]
-    spec = RNNSpec(3, 4, 3, num_layers=layers, nonlinearity=act, setup=setup,
-                   **(case[5] if len(case) > 5 else {}))
-    params, X, Y, mask, h0 = problem(spec, 6, 4, 7, masked, with_h0)
-    ref_kw, fast_kw = _options(name, spec, params)
-    if setup == "one_to_many":
-        ref_kw["steps"] = 7
+    spec, params, X, Y, mask, h0, ref_kw, fast_kw = _case(name, case, 6, 7)
     opt = optim.Adam(lr=0.05)
     p1 = {k: v.copy() for k, v in params.items()}
     p2 = {k: v.copy() for k, v in params.items()}
