@@ -168,3 +168,14 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="none of the run directories has a diagnostics.npz"):
         plots.gradient_norms([fresh], tmp_path / "x")
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_a_figure_saved_twice_gives_the_same_bytes(runs, tmp_path):
+    """No creation date and no random element ids: regenerating a figure changes its file only
+    when the figure changed (docs/results.md's figures are regenerated from cached runs)."""
+    first = plots.learning_curves([runs / "tanh-2"], tmp_path / "a" / "curves")
+    second = plots.learning_curves([runs / "tanh-2"], tmp_path / "b" / "curves")
+    assert [p.name for p in first] == [p.name for p in second] == ["curves.png", "curves.svg"]
+    for p, q in zip(first, second, strict=True):
+        assert p.read_bytes() == q.read_bytes()
+    assert b"<dc:date>" not in first[1].read_bytes()

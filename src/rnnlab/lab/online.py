@@ -47,6 +47,7 @@ from ..learning import RULES, STOCHASTIC
 from ..train import TrainConfig, spec_for_dataset
 from ..train import fit as train_fit
 from ..train.steps import gradient_function
+from . import plots
 
 __all__ = [
     "METHODS",
@@ -423,7 +424,7 @@ def figure(summaries: Sequence[Mapping[str, Any]], tasks: Sequence[str], methods
     paths = []
     for fmt in formats:
         target = p.with_name(f"{p.name}.{fmt}")
-        fig.savefig(target, format=fmt, dpi=dpi, bbox_inches="tight")
+        plots.write_figure(fig, target, fmt, dpi)
         paths.append(target)
     return paths
 

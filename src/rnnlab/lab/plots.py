@@ -31,7 +31,8 @@ import numpy as np
 
 __all__ = ["RunData", "accuracy_vs_steps", "accuracy_vs_steps_figure", "activations",
            "activations_figure", "find_runs", "gradient_norms", "gradient_norms_figure",
-           "layer_name", "learning_curves", "learning_curves_figure", "line_labels", "load_run"]
+           "layer_name", "learning_curves", "learning_curves_figure", "line_labels", "load_run",
+           "write_figure"]
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 RUN_FILES: tuple[str, ...] = ("config.toml", "summary.json", "metrics.jsonl")
@@ -66,6 +67,17 @@ def _figure(**kw: Any) -> Any:
     return Figure(**kw)
 
 
+def write_figure(fig: Any, target: str | os.PathLike[str], fmt: str, dpi: int = 120) -> None:
+    """Save ``fig`` as ``fmt`` so that the same figure gives the same bytes: an SVG without
+    its creation date and with element ids from a fixed salt (matplotlib draws them at
+    random), so that regenerating a figure changes its file only when the figure changed."""
+    from matplotlib import rc_context
+
+    meta = {"Date": None} if fmt == "svg" else None
+    with rc_context({"svg.hashsalt": "rnnlab"}):
+        fig.savefig(target, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+
+
 def _save(fig: Any, out: str | os.PathLike[str], formats: Sequence[str] = FORMATS) -> list[Path]:
     p = Path(out)
     if p.suffix.lower().lstrip(".") in FORMATS:
@@ -74,7 +86,7 @@ def _save(fig: Any, out: str | os.PathLike[str], formats: Sequence[str] = FORMAT
     paths = []
     for fmt in formats:
         target = p.with_name(f"{p.name}.{fmt}")
-        fig.savefig(target, format=fmt, dpi=120, bbox_inches="tight")
+        write_figure(fig, target, fmt)
         paths.append(target)
     return paths
 
