@@ -98,7 +98,9 @@ class Health:
         if ratio < self.vanish:
             self._report("vanishing_gradient", f"the gradient vanishes through time (epoch "
                          f"{epoch}): ||dL/dH_1|| / ||dL/dH_{T}|| = {ratio:.2g} over {T} steps; "
-                         "early steps barely learn (try init='keras' or 'irnn', or fewer steps)",
+                         "early steps barely learn (fewer steps may help; so may an orthogonal or "
+                         "identity recurrent matrix at the start, init='keras' or 'irnn', if "
+                         "the run did not start from one)",
                          epoch, step)
         else:
             self._active.discard("vanishing_gradient")
