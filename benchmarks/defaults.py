@@ -52,6 +52,10 @@ ROUNDS: dict[int, list[dict[str, Any]]] = {
     2: [{"label": f"keras init, Adam {lr:g}, {sched}", "model.init": "keras", "train.lr": lr,
          "train.schedule": sched}
         for lr in (1e-3, 2e-3, 3e-3) for sched in ("constant", "cosine")],
+    # round 3 (2026-11-30, at the default of 50 epochs): round 2's winner, the hidden size
+    3: [{"label": f"keras init, Adam 0.001, constant, H={h}", "model.init": "keras",
+         "train.lr": 1e-3, "train.schedule": "constant", "model.hidden_size": h}
+        for h in (64, 128, 256)],
 }
 CANDIDATES = ROUNDS[2]
 """The current round's candidates (``--round`` chooses)."""
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/defaults")
     ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=2,
                     help="the candidates: 1 = initialiser x lr x clipping at 10 epochs "
-                         "(2026-11-29), 2 = lr x schedule at the default epochs (default)")
+                         "(2026-11-29), 2 = lr x schedule at the default epochs (default), "
+                         "3 = the hidden size (64, 128, 256) with round 2's choice")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     bad = [n for n in names if n not in TASKS]

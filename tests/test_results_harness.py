@@ -199,3 +199,20 @@ def test_cells_are_reused_from_other_experiments_read_only(tmp_path: Path) -> No
     with pytest.raises(AssertionError, match="trained again"):
         results.run_cells([b], work=work, workers=NoWorkers(), threads=1, fresh=False,
                           echo=print, reuse=[other])
+
+
+def test_epoch_noise_reads_the_runs_own_validation_curves() -> None:
+    """The noise of one run's outcome: the pooled median swing of the validation accuracy
+    between consecutive epochs over each run's second half, over 0.954; NaN without curves."""
+    a, b = Cell(Setup("digits", 8, train={"lr": 1e-3}), 0, "rnnlab"), \
+        Cell(Setup("digits", 8, train={"lr": 1e-3}), 0, "torch")
+
+    def run(vals: list[float]) -> dict[str, object]:
+        return {"epochs": [{"epoch": i + 1, "val_accuracy": v} for i, v in enumerate(vals)]}
+
+    # the swings into the epochs of the second half: a (epochs 3-5) 0.4 0.2 0.1, b (3-4) 0.1 0
+    res = {a.key(): run([0.1, 0.9, 0.5, 0.7, 0.6]), b.key(): run([0.2, 0.4, 0.3, 0.3])}
+    assert rx.epoch_noise(res, [a, b]) == pytest.approx(0.1 / 0.954)
+    assert rx.epoch_noise(res, [b]) == pytest.approx(0.05 / 0.954)
+    assert rx.epoch_noise(res, [a]) == pytest.approx(0.2 / 0.954)
+    assert np.isnan(rx.epoch_noise({}, [a]))
