@@ -151,7 +151,9 @@ def initial_params(setup: Setup, spec: Any, seed: int, dtype: Any = np.float32) 
 def train_config(setup: Setup, seed: int) -> Any:
     from rnnlab import TrainConfig
 
-    return TrainConfig(**{**setup.train, "seed": seed, "progress": "off"})
+    # a Setup that names no clip_norm does not clip (the harness's convention since before
+    # TrainConfig's default became "auto"; the cells' keys and results stay what they were)
+    return TrainConfig(**{"clip_norm": None, **setup.train, "seed": seed, "progress": "off"})
 
 
 def batch_plan(n: int, batch_size: int, rng: np.random.Generator, shuffle: bool
@@ -387,8 +389,8 @@ def run_torch(setup: Setup, seed: int, *, dtype: Any = np.float32,
             loss = s / k
             loss.backward()
             lv = float(loss.detach())
-            if cfg.clip_norm is not None:
-                norm = float(torch.nn.utils.clip_grad_norm_(net.trainable, cfg.clip_norm))
+            if cfg.clip is not None:
+                norm = float(torch.nn.utils.clip_grad_norm_(net.trainable, cfg.clip))
             else:
                 norm = float(torch.linalg.vector_norm(torch.stack(
                     [torch.linalg.vector_norm(p.grad) for p in net.trainable])))
@@ -628,7 +630,7 @@ def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
         betas = cfg.optimizer_kwargs.get("betas", (0.9, 0.999))
         model.compile(optimizer=keras.optimizers.Adam(
             learning_rate=cfg.lr, beta_1=betas[0], beta_2=betas[1],
-            epsilon=cfg.optimizer_kwargs.get("eps", 1e-8), global_clipnorm=cfg.clip_norm),
+            epsilon=cfg.optimizer_kwargs.get("eps", 1e-8), global_clipnorm=cfg.clip),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         rng = np.random.default_rng(cfg.seed)
         stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)

@@ -81,6 +81,18 @@ def test_flags_override_set_which_overrides_the_file(tmp_path, capsys):
     assert "test: test_loss" in out and "completed after 1 epoch(s)" in out
 
 
+@pytest.mark.parametrize("flag,saved", [("auto", "auto"), ("none", "none"), ("0.5", 0.5)])
+def test_clip_norm_flag_takes_a_number_auto_or_none(tmp_path, capsys, flag, saved):
+    rc, out, err = run(capsys, "train", "--dataset", "digits", *TINY, "--runs-dir",
+                       str(tmp_path), "--name", "c", "--clip-norm", flag, "--no-diagnostics")
+    assert rc == 0, err
+    cfg = tomllib.loads((tmp_path / "c" / "config.toml").read_text())
+    assert cfg["train"]["clip_norm"] == saved
+    rc, out, err = run(capsys, "train", "--dataset", "digits", *TINY, "--runs-dir",
+                       str(tmp_path), "--name", "d", "--clip-norm", "often")
+    assert_user_error(rc, err, "--clip-norm", "often")
+
+
 def test_evaluate(trained, capsys):
     """The default checkpoint is the weights the run ended with (summary.json's weights)."""
     weights = json.loads((trained / "summary.json").read_text())["weights"]

@@ -69,13 +69,17 @@ _NONE = object()
 
 
 class _Value(click.ParamType):
-    """int/float/str parsed by click, plus ``none`` for optional fields."""
+    """int/float/str parsed by click, plus ``none`` for optional fields and the ``words`` a
+    field takes besides numbers (``auto`` for ``train.clip_norm``)."""
 
-    def __init__(self, base: click.ParamType, optional: bool) -> None:
-        self.base, self.optional = base, optional
-        self.name = base.name + (" or none" if optional else "")
+    def __init__(self, base: click.ParamType, optional: bool, words: Sequence[str] = ()
+                 ) -> None:
+        self.base, self.optional, self.words = base, optional, tuple(words)
+        self.name = " or ".join([base.name, *self.words] + (["none"] if optional else []))
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return value.strip().lower()
         if self.optional and isinstance(value, str) and value.strip().lower() == "none":
             return _NONE
         return self.base.convert(value, param, ctx)
@@ -174,7 +178,8 @@ def _config_options(f: Callable[..., Any]) -> Callable[..., Any]:
                                type=_Choice(choices[key], "None" in t, normalize))
         else:
             base = bases[t.split("|")[0].strip()]
-            opt = click.option(*names, dest, type=_Value(base, "None" in t), default=None,
+            words = ("auto",) if key == "train.clip_norm" else ()
+            opt = click.option(*names, dest, type=_Value(base, "None" in t, words), default=None,
                                help=where)
         f = opt(f)
     return f

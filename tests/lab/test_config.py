@@ -125,7 +125,7 @@ def test_resolve_key():
         resolve_key("model.options.x")
     assert flat_keys()[:3] == ["name", "label", "diagnostics"]
     assert set(field_types()) == set(flat_keys())
-    assert field_types()["train.clip_norm"].replace(" ", "") == "float|None"
+    assert field_types()["train.clip_norm"].replace(" ", "") == "float|str|None"   # or "auto"
 
 
 def test_overrides_apply_and_validate():
@@ -183,3 +183,14 @@ def test_example_configs_load(path):
         assert len(cells) == max(1, len(variants)) * math.prod(len(v) for v in axes.values())
     else:
         assert load_config(path) == base
+
+
+@pytest.mark.parametrize("clip", [None, "auto", 0.5])
+def test_clip_norm_survives_a_toml_file(tmp_path, clip):
+    """TOML has no null: a clip_norm of None (not the default, "auto") is written "none" and
+    read back as None, so a saved run resumes with the clipping it ran with."""
+    cfg = ExperimentConfig.from_dict({"train": {"clip_norm": clip}})
+    path = save_config(cfg, tmp_path / "c.toml")
+    back = load_config(path)
+    assert back == cfg and back.train.clip_norm == clip
+    assert ('clip_norm = "none"' in path.read_text()) == (clip is None)

@@ -52,6 +52,8 @@ def quiet(**kw) -> TrainConfig:
     ({"schedule": "step"}, TypeError, r"schedule_kwargs \{\} do not fit schedule 'step': "
      r"schedule 'step' takes \['step_size', 'gamma'\]"),
     ({"clip_norm": 0}, ValueError, r"clip_norm must be a finite number > 0"),
+    ({"clip_norm": "always"}, ValueError, r"clip_norm must be a number > 0, None or 'auto'; "
+     r"got 'always'"),
     ({"algorithm": "backprop"}, ValueError, r"unknown algorithm 'backprop'; expected one of"),
     ({"algorithm": "tbptt"}, ValueError, r"algorithm='tbptt' needs k1"),
     ({"k1": 5}, ValueError, r"k1/k2 are only used with algorithm='tbptt'"),
@@ -68,6 +70,36 @@ def quiet(**kw) -> TrainConfig:
 def test_config_rejects_bad_values(kw, err, match):
     with pytest.raises(err, match=match):
         TrainConfig(**kw)
+
+
+def test_clip_norm_auto_is_1_for_minibatch_algorithms_and_none_for_online_rules():
+    """The default (benchmarks.defaults round 4) clips BPTT's gradient norm at 1.0; an online
+    rule, which cannot clip, is not refused for it; "none" (a TOML file's None) is None."""
+    assert TrainConfig().clip_norm == "auto" and TrainConfig().clip == 1.0
+    assert TrainConfig(algorithm="tbptt", k1=3).clip == 1.0
+    assert TrainConfig(algorithm="rtrl_online").clip is None
+    assert TrainConfig(clip_norm="AUTO").clip_norm == "auto"
+    assert TrainConfig(clip_norm="none").clip_norm is None and TrainConfig(clip_norm=None).clip \
+        is None
+    assert TrainConfig(clip_norm=3).clip == 3.0
+    online = TrainConfig().replace(algorithm="uoro_online")      # "auto" follows the algorithm
+    assert online.clip is None
+
+
+def test_the_default_config_clips_as_clip_norm_1():
+    """fit with the default config is fit with clip_norm=1.0, bit for bit, and differs from an
+    unclipped run where the gradient norm exceeds 1."""
+    X, _ = sign_task(0, 64)
+    y = 20.0 * X[:, :3, :1].sum(axis=1)              # large regression targets: norms >> 1
+    runs = {}
+    for clip in ("auto", 1.0, None):
+        m = RNN(3, 8, output_size=1, loss="identity_mse", seed=3)
+        h = m.fit((X, y), quiet(epochs=2, lr=0.05, clip_norm=clip))
+        runs[clip] = (m.params, h)
+    assert max(r["train_grad_norm"] for r in runs[None][1].epochs) > 1.0
+    for k in runs["auto"][0]:
+        np.testing.assert_array_equal(runs["auto"][0][k], runs[1.0][0][k])
+    assert any(not np.array_equal(runs["auto"][0][k], runs[None][0][k]) for k in runs[None][0])
 
 
 def test_config_dict_round_trip_and_unknown_keys():

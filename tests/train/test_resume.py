@@ -191,9 +191,14 @@ def test_mismatched_checkpoints_are_clear_errors(tmp_path):
         problem()[0].fit(tr, config(tmp_path), val=va, resume=tmp_path / "nope.npz")
     with pytest.raises(IsADirectoryError):
         problem()[0].fit(tr, config(tmp_path), val=va, resume=tmp_path)
-    # what may change: epochs, logging, checkpoint cadence, patience, and the learning rate
-    ok = problem()[0].fit(tr, config(tmp_path, epochs=2, checkpoint_every=2, patience=4), val=va,
-                          resume=True)
+    # the clipping that applies must match: "auto" (1.0 for BPTT) is not no clipping
+    with pytest.raises(ValueError, match=r"config\['clip_norm'\] is 1.0 in the checkpoint but "
+                                         r"None"):
+        problem()[0].fit(tr, config(tmp_path, clip_norm=None), val=va, resume=True)
+    # what may change: epochs, logging, checkpoint cadence, patience, and the learning rate;
+    # clip_norm="auto" resumes a run clipped at 1.0 (the clip it applies)
+    ok = problem()[0].fit(tr, config(tmp_path, epochs=2, checkpoint_every=2, patience=4,
+                                     clip_norm="auto"), val=va, resume=True)
     assert ok.epoch == 2
     slower = problem()[0].fit(tr, config(tmp_path, epochs=3, lr=0.005), val=va, resume=True)
     sched = config(tmp_path, lr=0.005).make_schedule().with_length(3 * 8)

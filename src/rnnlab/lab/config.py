@@ -31,7 +31,8 @@ is unambiguous (``hidden_size``, ``lr``), and a few aliases are short: ``T`` and
 generation of synthetic tasks).
 
 TOML is read with :mod:`tomllib` (standard library) and written by the small writer here; keys set
-to None are left out (None is every optional field's default), so ``load(save(c)) == c``.
+to None are left out where None is the field's default, and written as ``"none"`` where it is not
+(``train.clip_norm``, whose default is ``"auto"``), so ``load(save(c)) == c``.
 """
 
 from __future__ import annotations
@@ -469,7 +470,13 @@ def save_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``cfg`` as TOML (atomically: a temporary file renamed over ``path``)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(dumps_toml(cfg.to_dict()), encoding="utf-8")
+    d = cfg.to_dict()
+    for part, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+        for f in fields(cls):      # TOML has no null: a None that is not the default is "none"
+            if d[part].get(f.name, MISSING) is None and f.default is not None \
+                    and f.default_factory is MISSING:
+                d[part][f.name] = "none"
+    tmp.write_text(dumps_toml(d), encoding="utf-8")
     os.replace(tmp, p)
     return p
 

@@ -237,7 +237,8 @@ def run_online_cell(cell: Mapping[str, Any], *, settings: Mapping[str, Any]) -> 
         optimizer=str(settings["optimizer"]), lr=float(settings["lr"]), algorithm=algorithm,
         algorithm_kwargs=dict(method.options), k1=method.k1, k2=method.k2,
         stateful=task.stateful, shuffle=not task.stateful, seed=seed, progress="off",
-        eval_batch_size=int(settings["batch_size"]))
+        eval_batch_size=int(settings["batch_size"]),
+        clip_norm=None)      # no method clips: the online rules cannot (they update mid-sequence)
     B = cfg.batch_size
     probe = (np.asarray(ds.val.X[:B], np.float64), ds.val.y[:B])
     call = _rule_call(method, seed)

@@ -21,6 +21,9 @@ from . import optim, schedules
 from .metrics import resolve_mode
 
 ALGORITHMS: tuple[str, ...] = tuple(RULES) + tuple(ONLINE)
+DEFAULT_CLIP_NORM = 1.0
+"""``clip_norm="auto"``'s value for the algorithms that make one update per minibatch (chosen
+by ``python -m benchmarks.defaults --round 4``; docs/training.md, "Defaults")."""
 ENGINES: tuple[str, ...] = ("fast", "reference")
 ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
 PROGRESS: tuple[str, ...] = ("auto", "on", "off")
@@ -134,8 +137,11 @@ class TrainConfig:
     schedule, schedule_kwargs
         A name of :data:`rnnlab.schedules.SCHEDULES` and its arguments except ``lr`` (plus
         ``warmup_steps``); schedules count optimizer updates, not epochs.
-    clip_norm : float, optional
-        Clip the global gradient norm to this value before each update.
+    clip_norm : float, None or "auto"
+        Clip the global gradient norm to this value before each update; None does not clip.
+        ``"auto"`` (the default) is :data:`DEFAULT_CLIP_NORM` (1.0) for the algorithms that
+        make one update per minibatch and None for the online rules (they update inside the
+        sequence, where no clipping is applied); :attr:`clip` is the value that applies.
     algorithm : str
         How gradients are computed (:data:`ALGORITHMS`): ``"bptt"``, ``"tbptt"``, ``"rtrl"``, the
         estimators ``"uoro"``, ``"kf_rtrl"``, ``"snap"``, ``"rflo"``, ``"eprop"`` (one gradient
@@ -206,7 +212,7 @@ class TrainConfig:
     lr: float = 1e-3
     schedule: str = "constant"
     schedule_kwargs: dict[str, Any] = field(default_factory=dict)
-    clip_norm: float | None = None
+    clip_norm: float | str | None = "auto"
     algorithm: str = "bptt"
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     engine: str = "fast"
@@ -247,9 +253,14 @@ class TrainConfig:
         put("schedule_kwargs", _kwargs("schedule_kwargs", self.schedule_kwargs))
         self.make_optimizer()        # validates the name and the hyper-parameters now
         self.make_schedule()
-        if self.clip_norm is not None:
-            put("clip_norm", _positive("clip_norm", self.clip_norm))
         _choice("algorithm", self.algorithm, ALGORITHMS)
+        if isinstance(self.clip_norm, str):         # "none": how a TOML file spells None
+            if self.clip_norm.lower() not in ("auto", "none"):
+                raise ValueError(f"clip_norm must be a number > 0, None or 'auto'; got "
+                                 f"{self.clip_norm!r}")
+            put("clip_norm", None if self.clip_norm.lower() == "none" else "auto")
+        elif self.clip_norm is not None:
+            put("clip_norm", _positive("clip_norm", self.clip_norm))
         put("algorithm_kwargs", _algorithm_kwargs(self.algorithm, self.algorithm_kwargs))
         _choice("engine", self.engine, ENGINES)
         if self.algorithm == "tbptt":
@@ -262,7 +273,7 @@ class TrainConfig:
         elif self.k1 is not None or self.k2 is not None:
             raise ValueError(f"k1/k2 are only used with algorithm='tbptt'; got k1={self.k1!r}, "
                              f"k2={self.k2!r} with algorithm={self.algorithm!r}")
-        if self.algorithm in ONLINE and self.clip_norm is not None:
+        if self.algorithm in ONLINE and self.clip_norm not in (None, "auto"):
             raise ValueError(f"clip_norm is not supported with algorithm={self.algorithm!r} (the "
                              "update is applied inside the sequence); set clip_norm=None")
         for name in ("stateful", "shuffle", "restore_best", "health"):
@@ -297,6 +308,14 @@ class TrainConfig:
                 if not isinstance(value, str | os.PathLike):
                     raise TypeError(f"{name} must be a path or None; got {value!r}")
                 put(name, os.fspath(value))
+
+    @property
+    def clip(self) -> float | None:
+        """The gradient-norm clip this config applies (None: none): ``clip_norm`` with
+        ``"auto"`` resolved for its algorithm."""
+        if self.clip_norm == "auto":
+            return None if self.algorithm in ONLINE else DEFAULT_CLIP_NORM
+        return None if self.clip_norm is None else float(self.clip_norm)
 
     def make_optimizer(self) -> optim.Optimizer:
         """The optimizer this config names, with ``lr`` and ``optimizer_kwargs``."""

@@ -195,8 +195,10 @@ def check_fit(params: Params, spec: RNNSpec, data: Any, config: TrainConfig | No
 
 def resume_config(cfg: TrainConfig, spec: RNNSpec, dtype: Any) -> dict[str, Any]:
     """The config a checkpoint of :func:`fit` records (``TrainConfig`` fields, ``spec``,
-    ``dtype``), compared on resume over :data:`RESUME_KEYS`."""
-    return {**cfg.to_dict(), "spec": spec.to_dict(), "dtype": str(np.dtype(dtype))}
+    ``dtype``), compared on resume over :data:`RESUME_KEYS`; ``clip_norm`` as the clip that
+    applies (``"auto"`` resolved), so that ``"auto"`` and its value resume each other."""
+    return {**cfg.to_dict(), "clip_norm": cfg.clip, "spec": spec.to_dict(),
+            "dtype": str(np.dtype(dtype))}
 
 
 def check_resume(path: str | os.PathLike[str], params: Params, spec: RNNSpec, cfg: TrainConfig,
@@ -614,8 +616,9 @@ class _Loop:
             loss, g, out = self.grad_fn(params, X, Y, self.spec, h0, M, steps, W)
             loss = float(loss)
             grads = g.params
-            if self.cfg.clip_norm is not None:
-                grads, norm = optim.clip_grad_norm(grads, self.cfg.clip_norm)
+            clip = self.cfg.clip                      # clip_norm resolved: float or None
+            if clip is not None:
+                grads, norm = optim.clip_grad_norm(grads, clip)
             else:
                 norm = optim.global_norm(grads)
             new_p, new_s = params, self.opt_state
@@ -646,8 +649,9 @@ class _Loop:
             # the global norm as optim.global_norm computes it (per array, then combined: the
             # same number as _batch_step's), and clipping as optim.clip_grad_norm, in place
             norm = optim.global_norm(grads.params)
-            if self.cfg.clip_norm is not None:
-                g *= g.dtype.type(optim.clip_coefficient(norm, self.cfg.clip_norm))
+            clip = self.cfg.clip                      # clip_norm resolved: float or None
+            if clip is not None:
+                g *= g.dtype.type(optim.clip_coefficient(norm, clip))
             if not math.isfinite(loss):
                 return loss, out, norm, f"loss ({loss})"
             if not math.isfinite(norm):
