@@ -10,7 +10,8 @@ loads the same arrays through ``rnnlab.data``, trains with the same batch size, 
 epochs, optimizer (Adam) and shuffling every epoch, evaluates the validation split after every
 epoch and the test split at the end, and prints its result:
 
-* ``rnnlab``       ``rnnlab.RNN.fit`` with a ``TrainConfig`` (the fast engine, defaults otherwise),
+* ``rnnlab``       ``rnnlab.RNN.fit`` with a ``TrainConfig`` (the fast engine, defaults otherwise,
+                   but no gradient clipping, as the other loops: ``clip_norm=None``),
                    the kernels prefetched while the data loads (``rnnlab.fast.prefetch()``, as
                    ``rnnlab train`` does);
 * ``torch``        the idiomatic loop: ``TensorDataset`` + ``DataLoader(shuffle=True)``,
