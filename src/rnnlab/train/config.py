@@ -275,7 +275,8 @@ class TrainConfig:
                              f"k2={self.k2!r} with algorithm={self.algorithm!r}")
         if self.algorithm in ONLINE and self.clip_norm not in (None, "auto"):
             raise ValueError(f"clip_norm is not supported with algorithm={self.algorithm!r} (the "
-                             "update is applied inside the sequence); set clip_norm=None")
+                             "update is applied inside the sequence); set clip_norm=None or "
+                             "'auto'")
         for name in ("stateful", "shuffle", "restore_best", "health"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
