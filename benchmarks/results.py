@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import hashlib
 import json
 import multiprocessing
 import os
@@ -417,6 +418,9 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         finally:
             shutil.rmtree(keep, ignore_errors=True)
     cell_walls = [r.get("wall_s", 0.0) for r in results.values()]
+    # which runs the page reports: a previous report's times are kept only for the same runs
+    cell_set = hashlib.sha256("\n".join(sorted(c.key() for c in plan.cells)).encode()
+                              ).hexdigest()[:16]
     # a report that runs its own work (the defaults sweep) gives its runs' time in the plan
     cell_time = sum(cell_walls) or float(plan.info.get("cell_time_s", 0.0))
     res = {
@@ -427,11 +431,13 @@ def run_experiment(exp: rx.Experiment, args: argparse.Namespace, out: Path, work
         "load": mon.summary(), "seeds": plan.seeds, "epochs": plan.epochs,
         "skipped": plan.skipped, "blocks": blocks, "targets": targets,
         "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "trained": trained, "machine": machine(),
+        "trained": trained, "machine": machine(), "cell_set": cell_set,
     }
+    same_runs = previous is not None and (
+        previous.get("cell_set") == cell_set if "cell_set" in previous
+        else previous.get("cells") == len(plan.cells))       # a report from before cell_set
     if (plan.cells or cell_time) and trained == 0 and not plan.info.get("ran_now") \
-            and previous and previous.get("quick") == args.quick \
-            and previous.get("cells") == len(plan.cells):
+            and previous and previous.get("quick") == args.quick and same_runs:
         # every run came from the work directory: the times are those of the run that trained
         for k in ("started", "finished", "wall_s", "load", "jobs", "threads", "machine",
                   "reused"):

@@ -162,14 +162,25 @@ def test_quick_run_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture
     targets = next(t for t in tables if t[0].startswith("| experiment | what |"))
     assert any("Temporal XOR" in line for line in targets)
     assert any("Reber" in line for line in targets)
-    # running again reuses the finished cells and keeps the page
+    # running again reuses the finished cells and keeps the page, and the times of the run
+    # that trained them
+    first = json.loads((out / "results" / "xor" / "result.json").read_text())
     capsys.readouterr()
-    rc = results.main(["--quick", "--only", "xor", "--out", str(out),
-                       "--work", str(tmp_path / "work"), "--jobs", "1"])
-    assert rc == 0
+    argv = ["--quick", "--only", "xor", "--out", str(out), "--work", str(tmp_path / "work"),
+            "--jobs", "1"]
+    assert results.main(argv) == 0
     page2 = (out / "results.md").read_text()
     assert "## Embedded Reber grammar" in page2 and "## Temporal XOR" in page2
     assert "rnnlab " not in capsys.readouterr().out        # no cell was trained again
+    again = json.loads((out / "results" / "xor" / "result.json").read_text())
+    assert again["started"] == first["started"] and again["cell_set"] == first["cell_set"]
+    # a previous report of other runs (as after a default changed) lends them no times: the
+    # page gives the runs' own time
+    stale = {**again, "cell_set": "0" * 16, "started": "2000-01-01T00:00:00+0000"}
+    (out / "results" / "xor" / "result.json").write_text(json.dumps(stale))
+    assert results.main(argv) == 0
+    third = json.loads((out / "results" / "xor" / "result.json").read_text())
+    assert third["started"] != stale["started"] and third["reused"] is True
 
 
 def test_cells_are_reused_from_other_experiments_read_only(tmp_path: Path) -> None:
