@@ -149,7 +149,7 @@ def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: i
               ) -> tuple[dict[str, dict[str, Any]], int]:
     """Every cell's result by ``cell.key()`` (from the work directory, or from one of the
     ``reuse`` directories, other experiments' that are only read, or trained now) and the
-    number trained now."""
+    number trained now (a Keras cell skipped because its backend is missing is not)."""
     out: dict[str, dict[str, Any]] = {}
     todo: list[Cell] = []
     for c in dict.fromkeys(cells):
@@ -194,6 +194,7 @@ def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: i
             futs = {pool.submit(run_cell, c, threads): c for c in local}
             for f in cf.as_completed(futs):
                 keep(futs[f], f.result())
+    ran = len(local)
     for lib, group in group_keras(keras_cells).items():
         why = keras_available(lib.split("-", 1)[1])
         if why:
@@ -203,7 +204,8 @@ def run_cells(cells: Sequence[Cell], *, work: Path, workers: Workers, threads: i
             continue
         for c, res in zip(group, run_keras_cells(group, threads), strict=True):
             keep(c, res)
-    return out, len(todo)
+        ran += len(group)
+    return out, ran
 
 
 # ----------------------------------------------------------------------------- the page
