@@ -44,8 +44,17 @@ def kill_once(cell):
 
 
 def kill_always(cell):
+    marker = Path(cell["marker"]) if "marker" in cell else None
     if cell.get("kill"):
+        if marker is not None:          # wait (up to 2 s) for the other cell to be running
+            t0 = time.monotonic()
+            while not marker.exists() and time.monotonic() - t0 < 2.0:
+                time.sleep(0.01)
+            marker.unlink(missing_ok=True)
         os.kill(os.getpid(), signal.SIGKILL)
+    if marker is not None:
+        marker.touch()
+    time.sleep(cell.get("sleep", 0.0))
     return {"value": cell["x"]}
 
 
@@ -179,6 +188,17 @@ def test_pool_gives_up_after_retries(tmp_path):
     failed = {r["cell"]["x"]: r for r in rep.failed}
     assert 0 in failed and "died 2 time(s)" in failed[0]["error"]
     assert {r["cell"]["x"] for r in rep.records if r["status"] == "done"} >= {2}
+
+
+def test_a_cell_in_flight_when_another_kills_the_pool_is_not_charged(tmp_path):
+    """A dead worker breaks the whole pool; the cell that shared it (here: running each time
+    the other cell killed its worker) must not use up its retries for a death not its own."""
+    marker = str(tmp_path / "running")
+    cells = [{"x": 0, "kill": True, "marker": marker}, {"x": 1, "sleep": 3.0, "marker": marker}]
+    rep = run_sweep(kill_always, cells, tmp_path / "out", jobs=2, retries=1)
+    failed = {r["cell"]["x"]: r for r in rep.failed}
+    assert set(failed) == {0} and "died 2 time(s)" in failed[0]["error"]
+    assert [r["cell"]["x"] for r in rep.records if r["status"] == "done"] == [1]
 
 
 def test_bad_arguments(tmp_path):

@@ -396,6 +396,11 @@ def _run_pool(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driv
               retries: int) -> None:
     queue: deque[tuple[str, dict[str, Any]]] = deque(todo)
     attempts: dict[str, int] = {}
+    # A dead worker breaks the whole pool and fails every cell in flight, and the pool does
+    # not say whose worker died.  So a death is counted against a cell only when it ran alone:
+    # the cells in flight when a pool broke run alone from then on, one at a time.
+    deaths: dict[str, int] = {}
+    alone: set[str] = set()
     ctx = multiprocessing.get_context("spawn")
     while queue:
         retry: list[tuple[str, dict[str, Any]]] = []
@@ -403,9 +408,12 @@ def _run_pool(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driv
                                    initializer=_pool_worker_init, initargs=(os.getpid(),))
         inflight: dict[Any, tuple[str, dict[str, Any]]] = {}
         broken = False
+        suspects: set[str] = set()             # the cells in flight when this pool broke
         try:
             while inflight or (queue and not broken):
-                while queue and not broken and len(inflight) < jobs:
+                while queue and not broken and len(inflight) < jobs and not (
+                        inflight and (queue[0][0] in alone
+                                      or any(h in alone for h, _ in inflight.values()))):
                     h, cell = queue.popleft()
                     attempts[h] = attempts.get(h, 0) + 1
                     try:
@@ -421,10 +429,18 @@ def _run_pool(fn: CellFn, todo: Sequence[tuple[str, dict[str, Any]]], drv: _Driv
                     try:
                         outcome = fut.result()
                     except BrokenProcessPool:
-                        broken = True
-                        if attempts[h] > retries:
+                        if not broken:                 # the first news of this break
+                            broken = True
+                            suspects = {h, *(x for x, _ in inflight.values())}
+                        if len(suspects) > 1:           # whose worker died is not known
+                            alone.update(suspects)
+                            retry.append((h, cell))
+                            continue
+                        alone.add(h)
+                        deaths[h] = deaths.get(h, 0) + 1
+                        if deaths[h] > retries:
                             drv.finish(h, cell, None, "its worker process died "
-                                       f"{attempts[h]} time(s)", attempts[h])
+                                       f"{deaths[h]} time(s)", attempts[h])
                         else:
                             retry.append((h, cell))
                     except Exception as exc:
