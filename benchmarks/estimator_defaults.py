@@ -14,6 +14,7 @@ adding problem.  The table gives each candidate's mean over the seeds; docs/trai
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -35,14 +36,22 @@ TASKS: dict[str, tuple[str, int | None]] = {
     "adding50": ("adding", 50)}
 
 
-def score(task: str, kw: dict[str, Any], seed: int) -> float:
+@functools.cache
+def _task_data(task: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The task's dataset and its training + validation splits together (loaded once: every
+    candidate and seed fits the same arrays)."""
     from rnnlab import data
-    from rnnlab.estimators import RNNClassifier, RNNRegressor
 
     name, steps = TASKS[task]
     ds = data.load(name, seed=0, **({"steps": steps} if steps else {}))
-    X = np.concatenate([ds.train.X, ds.val.X])
-    y = np.concatenate([ds.train.y, ds.val.y])
+    return ds, np.concatenate([ds.train.X, ds.val.X]), np.concatenate([ds.train.y, ds.val.y])
+
+
+def score(task: str, kw: dict[str, Any], seed: int) -> float:
+    from rnnlab.estimators import RNNClassifier, RNNRegressor
+
+    name = TASKS[task][0]
+    ds, X, y = _task_data(task)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "adding":

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -44,17 +46,8 @@ def kill_once(cell):
 
 
 def kill_always(cell):
-    marker = Path(cell["marker"]) if "marker" in cell else None
     if cell.get("kill"):
-        if marker is not None:          # wait (up to 2 s) for the other cell to be running
-            t0 = time.monotonic()
-            while not marker.exists() and time.monotonic() - t0 < 2.0:
-                time.sleep(0.01)
-            marker.unlink(missing_ok=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    if marker is not None:
-        marker.touch()
-    time.sleep(cell.get("sleep", 0.0))
     return {"value": cell["x"]}
 
 
@@ -190,11 +183,51 @@ def test_pool_gives_up_after_retries(tmp_path):
     assert {r["cell"]["x"] for r in rep.records if r["status"] == "done"} >= {2}
 
 
-def test_a_cell_in_flight_when_another_kills_the_pool_is_not_charged(tmp_path):
-    """A dead worker breaks the whole pool; the cell that shared it (here: running each time
-    the other cell killed its worker) must not use up its retries for a death not its own."""
-    marker = str(tmp_path / "running")
-    cells = [{"x": 0, "kill": True, "marker": marker}, {"x": 1, "sleep": 3.0, "marker": marker}]
+class BreakingPool:
+    """A stand-in for the process pool that makes a dead worker's timing certain: the cells in
+    flight run when the driver waits on them, and a "kill" cell among them breaks the pool,
+    failing every cell in flight with BrokenProcessPool, as a real pool's dead worker does."""
+
+    def __init__(self, max_workers, **kw):
+        self.pending, self.broken = [], False
+
+    def submit(self, fn, *args):
+        if self.broken:
+            raise BrokenProcessPool("broken")
+        fut = Future()
+        self.pending.append((fut, fn, args))
+        return fut
+
+    def settle(self):
+        if any(args[-1].get("kill") for _, _, args in self.pending):
+            self.broken = True
+            for fut, _, _ in self.pending:
+                fut.set_exception(BrokenProcessPool("a worker died"))
+        else:
+            for fut, fn, args in self.pending:
+                fut.set_result(fn(*args))
+        self.pending = []
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def test_a_cell_in_flight_when_another_kills_the_pool_is_not_charged(tmp_path, monkeypatch):
+    """A dead worker breaks the whole pool; the cell that shared it (here: in flight each time
+    the other cell killed the pool) must not use up its retries for a death not its own."""
+    pools = []
+
+    def pool(**kw):
+        pools.append(BreakingPool(**kw))
+        return pools[-1]
+
+    def wait(futs, return_when):
+        pools[-1].settle()
+        return set(futs), set()
+
+    monkeypatch.setattr(sweep, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(sweep, "wait", wait)
+    cells = [{"x": 0, "kill": True}, {"x": 1}]
     rep = run_sweep(kill_always, cells, tmp_path / "out", jobs=2, retries=1)
     failed = {r["cell"]["x"]: r for r in rep.failed}
     assert set(failed) == {0} and "died 2 time(s)" in failed[0]["error"]
