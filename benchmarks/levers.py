@@ -103,7 +103,8 @@ def handoff(n: int = 5000) -> tuple[float, float]:
     from rnnlab.fast.pool import Runner
 
     a = np.ones((2, 2), np.float32)
-    jobs = [kernels.gemm_job(a, a, np.empty((2, 2), np.float32)) for _ in range(2)]
+    outs = [np.empty((2, 2), np.float32) for _ in range(2)]      # alive as long as the jobs
+    jobs = [kernels.gemm_job(a, a, out) for out in outs]
     run = Runner(split=2, compiled=True)
 
     def median(fn: Callable[[], object]) -> float:

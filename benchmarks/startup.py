@@ -1,14 +1,15 @@
-"""Start-up of a fresh process: import, the compiled kernels (compiled, or loaded from the on-disk
-cache an earlier process wrote), a Workspace and its first training step (issue 18).
+"""Start-up of a fresh process: import, the compiled kernels (built by Numba, or loaded from the
+object file an earlier process cached, without Numba), a Workspace and its first training step
+(issue 18).
 
     python -m benchmarks.startup                 # row MNIST's shapes, 5 warm processes
     python -m benchmarks.startup --runs 9 --batch 32 --steps 8 --inputs 64 --hidden 64
 
 The first process runs with an empty cache directory (``RNNLAB_KERNEL_CACHE`` pointed at a new
-temporary directory): it compiles every kernel and writes the builds. The next ``--runs``
+temporary directory): it compiles every kernel with Numba and writes their object file. The next ``--runs``
 processes use the same directory, as every process on a machine after its first does. Each
 prints the seconds from its start to: ``import rnnlab`` done; ``Workspace(spec)`` made (the
-kernels compiled or loaded; Numba imported); the first ``value_and_grad`` done (buffers, the
+kernels built or loaded); the first ``value_and_grad`` done (buffers, the
 column-block timing, the first step). Medians of the warm runs; a last row without the cache
 (``RNNLAB_KERNEL_CACHE=0``) for reference.
 """
@@ -43,7 +44,8 @@ t3 = time.perf_counter()
 ws.value_and_grad(params, X, Y)
 t4 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "workspace": t2 - t1, "first_step": t4 - t3,
-                  "total": (t4 - t3) + (t2 - t0)}))
+                  "total": (t4 - t3) + (t2 - t0), "numba": "numba" in sys.modules,
+                  "origin": rnnlab.fast.kernels.origin()}))
 """
 
 
@@ -71,16 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         cache = os.path.join(d, "kernels")
         rows.append(("first process (compiles, writes the cache)", _run(cache, shape)))
         warm = [_run(cache, shape) for _ in range(args.runs)]
+        med = {k: statistics.median(r[k] for r in warm) for k in ("import", "workspace",
+                                                                   "first_step", "total")}
+        origins = sorted({str(r["origin"]) for r in warm})
         rows.append((f"later processes (load the cache), median of {args.runs}",
-                     {k: statistics.median(r[k] for r in warm) for k in warm[0]}))
+                     {**med, "origin": "/".join(origins), "numba": any(r["numba"] for r in warm)}))
     rows.append(("without the cache (RNNLAB_KERNEL_CACHE=0)", _run("0", shape)))
     print(f"start-up of a fresh process: B={args.batch} T={args.steps} D={args.inputs} "
           f"H={args.hidden}, float32; seconds from the process's start")
-    head = f"{'':<50}{'import':>8}{'Workspace':>11}{'1st step':>10}{'total':>8}"
+    head = (f"{'':<50}{'import':>8}{'Workspace':>11}{'1st step':>10}{'total':>8}"
+            f"{'kernels':>9}{'Numba':>7}")
     print(head)
     for name, r in rows:
         print(f"{name:<50}{r['import']:>8.2f}{r['workspace']:>11.2f}{r['first_step']:>10.2f}"
-              f"{r['total']:>8.2f}")
+              f"{r['total']:>8.2f}{r['origin']:>9}{'yes' if r['numba'] else 'no':>7}")
     print("total = import + Workspace + first step (the random data between them excluded)")
     return 0
 

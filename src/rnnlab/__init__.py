@@ -8,7 +8,8 @@ scikit-learn estimators, the command line).  Short module names such as ``rnnlab
 ``rnnlab.optim`` stay public (:mod:`rnnlab.aliases`).
 """
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import aliases
 from .core.engine import Reference
@@ -28,8 +29,9 @@ from .version import __version__
 
 aliases.install()
 
-from .model import RNN  # noqa: E402
-from .train import DivergenceError, History, TrainConfig, fit  # noqa: E402
+if TYPE_CHECKING:                 # imported when first asked for (below)
+    from .model import RNN
+    from .train import DivergenceError, History, TrainConfig, fit
 
 __all__ = [
     "Cache",
@@ -55,13 +57,30 @@ __all__ = [
     "__version__",
 ]
 
+# The training face, imported when first asked for (PEP 562): a process that only needs the
+# reference engine or a workspace does not pay for the training loop, the data sets and the lab
+# (docs/performance.md, "Start-up").  So are the floors not imported above (``rnnlab.train``,
+# ``rnnlab.data``, ``rnnlab.lab``, ...).
+_HOMES = {"RNN": "model",
+          **{n: "train" for n in ("DivergenceError", "History", "TrainConfig", "fit")}}
+_FLOORS = ("core", "learning", "fast", "train", "data", "interop", "lab", "model", "estimators",
+           "cli")
+
 
 _ESTIMATORS = ("NotFittedError", "RNNClassifier", "RNNRegressor")
 
 
 def __getattr__(name: str) -> Any:
-    """``rnnlab.network``, ``rnnlab.optim``, ...: the short module names (:mod:`rnnlab.aliases`);
-    the scikit-learn estimators, imported when first asked for (they need scikit-learn)."""
+    """The training face and the floors, imported when first asked for; ``rnnlab.network``,
+    ``rnnlab.optim``, ...: the short module names (:mod:`rnnlab.aliases`); the scikit-learn
+    estimators (they need scikit-learn)."""
+    home = _HOMES.get(name)
+    if home is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+        globals()[name] = value                 # asked once
+        return value
+    if name in _FLOORS:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in aliases.MODULES:
         return aliases.module(name)
     if name in _ESTIMATORS:
@@ -78,3 +97,7 @@ def __getattr__(name: str) -> Any:
 
 class _NotFittedError(ValueError, AttributeError):
     """scikit-learn's ``NotFittedError`` where scikit-learn is not installed."""
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

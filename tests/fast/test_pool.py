@@ -320,19 +320,18 @@ def test_the_hand_off_counters_are_acquire_release_atomics() -> None:
     acquire (reads) and release (writes) ordering, so the hand-off does not rest on x86 keeping
     stores in order: a worker that sees ``posted[i]`` sees the job, a poster that sees
     ``finished[i]`` sees the results, on any architecture (docs/performance.md)."""
-    import numba
+    from numba import types
 
-    kernels = _compiled_kernels()
-    built = kernels.hand_off()
+    _compiled_kernels()
+    from rnnlab.fast import jit
+
     ir = {}
-    for name in built._fields:
-        # a build loaded from the on-disk cache keeps no IR: compile a fresh, uncached copy of
-        # the same function for the signature the engine uses
-        disp = getattr(built, name)
-        fresh = numba.njit(nogil=True)(disp.py_func)
-        sig = disp.signatures[0]
-        fresh.compile(sig)
-        ir[name] = fresh.inspect_llvm(sig)
+    for name in ("post", "publish", "serve", "spin"):
+        # the entry points the object file exports, compiled here for their int64 signature
+        fn = jit.ENTRIES[name]
+        sig = (types.int64,) * fn.py_func.__code__.co_argcount
+        fn.compile(sig)
+        ir[name] = fn.inspect_llvm(sig)
     for name in ("post", "publish", "serve"):           # they publish a count
         assert "store atomic i64" in ir[name] and " release, align 8" in ir[name], name
     for name in ("serve", "spin"):                      # they wait for one

@@ -1,27 +1,28 @@
 """What the compiled kernels need besides Numba: the job layout, NumPy's BLAS and the C functions
-they call, linked by name, and the on-disk cache of the builds (``pip install 'rnnlab[fast]'``).
+they call, linked by name, and the key and place of their cache (``pip install 'rnnlab[fast]'``).
 
-The kernels themselves are the Numba functions of :mod:`rnnlab.fast.jit`;
-:mod:`rnnlab.fast.kernels` is the Python face that calls them.  This module imports no Numba:
+The kernels themselves are the Numba functions of :mod:`rnnlab.fast.jit`, turned into an object
+file by :mod:`rnnlab.fast.native`; :mod:`rnnlab.fast.kernels` is the Python face that calls
+them.  This module imports no Numba:
 
 * the job layout (:data:`JOB_SIZE`, the ``JOB_*`` kinds) and the BLAS enums;
 * :func:`blas`: NumPy's own BLAS, found through threadpoolctl (its ``cblas_sgemm`` and
   ``cblas_sgemv`` and their integer width);
 * :func:`link`: the C functions the kernels call, registered with LLVM under rnnlab's own
   symbol names (:data:`SYMBOLS`) at their addresses in this process;
-* :func:`open_cache` and :func:`cache_key`: where the builds are kept between processes.
+* :func:`cache_key`, :func:`cache_root` and :func:`cache_dir`: where the object file is kept
+  between processes.
 
-The kernels call the C functions by *name*: the compiled code holds an unresolved symbol such as
-``rnnlab_cblas_sgemm``, which LLVM resolves when the code is loaded, from the table
+The kernels call the C functions by *name*: the object file holds an undefined symbol such as
+``rnnlab_cblas_sgemm``, which LLVM resolves when the object is loaded, from the table
 :func:`link` fills in the loading process.  So a cached build never holds an address: loaded in
 another process (another address of NumPy's BLAS, another libc), it calls that process's
 functions.  What the address cannot say, the cache key says (:func:`cache_key`): the integer width
 of the BLAS interface (a build for 64-bit integers must never call a 32-bit BLAS), the BLAS
-library and version, Numba, llvmlite and Python, and a digest of the kernels' source and of this
-module (:func:`source_digest`); the builds of each key live in a directory of their own.  Numba
-itself also discards a cached build when :mod:`rnnlab.fast.jit`'s modification time or size
-changes, when Numba's version changes, or when the CPU differs (its name and features are part of
-every entry's index).
+library and version, Numba, llvmlite and Python, the CPU (LLVM's triple, the host CPU's name and
+features: the code is compiled for this CPU) and a digest of the kernels' source, of this module
+(the job layout and constants the builds bake in) and of :mod:`rnnlab.fast.native` (the wrappers
+it adds) (:func:`source_digest`); the build of each key lives in a directory of its own.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CACHE_ENV", "JOB_BACKWARD", "JOB_FORWARD", "JOB_GEMM", "JOB_GEMV", "JOB_PYTHON",
-           "JOB_SIZE", "KINDS", "NO_TRANS", "ROW_MAJOR", "SYMBOLS", "TRANS", "Blas", "blas",
-           "cache_key", "cache_root", "close_cache", "describe", "link", "open_cache",
+           "JOB_SIZE", "JOB_STATUS", "KINDS", "NO_TRANS", "ROW_MAJOR", "SYMBOLS", "TRANS", "Blas",
+           "blas", "cache_dir", "cache_key", "cache_root", "describe", "installed", "link",
            "source_digest"]
 
 KINDS = {"tanh": 0, "relu": 1, "identity": 2}
@@ -50,6 +51,7 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 # kind (see the *_job makers of rnnlab.fast.kernels).  The arrays a job points into must outlive
 # it.
 JOB_SIZE = 32
+JOB_STATUS = JOB_SIZE - 1      # a worker writes the status of the job it ran here (0: done)
 JOB_FORWARD, JOB_BACKWARD, JOB_GEMM, JOB_GEMV, JOB_PYTHON = 1, 2, 3, 4, 9
 
 SYMBOLS = {
@@ -58,6 +60,8 @@ SYMBOLS = {
     "fegetenv": "rnnlab_fegetenv",        # glibc: in libc since 2.34, else in libm
     "fesetenv": "rnnlab_fesetenv",
     "sched_yield": "rnnlab_sched_yield",
+    "malloc": "rnnlab_malloc",            # scratch space of a job (no Numba runtime)
+    "free": "rnnlab_free",
 }
 """The names under which the kernels call C functions (resolved when a build is loaded)."""
 
@@ -128,7 +132,7 @@ def link() -> Blas:
 
     b = blas()
     addresses = {"sgemm": b.sgemm_address, "sgemv": b.sgemv_address}
-    for name in ("fegetenv", "fesetenv", "sched_yield"):
+    for name in ("fegetenv", "fesetenv", "sched_yield", "malloc", "free"):
         addresses[name] = _libc_address(name)
     for name, symbol in SYMBOLS.items():
         llvm.add_symbol(symbol, addresses[name])
@@ -136,27 +140,48 @@ def link() -> Blas:
 
 
 def cache_key(b: Blas) -> str:
-    """The key of the directory that holds the builds for this BLAS, Numba and Python: what
-    decides the code the kernels compile to beyond their source (which Numba checks itself)."""
+    """The key of the directory that holds the object file for this BLAS, Numba, CPU and source:
+    everything that decides the machine code the kernels compile to."""
     import llvmlite
-    import numba
 
+    from . import native
+
+    h = native.host()
     parts = [f"ilp64={b.ilp64}", f"sgemm={b.sgemm}", f"sgemv={b.sgemv}", f"blas={b.path}",
-             f"blas_version={b.version}", f"numba={numba.__version__}",
+             f"blas_version={b.version}", f"numba={installed('numba')}",
              f"llvmlite={llvmlite.__version__}", f"python={sys.version}",
              f"machine={platform.machine()}", f"symbols={sorted(SYMBOLS.items())}",
-             f"source={source_digest()}"]
+             f"triple={h['triple']}", f"cpu={h['cpu']}", f"features={h['features']}",
+             f"format={native.FORMAT}", f"source={source_digest()}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def installed(name: str) -> str:
+    """The installed distribution of package ``name`` without importing it (nor
+    ``importlib.metadata``, whose import alone costs a start-up 40 ms): the names of the
+    ``<name>-<version>.dist-info`` directories beside it, else its metadata's version;
+    ImportError when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"{name} is not installed")
+    found = sorted(p.name for p in Path(spec.origin).parent.parent.glob(f"{name}-*.dist-info"))
+    if found:
+        return ",".join(found)
+    from importlib.metadata import version
+
+    return version(name)
+
+
 def source_digest() -> str:
-    """SHA-256 of the kernels' source (:mod:`rnnlab.fast.jit`) and of this module (the job
-    layout and constants the builds bake in): part of :func:`cache_key`, so that an edited or
-    reinstalled rnnlab never loads a build of other code, whatever the files' modification
-    times (Numba's own check)."""
+    """SHA-256 of the kernels' source (:mod:`rnnlab.fast.jit`), of this module (the job layout
+    and constants the builds bake in) and of :mod:`rnnlab.fast.native` (the wrappers): part of
+    :func:`cache_key`, so that an edited or reinstalled rnnlab never loads a build of other
+    code, whatever the files' modification times."""
     h = hashlib.sha256()
     here = Path(__file__).resolve()
-    for f in (here.with_name("jit.py"), here):
+    for f in (here.with_name("jit.py"), here, here.with_name("native.py")):
         h.update(f.read_bytes())
     return h.hexdigest()
 
@@ -173,41 +198,21 @@ def cache_root() -> Path | None:
     return Path(base) / "rnnlab" / "kernels"
 
 
-_saved_cache_dir: list[str] = []
-
-
-def open_cache(b: Blas) -> Path | None:
-    """Point Numba's cache at this key's directory while :mod:`rnnlab.fast.jit` defines the
-    kernels (it calls this first and :func:`close_cache` last); returns the directory, or None
-    when caching is off or the directory cannot be written: the kernels are then defined without
-    ``cache=True``, so that Numba never falls back to a directory without the key."""
-    import numba
-
-    config: Any = numba.config
+def cache_dir(b: Blas) -> Path | None:
+    """This key's directory under :func:`cache_root`, made if needed; None when caching is off
+    or the directory cannot be written (the kernels are then built in every process)."""
     root = cache_root()
-    where: Path | None = None
-    if root is not None:
-        where = root / cache_key(b)
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-            probe = where / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError:
-            where = None
-    if not _saved_cache_dir:
-        _saved_cache_dir.append(config.CACHE_DIR)
-    config.CACHE_DIR = "" if where is None else str(where)
+    if root is None:
+        return None
+    where = root / cache_key(b)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return None
     return where
-
-
-def close_cache() -> None:
-    """Give Numba back the cache directory it had before :func:`open_cache` (idempotent)."""
-    if _saved_cache_dir:
-        import numba
-
-        config: Any = numba.config
-        config.CACHE_DIR = _saved_cache_dir.pop()
 
 
 def describe() -> dict[str, Any]:

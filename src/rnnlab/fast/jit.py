@@ -1,27 +1,30 @@
 """The compiled kernels themselves: Numba builds of the fast engine's loops, products and worker
 loop (optional: ``pip install 'rnnlab[fast]'``).
 
-Imported once per process (by :mod:`rnnlab.fast.kernels`).  It first registers the C functions
-the kernels call (:func:`rnnlab.fast.compiled.link`) and points Numba's cache at the directory of
-this BLAS's key (:func:`rnnlab.fast.compiled.open_cache`): every kernel is compiled on its first
-call and kept on disk (``cache=True``), so that the next process loads the build in milliseconds
-instead of compiling it for seconds (docs/performance.md, "Start-up").  The C functions
-(NumPy's ``cblas_sgemm`` and ``cblas_sgemv``, ``fegetenv``/``fesetenv``, ``sched_yield``) are
-called by name (:data:`rnnlab.fast.compiled.SYMBOLS`), never by an address baked into the code.
+Imported only by a process that builds them (:mod:`rnnlab.fast.kernels`, when no build of this
+key is cached): it registers the C functions the kernels call
+(:func:`rnnlab.fast.compiled.link`), and :func:`entries` compiles the entry points and hands
+their LLVM IR to :mod:`rnnlab.fast.native`, which turns it into an object file that later
+processes load without Numba (docs/performance.md, "Start-up").  The C functions (NumPy's
+``cblas_sgemm`` and ``cblas_sgemv``, ``fegetenv``/``fesetenv``, ``sched_yield``, ``malloc``/
+``free``) are called by name (:data:`rnnlab.fast.compiled.SYMBOLS`), never by an address baked
+into the code, and nothing here uses Numba's runtime (no array is allocated by Numba: scratch
+space comes from ``malloc``), so the object needs nothing of Numba's.
 
 The parts, each named for what a reader looks for:
 
 * :func:`tanh32`: the float32 ``tanh`` of eq. (38);
-* :func:`f32_at`: a raw address as a float32 pointer; :func:`step_product`: the loops' step
-  product through NumPy's own BLAS;
+* :func:`f32_at` (and ``f64_at``, ``i64_at``): a raw address as a typed pointer;
+  :func:`step_product`: the loops' step product through NumPy's own BLAS;
 * :func:`forward_loop` and :func:`backward_loop`: eqs. (5)-(6) with (39), and (16)-(17) with the
   bias gradient of (19), on a block of batch rows;
 * :func:`run`: one job (an int64 array, see :data:`rnnlab.fast.compiled.JOB_SIZE`) run without
   the GIL, optionally with subnormals flushed;
-* :func:`load_acquire`/:func:`store_release` and :func:`serve`, :func:`spin`, :func:`publish`,
-  :func:`post`: the acquire/release counters of the thread hand-off and what a worker thread runs
-  between jobs;
-* :func:`products` (the column-block timing loop) and :func:`scatter` (eq. 21).
+* :func:`load_acquire`/:func:`store_release` and :func:`serve`, :func:`spin`, :func:`post`: the
+  acquire/release counters of the thread hand-off and what a worker thread runs between jobs;
+* :func:`products` (the column-block timing loop) and :func:`scatter` (eq. 21);
+* the entry points (:data:`ENTRIES`: ``run_at``, ``serve_at``, ...): the same on addresses, the
+  functions the object file exports.
 """
 
 from __future__ import annotations
@@ -34,24 +37,24 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from . import compiled
+from . import compiled, native
 from .compiled import (
     JOB_BACKWARD,
     JOB_FORWARD,
     JOB_GEMM,
     JOB_GEMV,
     JOB_PYTHON,
+    JOB_SIZE,
+    JOB_STATUS,
     NO_TRANS,
     ROW_MAJOR,
     SYMBOLS,
     TRANS,
 )
 
-__all__ = ["KERNELS"]
+__all__ = ["ENTRIES", "entries"]
 
 _BLAS = compiled.link()                       # the C functions, registered by name
-CACHE_DIR = compiled.open_cache(_BLAS)        # where the builds are kept (None: not kept)
-CACHE = CACHE_DIR is not None
 _N = types.int64 if _BLAS.ilp64 else types.int32          # the BLAS's integers
 _E, _F, _P = types.int32, types.float32, types.intp       # enums, floats, addresses
 
@@ -64,6 +67,8 @@ _sgemv: Any = types.ExternalFunction(SYMBOLS["sgemv"], types.void(
 _fegetenv: Any = types.ExternalFunction(SYMBOLS["fegetenv"], types.int32(_P))
 _fesetenv: Any = types.ExternalFunction(SYMBOLS["fesetenv"], types.int32(_P))
 _sched_yield: Any = types.ExternalFunction(SYMBOLS["sched_yield"], types.int32())
+_malloc: Any = types.ExternalFunction(SYMBOLS["malloc"], types.intp(types.intp))
+_free: Any = types.ExternalFunction(SYMBOLS["free"], types.void(types.intp))
 
 _ONE, _ZERO = np.float32(1.0), np.float32(0.0)
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(ROW_MAJOR), np.int32(NO_TRANS), np.int32(TRANS)
@@ -86,7 +91,7 @@ _LIM = np.float32(9.0)
 
 # error_model="numpy": a division by zero gives inf/nan instead of raising, which is what lets
 # LLVM vectorise the division (q >= 4.8e-3 > 0 here anyway)
-@nb.njit(inline="always", fastmath={"contract"}, error_model="numpy", cache=CACHE)
+@nb.njit(inline="always", fastmath={"contract"}, error_model="numpy")
 def tanh32(x: Any) -> Any:                          # eq. (38), one float32, inlined
     x = min(max(x, -_LIM), _LIM)
     x2 = x * x
@@ -105,16 +110,34 @@ def tanh32(x: Any) -> Any:                          # eq. (38), one float32, inl
 # ----------------------------------------------------------------------------- intrinsics
 
 
-def _f32_at(typingctx: Any, addr: Any) -> Any:
-    """An int64 address as a float32 pointer (for ``nb.carray``)."""
-    sig = types.CPointer(types.float32)(types.int64)
+def _pointer_codegen(dtype: Any) -> Any:
+    """The typing result of an address-to-pointer intrinsic: ``dtype*`` from an int64."""
+    sig = types.CPointer(dtype)(types.int64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(dtype)))
     return sig, codegen
 
 
+# one function per type: Numba tells intrinsics apart by their function's name
+def _f32_at(typingctx: Any, addr: Any) -> Any:
+    """An int64 address as a float32 pointer (for ``nb.carray``)."""
+    return _pointer_codegen(types.float32)
+
+
+def _f64_at(typingctx: Any, addr: Any) -> Any:
+    """An int64 address as a float64 pointer."""
+    return _pointer_codegen(types.float64)
+
+
+def _i64_at(typingctx: Any, addr: Any) -> Any:
+    """An int64 address as an int64 pointer."""
+    return _pointer_codegen(types.int64)
+
+
 f32_at: Any = intrinsic(_f32_at)
+f64_at: Any = intrinsic(_f64_at)
+i64_at: Any = intrinsic(_i64_at)
 
 
 _I64 = ir.IntType(64)
@@ -157,7 +180,7 @@ store_release: Any = intrinsic(_store_release)
 # ----------------------------------------------------------------------------- the loops
 
 
-@nb.njit(inline="always", cache=CACHE)
+@nb.njit(inline="always")
 def step_product(n: int, H: int, K: int, a: int, lda: int, w: int, c: int, cb: int) -> None:
     # c (n, H) = a (n, K, leading dimension lda) x w (K, H), in column blocks of cb (see
     # kernels.column_block); addresses of float32 row-major blocks
@@ -168,7 +191,7 @@ def step_product(n: int, H: int, K: int, a: int, lda: int, w: int, c: int, cb: i
 
 # Every (steps, rows, H) block is passed flat, with its step and row strides in elements, so that
 # Numba sees contiguous arrays and vectorises the loops over H.
-@nb.njit(nogil=True, fastmath={"contract"}, error_model="numpy", cache=CACHE)
+@nb.njit(nogil=True, fastmath={"contract"}, error_model="numpy")
 def forward_loop(hf: Any, h0: int, h1: int, T: int, n: int, H: int, W: Any, tmp: Any,
                  kind: int, reverse: bool, cb: int, kx: int, xa: int, xsize: int, x0: int,
                  x1: int) -> None:
@@ -238,7 +261,7 @@ def forward_loop(hf: Any, h0: int, h1: int, T: int, n: int, H: int, W: Any, tmp:
                     z[j] = z[j] + m[j]
 
 
-@nb.njit(nogil=True, error_model="numpy", cache=CACHE)
+@nb.njit(nogil=True, error_model="numpy")
 def backward_loop(hf: Any, h0: int, h1: int, gf: Any, g0: int, g1: int, df: Any, d0: int,
                   d1: int, has_dH: bool, T: int, n: int, H: int, WT: Any, dnext: Any,
                   kind: int, reverse: bool, cb: int, db: Any, has_db: bool) -> None:
@@ -291,25 +314,31 @@ def backward_loop(hf: Any, h0: int, h1: int, gf: Any, g0: int, g1: int, df: Any,
 # ----------------------------------------------------------------------------- jobs
 
 
-@nb.njit(nogil=True, cache=CACHE)
-def run(job: Any) -> None:
+@nb.njit(nogil=True)
+def run(job: Any) -> int:
     """One job (see :data:`rnnlab.fast.compiled.JOB_SIZE`), in the calling thread, without the
-    GIL."""
+    GIL; 0, or 1 when the C library had no memory for its scratch space."""
     kind, flush = job[0], job[1] != 0
-    saved = np.empty(8, np.int64)               # sizeof(fenv_t) is 32 bytes
+    # scratch from the C library (no Numba runtime: see rnnlab.fast.native): two fenv_t of 32
+    # bytes in 64 each, then the forward loop's (n, H) product
+    scratch = 128 + (4 * job[7] * job[8] if kind == JOB_FORWARD else 0)
+    block = _malloc(scratch)
+    if block == 0:
+        return 1
+    saved = nb.carray(i64_at(block), (8,))
     if flush:                                   # FTZ and DAZ while the job runs
-        env = np.empty(8, np.int64)
-        _fegetenv(saved.ctypes.data)
+        env = nb.carray(i64_at(block + 64), (8,))
+        _fegetenv(block)
         for j in range(8):
             env[j] = saved[j]
         env[_MXCSR_WORD] = env[_MXCSR_WORD] | _FTZ_DAZ
-        _fesetenv(env.ctypes.data)
+        _fesetenv(block + 64)
     if kind == JOB_FORWARD:
         n, H = job[7], job[8]
         forward_loop(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5], job[6], n, H,
                      nb.carray(f32_at(job[9]), ((H + job[13]) * H,)),
-                     np.empty(n * H, np.float32), job[10], job[11] != 0, job[12], job[13],
-                     job[14], job[15], job[16], job[17])
+                     nb.carray(f32_at(block + 128), (n * H,)), job[10], job[11] != 0, job[12],
+                     job[13], job[14], job[15], job[16], job[17])
     elif kind == JOB_BACKWARD:
         n, H = job[15], job[16]
         backward_loop(nb.carray(f32_at(job[2]), (job[3],)), job[4], job[5],
@@ -326,7 +355,9 @@ def run(job: Any) -> None:
         _sgemv(_ROW_MAJOR, _TRANS, job[2], job[3], _ONE, job[4], job[5], job[6], job[7], _ZERO,
                job[8], job[9])
     if flush:
-        _fesetenv(saved.ctypes.data)
+        _fesetenv(block)
+    _free(block)
+    return 0
 
 
 # ----------------------------------------------------------------------------- the hand-off
@@ -338,7 +369,7 @@ def run(job: Any) -> None:
 # hardware keeps stores in order (x86-64).
 
 
-@nb.njit(nogil=True, cache=CACHE)
+@nb.njit(nogil=True)
 def serve(posted: Any, finished: Any, jobs: Any, i: int, taken: int,
           limit: int) -> tuple[int, bool]:
     """Worker ``i``: run its jobs as they are posted; return ``(jobs taken, True)`` when the next
@@ -350,7 +381,7 @@ def serve(posted: Any, finished: Any, jobs: Any, i: int, taken: int,
         if load_acquire(at_posted) > taken:     # acquire: the job written before it
             if jobs[i, 0] == JOB_PYTHON:
                 return taken, True
-            run(jobs[i])
+            jobs[i, JOB_STATUS] = run(jobs[i])
             taken += 1
             store_release(at_finished, taken)   # release: the job's results before it
             idle = 0
@@ -360,7 +391,7 @@ def serve(posted: Any, finished: Any, jobs: Any, i: int, taken: int,
     return taken, False
 
 
-@nb.njit(nogil=True, cache=CACHE)
+@nb.njit(nogil=True)
 def spin(counters: Any, i: int, target: int, limit: int) -> bool:
     """Wait, without the GIL, until ``counters[i] >= target`` (an acquire load: what was written
     before the value was published is visible after); False after ``limit`` polls.  The
@@ -373,14 +404,14 @@ def spin(counters: Any, i: int, target: int, limit: int) -> bool:
     return load_acquire(at) >= target
 
 
-@nb.njit(nogil=True, cache=CACHE)
+@nb.njit(nogil=True)
 def publish(counters: Any, i: int, value: int) -> None:
     """``counters[i] = value`` with a release store: every write this thread made before it (a
     job's operands, a Python piece's results) is visible to an acquire load that reads it."""
     store_release(counters.ctypes.data + 8 * i, value)
 
 
-@nb.njit(nogil=True, cache=CACHE)
+@nb.njit(nogil=True)
 def post(jobs: Any, posted: Any, i: int, job: Any) -> int:
     """The poster's half of the hand-off in one call: ``jobs[i] = job``, then ``posted[i] + 1``
     published with a release store (only the poster writes ``posted[i]``); returns it."""
@@ -394,7 +425,7 @@ def post(jobs: Any, posted: Any, i: int, job: Any) -> int:
 # ----------------------------------------------------------------------------- the rest
 
 
-@nb.njit(nogil=True, cache=CACHE)
+@nb.njit(nogil=True)
 def products(n: int, H: int, cb: int, reps: int, a: Any, W: Any, c: Any) -> None:
     """The loops' step product ``(n, H) x (H, H)``, ``reps`` times, in column blocks of ``cb``
     (:func:`rnnlab.fast.kernels.column_block` times it)."""
@@ -402,7 +433,7 @@ def products(n: int, H: int, cb: int, reps: int, a: Any, W: Any, c: Any) -> None
         step_product(n, H, H, a.ctypes.data, H, W.ctypes.data, c.ctypes.data, cb)
 
 
-@nb.njit(nogil=True, cache=CACHE)
+@nb.njit(nogil=True)
 def scatter(ids: Any, rows: Any, out: Any) -> None:
     """Eq. (21)'s embedding gradient: ``out[v] = sum of rows[r] over r with ids[r] == v``, adding
     in the order of ``r`` as ``np.add.at`` does (so the same numbers)."""
@@ -413,10 +444,88 @@ def scatter(ids: Any, rows: Any, out: Any) -> None:
             o[j] += x[j]
 
 
-compiled.close_cache()                        # every kernel is defined: Numba's own setting back
+# ----------------------------------------------------------------------------- entry points
+#
+# What rnnlab.fast.native exports as C functions: int64 arguments (addresses, sizes, counts) and
+# an int64 result >= 0 (the native wrapper returns -1 when Numba's function reports an error).
 
-KERNELS: dict[str, Any] = {
-    "forward": forward_loop, "backward": backward_loop, "spin": spin, "scatter": scatter,
-    "run": run, "serve": serve, "publish": publish, "post": post, "products": products,
+
+@nb.njit(nogil=True)
+def run_at(job: int) -> int:
+    """:func:`run` on the job at address ``job``."""
+    return run(nb.carray(i64_at(job), (JOB_SIZE,)))
+
+
+@nb.njit(nogil=True)
+def serve_at(posted: int, finished: int, jobs: int, n: int, i: int, taken: int,
+             limit: int) -> int:
+    """:func:`serve` on the pool's ``(n,)`` counters and ``(n, JOB_SIZE)`` jobs at these
+    addresses: ``2 * taken + (1 if the next piece is Python's else 0)``."""
+    taken, python = serve(nb.carray(i64_at(posted), (n,)), nb.carray(i64_at(finished), (n,)),
+                          nb.carray(i64_at(jobs), (n, JOB_SIZE)), i, taken, limit)
+    return 2 * taken + (1 if python else 0)
+
+
+@nb.njit(nogil=True)
+def spin_at(counters: int, n: int, i: int, target: int, limit: int) -> int:
+    """:func:`spin` on the ``(n,)`` counters at ``counters``: 1 (reached) or 0."""
+    return 1 if spin(nb.carray(i64_at(counters), (n,)), i, target, limit) else 0
+
+
+@nb.njit(nogil=True)
+def publish_at(counters: int, i: int, value: int) -> int:
+    """:func:`publish` on the counters at ``counters``."""
+    store_release(counters + 8 * i, value)
+    return 0
+
+
+@nb.njit(nogil=True)
+def post_at(jobs: int, posted: int, n: int, i: int, job: int) -> int:
+    """:func:`post` on the pool's jobs and counters at these addresses, the job at ``job``."""
+    return post(nb.carray(i64_at(jobs), (n, JOB_SIZE)), nb.carray(i64_at(posted), (n,)), i,
+                nb.carray(i64_at(job), (JOB_SIZE,)))
+
+
+@nb.njit(nogil=True)
+def products_at(n: int, H: int, cb: int, reps: int, a: int, W: int, c: int) -> int:
+    """:func:`products` on float32 ``a`` (n, H), ``W`` (H, H), ``c`` (n, H) at these
+    addresses."""
+    for _ in range(reps):
+        step_product(n, H, H, a, H, W, c, cb)
+    return 0
+
+
+@nb.njit(nogil=True)
+def scatter32_at(ids: int, N: int, rows: int, out: int, V: int, H: int) -> int:
+    """:func:`scatter` on intp ``ids`` (N,), float32 ``rows`` (N, H) and ``out`` (V, H)."""
+    scatter(nb.carray(i64_at(ids), (N,)), nb.carray(f32_at(rows), (N, H)),
+            nb.carray(f32_at(out), (V, H)))
+    return 0
+
+
+@nb.njit(nogil=True)
+def scatter64_at(ids: int, N: int, rows: int, out: int, V: int, H: int) -> int:
+    """:func:`scatter` on intp ``ids`` (N,), float64 ``rows`` (N, H) and ``out`` (V, H)."""
+    scatter(nb.carray(i64_at(ids), (N,)), nb.carray(f64_at(rows), (N, H)),
+            nb.carray(f64_at(out), (V, H)))
+    return 0
+
+
+ENTRIES: dict[str, Any] = {
+    "run": run_at, "serve": serve_at, "spin": spin_at, "publish": publish_at, "post": post_at,
+    "products": products_at, "scatter32": scatter32_at, "scatter64": scatter64_at,
 }
-"""The kernels by the names :mod:`rnnlab.fast.kernels` calls them."""
+"""The entry points by the names :mod:`rnnlab.fast.kernels` calls them."""
+
+
+def entries() -> dict[str, native.Entry]:
+    """Compile every entry point (for ``int64`` arguments) and return its LLVM IR, for
+    :func:`rnnlab.fast.native.build`."""
+    out = {}
+    for name, fn in ENTRIES.items():
+        nargs = fn.py_func.__code__.co_argcount
+        sig = (types.int64,) * nargs
+        fn.compile(sig)
+        out[name] = native.Entry(fn.inspect_llvm(sig), fn.overloads[sig].fndesc.llvm_func_name,
+                                 nargs)
+    return out

@@ -41,13 +41,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import compiled
+from . import compiled, native
 from .compiled import (
     JOB_BACKWARD,
     JOB_FORWARD,
@@ -55,6 +56,7 @@ from .compiled import (
     JOB_GEMV,
     JOB_PYTHON,
     JOB_SIZE,
+    JOB_STATUS,
     KINDS,
     NO_TRANS,
     TRANS,
@@ -69,7 +71,7 @@ __all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "c
 Array = NDArray[np.floating]
 
 _lock = threading.Lock()
-_built: dict[str, Any] | None = None
+_built: native.NativeKernels | None = None
 _INT64 = np.dtype(np.int64)
 _why_not: str | None = None
 
@@ -120,70 +122,34 @@ if hasattr(os, "register_at_fork"):
 
 
 def compile() -> None:
-    """Compile (or load from the cache of an earlier process) every kernel now instead of at its
+    """Build (or load from the cache of an earlier process) the kernels now instead of at their
     first use, as a JAX program is compiled ahead of time; :class:`rnnlab.fast.workspace.Workspace`
-    calls this.  The first time on a machine it takes seconds (about 8 s on a quiet 2-core
-    machine); after that, a process loads the builds in a fraction of a second
-    (docs/performance.md, "Start-up").  A cached build that cannot be read (a damaged or
-    truncated file) is deleted and compiled again."""
+    calls this.  The first time on a machine it takes seconds (Numba compiles them: about 8 s on
+    a quiet 2-core machine); after that, a process loads their object file in milliseconds,
+    without importing Numba (:mod:`rnnlab.fast.native`; docs/performance.md, "Start-up").  A
+    cached object that cannot be used (a damaged file, another key's manifest) is deleted and
+    built again.  When the kernels cannot be had, :func:`available` is False and
+    :func:`why_unavailable` says why (a RuntimeWarning says so too, unless Numba is simply not
+    installed)."""
     global _compiled
     if _compiled:
         return
-    with _compile_lock:          # one thread compiles (a prefetch); the others wait for it
-        if _compiled or not available():
-            return
-        try:
-            _warm()
-        except Exception:        # a cached build that cannot be loaded: compile it afresh
-            if not _purge_cache():
-                raise
-            _warm()
-        _compiled = True
-
-
-def _warm() -> None:
-    """Call every kernel once with every signature the engine uses (each compiles or loads)."""
-    f32 = np.float32
-    Hb = np.zeros((2, 1, 1), f32)
-    W = np.zeros((1, 1), f32)
-    forward(Hb, W, "tanh", False)
-    for dH in (None, np.zeros((1, 1, 1), f32)):
-        backward(Hb, np.zeros((1, 1, 1), f32), dH, W, np.ones((1, 1), f32), "tanh", False)
-    for dt in (np.float32, np.float64):
-        scatter_rows(np.zeros(1, np.intp), np.zeros((1, 1), dt), np.zeros((1, 1), dt))
-    a = np.ones((2, 2), np.float32)
-    job = gemm_job(a, a, np.empty((2, 2), np.float32))
-    if job is None:
-        _fail("a contiguous float32 product has no job")
-    run(job)
-    spin(np.ones(1, np.int64), 0, 1, 1)
-    publish(np.zeros(1, np.int64), 0, 0)
-    post_job(np.zeros((1, JOB_SIZE), np.int64), np.zeros(1, np.int64), 0,
-             np.zeros(JOB_SIZE, np.int64))
-    serve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, JOB_SIZE), np.int64), 0,
-          0, 1)
-    _need()["products"](2, 2, 2, 1, a, a, np.empty((2, 2), np.float32))
-
-
-def _purge_cache() -> bool:
-    """Delete the cached builds of this process's key (files rnnlab's kernels wrote: Numba's
-    ``.nbi`` indexes and ``.nbc`` builds under :func:`rnnlab.fast.compiled.open_cache`); False
-    when nothing was cached."""
-    where = cache_location()
-    if where is None or not where.is_dir():
-        return False
-    for f in where.rglob("*"):
-        if f.is_file() and f.suffix in (".nbi", ".nbc"):
-            try:
-                f.unlink()
-            except FileNotFoundError:
-                pass
-    return True
+    with _compile_lock:          # one thread builds (a prefetch); the others wait for it
+        if not _compiled:
+            _kernels()
+            _compiled = True
 
 
 def cache_location() -> Path | None:
-    """The directory that holds this process's cached kernels (None when they are not cached)."""
+    """The directory that holds this process's cached kernels (None when they are not cached
+    or not built yet)."""
     return _cache_where
+
+
+def origin() -> str | None:
+    """Where this process's kernels came from: ``"loaded"`` (the cache of an earlier process),
+    ``"built"`` (compiled here by Numba), or None (not built yet, or not available)."""
+    return None if _built is None else _built.origin
 
 
 def compile_jobs() -> None:
@@ -196,7 +162,7 @@ def why_unavailable() -> str | None:
     return _why_not
 
 
-def _kernels() -> dict[str, Any] | None:
+def _kernels() -> native.NativeKernels | None:
     global _built, _why_not
     if _built is None and _why_not is None:
         with _lock:
@@ -205,23 +171,65 @@ def _kernels() -> dict[str, Any] | None:
                     _built = _build()
                 except Exception as exc:   # no numba, no threadpoolctl, no cblas, no libc...:
                     _why_not = f"{type(exc).__name__}: {exc}"   # the NumPy loops run instead
+                    if not isinstance(exc, ImportError):
+                        warnings.warn(f"rnnlab: the compiled kernels are not available "
+                                      f"({_why_not}); the NumPy loops run instead",
+                                      RuntimeWarning, stacklevel=2)
     return _built
 
 
 _cache_where: Path | None = None
 
 
-def _build() -> dict[str, Any]:
-    """Define the kernels (import :mod:`rnnlab.fast.jit`, with the C functions linked by name
-    and Numba's cache pointed at this BLAS's key: :mod:`rnnlab.fast.compiled`); each compiles
-    on its first call, or loads from the cache of an earlier process."""
+def _build() -> native.NativeKernels:
+    """The kernels of this process: the object file cached for this key, loaded without Numba,
+    or else built by Numba (:mod:`rnnlab.fast.jit`), kept in the cache and loaded."""
     global _cache_where
+    b = compiled.link()                 # the C functions the object calls, by name
+    # Numba must be installed even to load a build (its version is part of the key)
+    where = compiled.cache_dir(b) if native.cacheable() else None
+    if where is None:
+        return _fresh()
+    key = where.name
     try:
+        found = native.read(where, key)
+        if found is not None:
+            return _loaded(native.load(*found), where)
+    except native.CacheDamaged:
+        pass                            # checked again, and rebuilt, under the lock
+    with native.locked(where):          # one process builds; the others wait, then load
+        try:
+            found = native.read(where, key)
+            if found is not None:
+                return _loaded(native.load(*found), where)
+        except native.CacheDamaged:
+            native.purge(where)         # our own files, unusable: built again below
         from . import jit
-    finally:
-        compiled.close_cache()        # also when the import failed half-way
-    _cache_where = jit.CACHE_DIR
-    return jit.KERNELS
+
+        entries = jit.entries()
+        obj = native.build(entries)
+        nargs = {name: e.nargs for name, e in entries.items()}
+        about = {"blas": b.path, "blas_version": b.version, "ilp64": b.ilp64, **native.host()}
+        path = native.store(where, key, obj, nargs, about)
+        out = native.load(obj, nargs)
+        out.origin, out.where = "built", path
+        _cache_where = where
+        return out
+
+
+def _loaded(k: native.NativeKernels, where: Path) -> native.NativeKernels:
+    global _cache_where
+    k.origin, k.where = "loaded", where
+    _cache_where = where
+    return k
+
+
+def _fresh() -> native.NativeKernels:
+    """Built here and not kept (caching off, or no directory that can be written)."""
+    from . import jit
+
+    entries = jit.entries()
+    return native.load(native.build(entries), {n: e.nargs for n, e in entries.items()})
 
 
 class KernelUsageError(RuntimeError):
@@ -235,7 +243,7 @@ def _fail(what: str) -> NoReturn:
     raise KernelUsageError(f"rnnlab.fast.kernels: {what}")
 
 
-def _need() -> dict[str, Any]:
+def _need() -> native.NativeKernels:
     """The built kernels (KernelUsageError when they are not available here)."""
     k = _kernels()
     if k is None:
@@ -452,12 +460,13 @@ def column_block(n: int, H: int) -> int:
         # on one BLAS thread, as the loops run it (whatever the caller's count: a second thread
         # waiting for a core on a busy machine made this take 1.5 s instead of milliseconds)
         with BLAS.limit(1):
+            ptrs = (a.ctypes.data, W.ctypes.data, c.ctypes.data)
             for cb in cands:
-                k["products"](n, H, cb, reps, a, W, c)         # warm
+                k["products"](n, H, cb, reps, *ptrs)           # warm
             for _ in range(5):
                 for cb in cands:
                     t = time.perf_counter()
-                    k["products"](n, H, cb, reps, a, W, c)
+                    k["products"](n, H, cb, reps, *ptrs)
                     dt = time.perf_counter() - t
                     best[cb] = min(best.get(cb, dt), dt)
         # a block must win clearly: otherwise whole (the NumPy loop's numbers for relu)
@@ -466,83 +475,150 @@ def column_block(n: int, H: int) -> int:
     return _blocks[key]
 
 
+def check(status: int, what: str) -> None:
+    """Raise for a kernel's failed ``status`` (-1: the kernel reported an error; 1: no memory
+    for a job's scratch space); nothing for 0 or more."""
+    if status == 1:
+        raise MemoryError(f"rnnlab.fast.kernels: {what}: no memory for the job's scratch space")
+    if status < 0:
+        raise KernelUsageError(f"rnnlab.fast.kernels: {what} failed in the compiled code")
+
+
 def run(job: NDArray[np.int64]) -> None:
     """Run one job in the calling thread, without the GIL."""
     k = _built if _built is not None else _need()
-    if not (job.dtype == _INT64 and job.shape == (JOB_SIZE,)
+    if not (job.dtype == _INT64 and job.shape == (JOB_SIZE,) and job.flags.c_contiguous
             and JOB_FORWARD <= job.item(0) <= JOB_GEMV):
-        _fail(f"a job is an int64 ({JOB_SIZE},) array of a compiled kind; got {job.dtype} "
-              f"{job.shape} kind {job[0] if job.size else None}")
-    k["run"](job)
+        _fail(f"a job is an int64 ({JOB_SIZE},) C-contiguous array of a compiled kind; got "
+              f"{job.dtype} {job.shape} kind {job[0] if job.size else None}")
+    status = k["run"](job.ctypes.data)
+    if status:
+        check(status, "a job")
+
+
+def _counters(who: str, a: NDArray[np.int64], i: int, cols: int | None = None) -> None:
+    if not (a.dtype == _INT64 and a.flags.c_contiguous and 0 <= i < a.shape[0]
+            and (a.ndim == 1 if cols is None else a.shape[1:] == (cols,))):
+        what = "counter array" if cols is None else f"(n, {cols}) job array"
+        _fail(f"{who} needs a contiguous int64 {what} with a row {i}; got {a.dtype} {a.shape}")
 
 
 def serve(posted: NDArray[np.int64], finished: NDArray[np.int64], jobs: NDArray[np.int64],
           i: int, taken: int, limit: int) -> tuple[int, bool]:
     """Worker ``i``'s loop, without the GIL: whenever ``posted[i]`` exceeds ``taken``, run the job
-    ``jobs[i]`` and set ``finished[i]``; return ``(taken, True)`` when the next is a Python piece
-    (kind ``JOB_PYTHON``), ``(taken, False)`` after ``limit`` idle polls (about 0.2 us each)."""
-    k = _need()
-    taken, python = k["serve"](posted, finished, jobs, i, taken, limit)
-    return int(taken), bool(python)
+    ``jobs[i]``, write its status to ``jobs[i, JOB_STATUS]`` and set ``finished[i]``; return
+    ``(taken, True)`` when the next is a Python piece (kind ``JOB_PYTHON``), ``(taken, False)``
+    after ``limit`` idle polls (about 0.2 us each)."""
+    n = posted.shape[0]
+    for a in (posted, finished):
+        _counters("serve", a, i)
+    _counters("serve", jobs, i, JOB_SIZE)
+    if not (finished.shape[0] == jobs.shape[0] == n):
+        _fail("posted, finished and jobs must have one row per worker")
+    code = _need()["serve"](posted.ctypes.data, finished.ctypes.data, jobs.ctypes.data, n, i,
+                            taken, limit)
+    if code < 0:
+        check(code, "serve")
+    return code >> 1, bool(code & 1)
 
 
 def publish(counters: NDArray[np.int64], i: int, value: int) -> None:
     """``counters[i] = value`` as a release store: whatever the calling thread wrote before is
     visible to a thread whose acquire load (:func:`spin`, :func:`serve`) reads ``value``."""
-    if not (counters.dtype == np.int64 and counters.flags.c_contiguous
-            and 0 <= i < counters.shape[0]):
-        _fail("publish needs a contiguous int64 counter array")
-    _need()["publish"](counters, i, value)
+    _counters("publish", counters, i)
+    _need()["publish"](counters.ctypes.data, i, value)
 
 
-class HandOff(NamedTuple):
-    """The compiled hand-off of :class:`rnnlab.fast.pool.Pool`, without the argument checks of
-    :func:`post_job`, :func:`publish`, :func:`serve` and :func:`spin` (the pool passes its own
-    contiguous int64 arrays): ``post(jobs, posted, i, job) -> number``, ``publish(counters, i,
-    value)``, ``serve(...)``, ``spin(...)``; the counters are read with acquire loads and
-    written with release stores (docs/performance.md, "The thread hand-off")."""
+class HandOff:
+    """The compiled hand-off of :class:`rnnlab.fast.pool.Pool` on its own arrays, bound once
+    (their addresses), without the argument checks of :func:`post_job`, :func:`publish`,
+    :func:`serve` and :func:`spin`; the counters are read with acquire loads and written with
+    release stores (docs/performance.md, "The thread hand-off").  The arrays must outlive it."""
 
-    post: Any
-    publish: Any
-    serve: Any
-    spin: Any
+    def __init__(self, posted: NDArray[np.int64], finished: NDArray[np.int64],
+                 jobs: NDArray[np.int64]) -> None:
+        n = posted.shape[0]
+        for a in (posted, finished):
+            _counters("hand_off", a, n - 1)
+        _counters("hand_off", jobs, n - 1, JOB_SIZE)
+        k = _need()
+        self._arrays = (posted, finished, jobs)          # kept alive with the addresses
+        self._n = n
+        self._at = {"posted": posted.ctypes.data, "finished": finished.ctypes.data}
+        self._jobs = jobs.ctypes.data
+        self._post, self._publish = k["post"], k["publish"]
+        self._serve, self._spin = k["serve"], k["spin"]
+
+    def post(self, i: int, job: NDArray[np.int64]) -> int:
+        """``jobs[i] = job`` then ``posted[i] + 1`` published; returns it (``job``: a contiguous
+        int64 ``(JOB_SIZE,)`` array, as the job makers give)."""
+        return int(self._post(self._jobs, self._at["posted"], self._n, i, job.ctypes.data))
+
+    def publish(self, counter: str, i: int, value: int) -> None:
+        """``posted[i]`` or ``finished[i]`` (``counter``) ``= value``, a release store."""
+        self._publish(self._at[counter], i, value)
+
+    def serve(self, i: int, taken: int, limit: int) -> tuple[int, bool]:
+        """:func:`serve` on the pool's arrays."""
+        code = self._serve(self._at["posted"], self._at["finished"], self._jobs, self._n, i,
+                           taken, limit)
+        if code < 0:
+            check(code, "serve")
+        return code >> 1, bool(code & 1)
+
+    def spin(self, counter: str, i: int, target: int, limit: int) -> bool:
+        """:func:`spin` on ``posted`` or ``finished`` (``counter``)."""
+        return bool(self._spin(self._at[counter], self._n, i, target, limit))
 
 
-def hand_off() -> HandOff:
-    """The compiled hand-off functions (:class:`HandOff`); KernelUsageError without the
+def hand_off(posted: NDArray[np.int64], finished: NDArray[np.int64],
+             jobs: NDArray[np.int64]) -> HandOff:
+    """The compiled hand-off on these arrays (:class:`HandOff`); KernelUsageError without the
     kernels."""
-    k = _need()
-    return HandOff(k["post"], k["publish"], k["serve"], k["spin"])
+    return HandOff(posted, finished, jobs)
 
 
 def post_job(jobs: NDArray[np.int64], posted: NDArray[np.int64], i: int,
              job: NDArray[np.int64]) -> int:
     """``jobs[i] = job``, then ``posted[i] + 1`` published (a release store: a worker whose
     acquire load reads it sees the job); returns the new count."""
-    if not (jobs.dtype == posted.dtype == job.dtype == np.int64 and jobs.flags.c_contiguous
-            and posted.flags.c_contiguous and jobs.ndim == 2 and job.shape == (jobs.shape[1],)
-            and 0 <= i < min(jobs.shape[0], posted.shape[0])):
-        _fail("post_job needs the pool's contiguous int64 jobs (n, JOB_SIZE) and posted (n,)")
-    return int(_need()["post"](jobs, posted, i, job))
+    _counters("post_job", jobs, i, JOB_SIZE)
+    _counters("post_job", posted, i)
+    if not (job.dtype == _INT64 and job.shape == (JOB_SIZE,) and job.flags.c_contiguous
+            and jobs.shape[0] == posted.shape[0]):
+        _fail("post_job needs the pool's contiguous int64 jobs (n, JOB_SIZE) and posted (n,) "
+              "and a contiguous int64 job")
+    return int(_need()["post"](jobs.ctypes.data, posted.ctypes.data, posted.shape[0], i,
+                               job.ctypes.data))
+
+
+def job_status(jobs: NDArray[np.int64], i: int) -> int:
+    """The status a worker wrote for the last job it ran from ``jobs[i]`` (0: done)."""
+    return int(jobs[i, JOB_STATUS])
 
 
 def spin(counters: NDArray[np.int64], i: int, target: int, limit: int) -> bool:
     """Poll, without the GIL, until ``counters[i] >= target`` (True) or ``limit`` polls passed
     (False); :mod:`rnnlab.fast.pool`'s workers wait like this between the pieces of one call."""
-    k = _need()
-    return bool(k["spin"](counters, i, target, limit))
+    _counters("spin", counters, i)
+    return bool(_need()["spin"](counters.ctypes.data, counters.shape[0], i, target, limit))
 
 
 def scatter_rows(ids: NDArray[np.intp], rows: Array, out: Array) -> Array:
     """``out[v] = sum of rows[r] with ids[r] == v`` in the order of ``r`` (as ``np.add.at``);
-    ``rows`` ``(N, H)`` and ``out`` ``(V, H)`` C-contiguous, ``ids`` validated."""
+    ``rows`` ``(N, H)`` and ``out`` ``(V, H)`` C-contiguous float32 or float64, ``ids``
+    validated."""
     k = _need()
     if not (rows.flags.c_contiguous and out.flags.c_contiguous and rows.ndim == out.ndim == 2
             and rows.shape[1] == out.shape[1] and ids.shape == (rows.shape[0],)
-            and rows.dtype == out.dtype):
-        _fail(f"scatter_rows needs C-contiguous rows (N, H) and out (V, H) of one dtype and ids "
-              f"(N,); got {rows.shape} {rows.dtype}, {out.shape} {out.dtype}, {ids.shape}")
+            and rows.dtype == out.dtype and rows.dtype in (np.float32, np.float64)):
+        _fail(f"scatter_rows needs C-contiguous float32 or float64 rows (N, H) and out (V, H) of "
+              f"one dtype and ids (N,); got {rows.shape} {rows.dtype}, {out.shape} {out.dtype}, "
+              f"{ids.shape}")
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= out.shape[0]):
         raise KernelUsageError(f"rnnlab.fast.kernels: ids must lie in [0, {out.shape[0]})")
-    k["scatter"](ids, rows, out)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    name = "scatter32" if rows.dtype == np.float32 else "scatter64"
+    check(k[name](ids.ctypes.data, ids.shape[0], rows.ctypes.data, out.ctypes.data,
+                  out.shape[0], out.shape[1]), "scatter_rows")
     return out

@@ -122,7 +122,7 @@ class Pool:
 
     def _hand_off(self) -> kernels.HandOff:
         if self._compiled is None:
-            self._compiled = kernels.hand_off()
+            self._compiled = kernels.hand_off(self.posted, self.finished, self.jobs)
         return self._compiled
 
     def post(self, i: int, piece: _Piece) -> int:
@@ -131,7 +131,7 @@ class Pool:
         number = int(self.posted[i]) + 1
         if _spin_ok():
             self.jobs[i, 0] = kernels.JOB_PYTHON
-            self._hand_off().publish(self.posted, i, number)   # release: the kind before it
+            self._hand_off().publish("posted", i, number)   # release: the kind before it
         else:
             self.posted[i] = number
         return number
@@ -142,20 +142,25 @@ class Pool:
         # jobs[i] = job, then the count published with a release store: a worker whose acquire
         # load sees the new count sees the job too, on any architecture (docs/performance.md,
         # "The thread hand-off")
-        number = int(self._hand_off().post(self.jobs, self.posted, i, job))
+        number = self._hand_off().post(i, job)
         if self.sleeping[i]:
             q.put(_WAKE)
         return number
 
     def wait(self, i: int, number: int, piece: _Piece | None = None) -> None:
         """Return once piece ``number`` of worker ``i`` has finished."""
-        if _spin_ok() and kernels.spin(self.finished, i, number, _SPIN_POLLS):
+        if _spin_ok() and self._hand_off().spin("finished", i, number, _SPIN_POLLS):
             return
         if piece is not None:
             piece.done.wait()
             return
-        while not kernels.spin(self.finished, i, number, _SPIN_POLLS):   # a long job
+        while not self._hand_off().spin("finished", i, number, _SPIN_POLLS):   # a long job
             time.sleep(1e-4)
+
+    def job_status(self, i: int) -> int:
+        """The status worker ``i`` wrote for the compiled job it ran last (0: done; see
+        :func:`rnnlab.fast.kernels.check`)."""
+        return kernels.job_status(self.jobs, i)
 
     def _work(self, i: int, q: queue.SimpleQueue[_Piece | None]) -> None:
         taken = 0
@@ -163,8 +168,7 @@ class Pool:
             item: _Piece | None = _WAKE
             if _spin_ok():
                 # run compiled jobs as they come; back here for a Python piece or when idle
-                taken, python = kernels.serve(self.posted, self.finished, self.jobs, i, taken,
-                                               _SPIN_POLLS)
+                taken, python = self._hand_off().serve(i, taken, _SPIN_POLLS)
                 if not python:
                     self.sleeping[i] = 1           # the GIL orders this with post_job's check
                     if self.posted[i] == taken:
@@ -185,7 +189,7 @@ class Pool:
             except BaseException as exc:        # handed to the caller
                 item.error = exc
             if _spin_ok():                      # release: the piece's results before the count
-                self._hand_off().publish(self.finished, i, taken)
+                self._hand_off().publish("finished", i, taken)
             else:
                 self.finished[i] = taken
             item.done.set()
@@ -378,6 +382,8 @@ class Runner:
             finally:
                 for i, number in posted:
                     POOL.wait(i, number)
+            for i, _ in posted:
+                kernels.check(POOL.job_status(i), "a job on a worker thread")
 
     def column_sum(self, a: Array, out: Array) -> Array:
         """``np.sum(a, axis=0, out=out)`` for a 2-D ``a``, split by columns (same sums)."""
