@@ -6,10 +6,10 @@ object file an earlier process cached, without Numba), a Workspace and its first
     python -m benchmarks.startup --runs 9 --batch 32 --steps 8 --inputs 64 --hidden 64
 
 The first process runs with an empty cache directory (``RNNLAB_KERNEL_CACHE`` pointed at a new
-temporary directory): it compiles every kernel with Numba and writes their object file. The next ``--runs``
-processes use the same directory, as every process on a machine after its first does. Each
-prints the seconds from its start to: ``import rnnlab`` done; ``Workspace(spec)`` made (the
-kernels built or loaded); the first ``value_and_grad`` done (buffers, the
+temporary directory): it compiles every kernel with Numba and writes their object file. The next
+``--runs`` processes use the same directory, as every process on a machine after its first
+does. Each prints the seconds from its start to: ``import rnnlab`` done; ``Workspace(spec)`` made
+(the kernels built or loaded); the first ``value_and_grad`` done (buffers, the
 column-block timing, the first step). Medians of the warm runs; a last row without the cache
 (``RNNLAB_KERNEL_CACHE=0``) for reference.
 """

@@ -48,7 +48,8 @@ EXIT_CODES: dict[int, str] = {
 EXTRAS: dict[str, str] = {
     "click": "cli", "matplotlib": "cli", "tqdm": "progress", "sklearn": "sklearn",
     "mnist1d": "data", "distributed": "distributed", "dask": "distributed", "numba": "fast",
-    "threadpoolctl": "fast", "tensorboardX": "tracking", "tensorboard": "tracking",
+    "threadpoolctl": "fast", "cffi": "fast", "_cffi_backend": "fast", "llvmlite": "fast",
+    "tensorboardX": "tracking", "tensorboard": "tracking",
 }
 # fields a --resume may change: the model, the data and the trajectory stay those of the run
 RESUMABLE: tuple[str, ...] = (

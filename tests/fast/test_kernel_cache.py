@@ -107,10 +107,10 @@ def test_read_refuses_every_kind_of_damage(tmp_path: Path) -> None:
     where.mkdir()
     assert native.read(where, "k") is None                      # nothing cached yet
     ir = "define i32 @entry(ptr %r, ptr %e, i64 %a) {\n  store i64 %a, ptr %r\n  ret i32 0\n}\n"
-    obj = native.build({"run": native.Entry(ir, "entry", 1)})
+    obj = native.build({"run": native.Entry(ir, "entry", "i")})
     with native.locked(where):
-        path = native.store(where, "k", obj, {"run": 1}, {"about": "test"})
-    assert native.read(where, "k") == (obj, {"run": 1})
+        path = native.store(where, "k", obj, {"run": "p"}, {"about": "test"})
+    assert native.read(where, "k") == (obj, {"run": "p"})
     good = (where / "manifest.json").read_text()
     damage = [
         lambda: path.write_bytes(obj[:100]),                      # cut short
@@ -128,8 +128,8 @@ def test_read_refuses_every_kind_of_damage(tmp_path: Path) -> None:
         with native.locked(where):
             assert native.purge(where) or i == 2
             assert not any(where.glob("kernels-*.o")) and not (where / "manifest.json").exists()
-            path = native.store(where, "k", obj, {"run": 1}, {"about": "test"})
-        assert native.read(where, "k") == (obj, {"run": 1})
+            path = native.store(where, "k", obj, {"run": "p"}, {"about": "test"})
+        assert native.read(where, "k") == (obj, {"run": "p"})
     # purge deletes what store wrote and nothing else
     (where / "notes.txt").write_text("a user's file")
     with native.locked(where):
@@ -163,10 +163,10 @@ def test_an_object_that_needs_a_missing_symbol_is_refused_not_loaded() -> None:
           'define i32 @entry(ptr %r, ptr %e, i64 %a) {\n'
           '  %v = call i64 @rnnlab_no_such_symbol(i64 %a)\n  store i64 %v, ptr %r\n'
           '  ret i32 0\n}\n')
-    obj = native.build({"probe": native.Entry(ir, "entry", 1)})
+    obj = native.build({"probe": native.Entry(ir, "entry", "i")})
     assert native.undefined_symbols(obj) == ["rnnlab_no_such_symbol"]
     with pytest.raises(native.CacheDamaged, match="rnnlab_no_such_symbol"):
-        native.load(obj, {"probe": 1})
+        native.load(obj, {"probe": "i"})
 
 
 def test_the_builder_refuses_code_that_needs_numbas_runtime() -> None:
@@ -177,18 +177,30 @@ def test_the_builder_refuses_code_that_needs_numbas_runtime() -> None:
           '  %m = call ptr @NRT_MemInfo_alloc_aligned(i64 %a, i32 32)\n'
           '  %v = ptrtoint ptr %m to i64\n  store i64 %v, ptr %r\n  ret i32 0\n}\n')
     with pytest.raises(RuntimeError, match="NRT_MemInfo_alloc_aligned"):
-        native.build({"probe": native.Entry(ir, "entry", 1)})
+        native.build({"probe": native.Entry(ir, "entry", "i")})
 
 
 def test_a_wrapper_returns_the_result_or_minus_one_on_an_error() -> None:
+    """The C wrapper passes an int64 as it is and a buffer (``"p"``) as its address, returns
+    what the native function stored, and -1 when it reports an error (a non-zero status)."""
+    import _cffi_backend as ffi
+
     from rnnlab.fast import native
 
     ir = ('define i32 @entry(ptr %r, ptr %e, i64 %a, i64 %b) {\n'
           '  %bad = icmp slt i64 %a, 0\n  br i1 %bad, label %err, label %ok\n'
-          'ok:\n  %v = mul i64 %a, %b\n  store i64 %v, ptr %r\n  ret i32 0\n'
+          'ok:\n  %p = inttoptr i64 %b to ptr\n  %x = load i64, ptr %p\n'
+          '  %v = mul i64 %a, %x\n  store i64 %v, ptr %r\n  ret i32 0\n'
           'err:\n  ret i32 -1\n}\n')
-    k = native.load(native.build({"mul": native.Entry(ir, "entry", 2)}), {"mul": 2})
-    assert k["mul"](6, 7) == 42 and k["mul"](-1, 7) == -1
+    k = native.load(native.build({"mul": native.Entry(ir, "entry", "ip")}), {"mul": "ip"})
+    seven = np.array([7, 0], np.int64)
+    buf = ffi.from_buffer(ffi.new_array_type(ffi.new_pointer_type(
+        ffi.new_primitive_type("int64_t")), None), seven)
+    assert k["mul"](6, buf) == 42 and k["mul"](-1, buf) == -1
+    seven[0] = 8                                   # the address, not a copy, reached the code
+    assert k["mul"](6, buf) == 48
+    with pytest.raises(ValueError, match="letters"):
+        native.Entry(ir, "entry", "ix")
 
 
 def test_undefined_symbols_reads_what_nm_reads() -> None:
@@ -281,3 +293,53 @@ def test_the_loaded_kernels_compute_what_the_numpy_loops_do() -> None:
     forward_into(a, W, get("relu"), h0, compiled=True)
     forward_into(b, W, get("relu"), h0, compiled=False)
     np.testing.assert_array_equal(a, b)
+
+
+MISSING_CHILD = r"""
+import sys, warnings
+sys.modules[sys.argv[1]] = None                      # as if it were not installed
+warnings.simplefilter("error")                       # a warning fails the child
+from rnnlab.fast import kernels
+try:
+    print(kernels.available(), kernels.why_unavailable())
+except RuntimeWarning as w:
+    print("warned:", w)
+"""
+
+
+@pytest.mark.parametrize("module, warned", [("numba", False), ("_cffi_backend", True),
+                                             ("threadpoolctl", True)])
+def test_a_missing_dependency_is_named_and_only_numba_is_quiet(module: str, warned: bool) -> None:
+    """Without Numba the NumPy loops run and nothing is said (the kernels are optional); Numba
+    without another part of the ``fast`` extra is an incomplete install: a RuntimeWarning."""
+    res = subprocess.run([sys.executable, "-c", MISSING_CHILD, module], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert res.returncode == 0, res.stderr
+    if warned:
+        assert res.stdout.startswith("warned: rnnlab: the compiled kernels are not available"), \
+            res.stdout
+        assert module in res.stdout
+    else:
+        assert res.stdout.strip() == "False ImportError: numba is not installed", res.stdout
+
+
+@pytest.mark.parametrize("blocked", [".lock", "manifest.json"])
+def test_a_cache_that_cannot_be_locked_or_written_still_gives_kernels(tmp_path: Path,
+                                                                      blocked: str) -> None:
+    """A lock file that cannot be opened, or a manifest that cannot be written (a full disk,
+    here a directory in its place): the process builds and runs the kernels without keeping
+    them, and the manifest's failure is a RuntimeWarning."""
+    from rnnlab.fast import compiled
+
+    cache = tmp_path / "kernels"
+    where = cache / compiled.cache_key(compiled.blas())
+    (where / blocked).mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "RNNLAB_KERNEL_CACHE": str(cache)}
+    res = subprocess.run([sys.executable, "-W", "always", "-c", CHILD], capture_output=True,
+                         text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["origin"] == "built" and out["where"] == "None"
+    assert np.isfinite(out["loss"])
+    assert ("could not be kept" in res.stderr) == (blocked == "manifest.json"), res.stderr
+    assert (where / blocked).is_dir()                          # left as it was

@@ -163,9 +163,12 @@ def installed(name: str) -> str:
     ImportError when it is not installed."""
     import importlib.util
 
-    spec = importlib.util.find_spec(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ValueError, AttributeError):        # blocked: sys.modules[name] is None
+        spec = None
     if spec is None or spec.origin is None:
-        raise ImportError(f"{name} is not installed")
+        raise ImportError(f"{name} is not installed", name=name)
     found = sorted(p.name for p in Path(spec.origin).parent.parent.glob(f"{name}-*.dist-info"))
     if found:
         return ",".join(found)

@@ -1,6 +1,7 @@
 """Compiled recurrent loops for the fast engine (optional: ``pip install 'rnnlab[fast]'``): the
-Python face of the Numba kernels of :mod:`rnnlab.fast.jit` (linked and cached by
-:mod:`rnnlab.fast.compiled`).
+Python face of the kernels of :mod:`rnnlab.fast.jit`, built once by Numba into an object file
+that later processes load without Numba (:mod:`rnnlab.fast.native`; the BLAS link, the key and
+the cache's place: :mod:`rnnlab.fast.compiled`).
 
 The loops of :func:`rnnlab.fast.loops.forward_into` and :func:`rnnlab.fast.loops.backward_into`
 (eqs. 5-6 and 16-17) compiled with Numba: one call runs every step of a block of batch rows,
@@ -38,6 +39,7 @@ The BLAS is NumPy's own (found through ``threadpoolctl``), so its thread count i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -89,13 +91,14 @@ _prefetching: threading.Thread | None = None
 def prefetch() -> None:
     """Start :func:`compile` on a background thread and return at once.
 
-    Loading the kernels costs a fresh process 0.6-0.9 s (Numba's import and its CPU target's
-    initialisation: docs/performance.md, "Start-up"); a program that has other work first
-    (reading a dataset: mostly file reads and NumPy, which let the thread run) can overlap the
-    two.  The first :class:`rnnlab.fast.workspace.Workspace` then waits only for what is left.
-    ``rnnlab train``, the sweeps and the main job call this before loading their data.  A
-    failure on the thread is not lost: :func:`compile` runs again where it is needed and raises
-    it there.  Idempotent; does nothing without Numba."""
+    Loading the kernels' object file costs a fresh process about 0.05 s, building them (the
+    first process on a machine) about 10 s (docs/performance.md, "Start-up"); a program that has
+    other work first (reading a dataset: mostly file reads and NumPy, which let the thread run)
+    can overlap the two.  The first :class:`rnnlab.fast.workspace.Workspace` then waits only for
+    what is left.  ``rnnlab train``, the sweeps and the main job call this before loading their
+    data.  A failure on the thread is not lost: it is kept (:func:`why_unavailable`), a
+    RuntimeWarning names it and a workspace that asks for the kernels raises it.  Idempotent;
+    does nothing without Numba."""
     global _prefetching
     if _compiled or _prefetching is not None:
         return
@@ -130,7 +133,7 @@ def compile() -> None:
     cached object that cannot be used (a damaged file, another key's manifest) is deleted and
     built again.  When the kernels cannot be had, :func:`available` is False and
     :func:`why_unavailable` says why (a RuntimeWarning says so too, unless Numba is simply not
-    installed)."""
+    installed: an install with Numba but without cffi or threadpoolctl is warned about)."""
     global _compiled
     if _compiled:
         return
@@ -171,7 +174,9 @@ def _kernels() -> native.NativeKernels | None:
                     _built = _build()
                 except Exception as exc:   # no numba, no threadpoolctl, no cblas, no libc...:
                     _why_not = f"{type(exc).__name__}: {exc}"   # the NumPy loops run instead
-                    if not isinstance(exc, ImportError):
+                    # quiet only when Numba itself is missing (the kernels were not asked
+                    # for); Numba without cffi or threadpoolctl is an incomplete install
+                    if not (isinstance(exc, ImportError) and exc.name == "numba"):
                         warnings.warn(f"rnnlab: the compiled kernels are not available "
                                       f"({_why_not}); the NumPy loops run instead",
                                       RuntimeWarning, stacklevel=2)
@@ -185,8 +190,10 @@ def _build() -> native.NativeKernels:
     """The kernels of this process: the object file cached for this key, loaded without Numba,
     or else built by Numba (:mod:`rnnlab.fast.jit`), kept in the cache and loaded."""
     global _cache_where
+    # Numba must be installed even to load a build (its version is part of the key): without
+    # it, the NumPy loops run and nothing is said
+    compiled.installed("numba")
     b = compiled.link()                 # the C functions the object calls, by name
-    # Numba must be installed even to load a build (its version is part of the key)
     where = compiled.cache_dir(b) if native.cacheable() else None
     if where is None:
         return _fresh()
@@ -197,24 +204,38 @@ def _build() -> native.NativeKernels:
             return _loaded(native.load(*found), where)
     except native.CacheDamaged:
         pass                            # checked again, and rebuilt, under the lock
-    with native.locked(where):          # one process builds; the others wait, then load
+    with contextlib.ExitStack() as held:
+        try:                            # one process builds; the others wait, then load
+            held.enter_context(native.locked(where))
+        except OSError:                 # a lock file this user cannot open: nothing kept
+            return _fresh()
         try:
             found = native.read(where, key)
             if found is not None:
                 return _loaded(native.load(*found), where)
         except native.CacheDamaged:
             native.purge(where)         # our own files, unusable: built again below
-        from . import jit
-
-        entries = jit.entries()
+        entries = _entries()
         obj = native.build(entries)
-        nargs = {name: e.nargs for name, e in entries.items()}
+        sigs = {name: e.args for name, e in entries.items()}
         about = {"blas": b.path, "blas_version": b.version, "ilp64": b.ilp64, **native.host()}
-        path = native.store(where, key, obj, nargs, about)
-        out = native.load(obj, nargs)
+        try:
+            path: Path | None = native.store(where, key, obj, sigs, about)
+        except OSError as exc:          # a full disk, say: this process runs what it built
+            warnings.warn(f"rnnlab: the compiled kernels could not be kept in {where} ({exc}); "
+                          f"the next process builds them again", RuntimeWarning, stacklevel=3)
+            path = None
+        out = native.load(obj, sigs)
         out.origin, out.where = "built", path
-        _cache_where = where
+        _cache_where = where if path is not None else None
         return out
+
+
+def _entries() -> dict[str, native.Entry]:
+    """The kernels' entry points compiled by Numba (imported only here)."""
+    from . import jit
+
+    return jit.entries()
 
 
 def _loaded(k: native.NativeKernels, where: Path) -> native.NativeKernels:
@@ -226,10 +247,8 @@ def _loaded(k: native.NativeKernels, where: Path) -> native.NativeKernels:
 
 def _fresh() -> native.NativeKernels:
     """Built here and not kept (caching off, or no directory that can be written)."""
-    from . import jit
-
-    entries = jit.entries()
-    return native.load(native.build(entries), {n: e.nargs for n, e in entries.items()})
+    entries = _entries()
+    return native.load(native.build(entries), {n: e.args for n, e in entries.items()})
 
 
 class KernelUsageError(RuntimeError):
@@ -475,6 +494,16 @@ def column_block(n: int, H: int) -> int:
     return _blocks[key]
 
 
+try:                                          # a job array as the entries' int64_t * argument
+    import _cffi_backend as _ffi
+
+    _buffer: Any = _ffi.from_buffer
+    _JOB: Any = _ffi.new_array_type(_ffi.new_pointer_type(_ffi.new_primitive_type("int64_t")),
+                                    None)
+except ImportError:                           # no cffi: no kernels either (available() says why)
+    _buffer = _JOB = None
+
+
 def check(status: int, what: str) -> None:
     """Raise for a kernel's failed ``status`` (-1: the kernel reported an error; 1: no memory
     for a job's scratch space); nothing for 0 or more."""
@@ -491,7 +520,7 @@ def run(job: NDArray[np.int64]) -> None:
             and JOB_FORWARD <= job.item(0) <= JOB_GEMV):
         _fail(f"a job is an int64 ({JOB_SIZE},) C-contiguous array of a compiled kind; got "
               f"{job.dtype} {job.shape} kind {job[0] if job.size else None}")
-    status = k["run"](job.ctypes.data)
+    status = k["run"](_buffer(_JOB, job))
     if status:
         check(status, "a job")
 
@@ -552,7 +581,7 @@ class HandOff:
     def post(self, i: int, job: NDArray[np.int64]) -> int:
         """``jobs[i] = job`` then ``posted[i] + 1`` published; returns it (``job``: a contiguous
         int64 ``(JOB_SIZE,)`` array, as the job makers give)."""
-        return int(self._post(self._jobs, self._at["posted"], self._n, i, job.ctypes.data))
+        return int(self._post(self._jobs, self._at["posted"], self._n, i, _buffer(_JOB, job)))
 
     def publish(self, counter: str, i: int, value: int) -> None:
         """``posted[i]`` or ``finished[i]`` (``counter``) ``= value``, a release store."""
@@ -589,7 +618,7 @@ def post_job(jobs: NDArray[np.int64], posted: NDArray[np.int64], i: int,
         _fail("post_job needs the pool's contiguous int64 jobs (n, JOB_SIZE) and posted (n,) "
               "and a contiguous int64 job")
     return int(_need()["post"](jobs.ctypes.data, posted.ctypes.data, posted.shape[0], i,
-                               job.ctypes.data))
+                               _buffer(_JOB, job)))
 
 
 def job_status(jobs: NDArray[np.int64], i: int) -> int:

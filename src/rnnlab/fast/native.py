@@ -21,8 +21,9 @@ file with LLVM's MCJIT (llvmlite, which Numba itself uses) takes milliseconds.  
   call, as the kernels need).  Anything wrong is :class:`CacheDamaged`: the caller then deletes
   this key's files and builds again.
 
-The arguments and results are ``int64`` only (addresses, sizes, counts), so the calls need no
-knowledge of Numba's array layout.  Object files are ELF (Linux); elsewhere :func:`load` refuses
+The arguments are ``int64`` values (addresses, sizes, counts) or ``int64_t *`` (a job array, passed
+as a buffer) and the results ``int64``, so the calls need no knowledge of Numba's array
+layout.  Object files are ELF (Linux); elsewhere :func:`load` refuses
 and the kernels are built in each process (:func:`cacheable`).
 """
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "CacheDamaged", "Entry", "NativeKernels", "build", "cacheable", "host",
+__all__ = ["ARGS", "FORMAT", "CacheDamaged", "Entry", "NativeKernels", "build", "cacheable", "host",
            "load", "locked", "purge", "read", "store", "undefined_symbols", "wrapper_name"]
 
 FORMAT = 1
@@ -58,11 +59,23 @@ class CacheDamaged(RuntimeError):
 @dataclass(frozen=True)
 class Entry:
     """One entry point as Numba compiled it: its LLVM IR (the whole library, callees linked in),
-    the symbol of its native function and its number of ``int64`` arguments."""
+    the symbol of its native function (whose arguments are all ``int64``) and the C signature
+    of its wrapper, one letter per argument (:data:`ARGS`): ``"i"`` an ``int64_t``, ``"p"`` an
+    ``int64_t *`` (an address the caller passes as a buffer, e.g. a job array, which is
+    cheaper from Python than its address as an int)."""
 
     ir: str
     symbol: str
-    nargs: int
+    args: str
+
+    def __post_init__(self) -> None:
+        if set(self.args) - set(ARGS):
+            raise ValueError(f"an entry's arguments are letters of {sorted(ARGS)}; got "
+                             f"{self.args!r}")
+
+
+ARGS = {"i": "i64", "p": "ptr"}
+"""The wrapper's argument kinds: their LLVM types."""
 
 
 def wrapper_name(name: str) -> str:
@@ -100,12 +113,15 @@ def _target_machine(llvm: Any) -> Any:
 def _wrapper_ir(name: str, e: Entry) -> str:
     # Numba's native calling convention: i32 status = f(ptr result, ptr exception info, args);
     # status 0 is success (numba.core.callconv.CPUCallConv)
-    params = ", ".join(f"i64 %a{i}" for i in range(e.nargs))
-    args = "".join(f", i64 %a{i}" for i in range(e.nargs))
-    types = "".join(", i64" for _ in range(e.nargs))
+    params = ", ".join(f"{ARGS[k]} %a{i}" for i, k in enumerate(e.args))
+    args = "".join(f", i64 %v{i}" for i in range(len(e.args)))
+    types = "".join(", i64" for _ in e.args)
+    # the native function takes every argument as an int64
+    casts = "".join(f"  %v{i} = ptrtoint ptr %a{i} to i64\n" if k == "p" else
+                    f"  %v{i} = add i64 %a{i}, 0\n" for i, k in enumerate(e.args))
     return (f'declare i32 @"{e.symbol}"(ptr, ptr{types})\n\n'
             f'define i64 @"{wrapper_name(name)}"({params}) {{\n'
-            f"entry:\n"
+            f"entry:\n{casts}"
             f"  %res = alloca i64, align 8\n"
             f"  %exc = alloca ptr, align 8\n"
             f"  store i64 0, ptr %res, align 8\n"
@@ -227,7 +243,7 @@ def _resolve(llvm: Any, symbol: str) -> bool:
 
 
 class NativeKernels(dict[str, Callable[..., int]]):
-    """The loaded entry points by name: ``kernels[name](*int64 args) -> int64`` (-1: the kernel
+    """The loaded entry points by name: ``kernels[name](*args) -> int64`` (-1: the kernel
     reported an error); ``origin`` says whether they were ``"built"`` here or ``"loaded"`` from
     the cache; ``where`` is the object file (None when none was kept)."""
 
@@ -235,7 +251,7 @@ class NativeKernels(dict[str, Callable[..., int]]):
     where: Path | None = None
 
 
-def load(obj: bytes, nargs: Mapping[str, int]) -> NativeKernels:
+def load(obj: bytes, signatures: Mapping[str, str]) -> NativeKernels:
     """Load ``obj`` (from :func:`build`) into an MCJIT engine of this process and return its
     entries; CacheDamaged when a symbol it needs does not resolve here or an entry is missing
     (checked before LLVM resolves anything, which would abort the process instead)."""
@@ -252,12 +268,14 @@ def load(obj: bytes, nargs: Mapping[str, int]) -> NativeKernels:
     engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     i64 = ffi.new_primitive_type("int64_t")
+    kinds = {"i": i64, "p": ffi.new_pointer_type(i64)}
     out = NativeKernels()
-    for name, n in nargs.items():
+    for name, sig in signatures.items():
         addr = engine.get_function_address(wrapper_name(name))
-        if not addr:
-            raise CacheDamaged(f"the object has no entry {wrapper_name(name)}")
-        out[name] = ffi.cast(ffi.new_function_type((i64,) * n, i64, False), addr)
+        if not addr or set(sig) - set(kinds):
+            raise CacheDamaged(f"the object has no entry {wrapper_name(name)}{sig!r}")
+        ftype = ffi.new_function_type(tuple(kinds[k] for k in sig), i64, False)
+        out[name] = ffi.cast(ftype, addr)
     _engines.append(engine)
     return out
 
@@ -291,34 +309,36 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def read(where: Path, key: str) -> tuple[bytes, dict[str, int]] | None:
-    """The object and the entries' argument counts cached in ``where`` for ``key``: None when
+def read(where: Path, key: str) -> tuple[bytes, dict[str, str]] | None:
+    """The object and the entries' signatures cached in ``where`` for ``key``: None when
     nothing is cached; CacheDamaged when what is there cannot be used."""
     try:
         raw = (where / MANIFEST).read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:              # unreadable (a directory in its place, permissions)
+        raise CacheDamaged(f"unreadable manifest in {where}: {exc}") from exc
     try:
         m = json.loads(raw)
         if m.get("format") != FORMAT or m.get("key") != key:
             raise CacheDamaged(f"a manifest of format {m.get('format')} for key {m.get('key')}")
         obj = (where / m["object"]).read_bytes()
-        nargs = {str(k): int(v) for k, v in m["entries"].items()}
+        signatures = {str(k): str(v) for k, v in m["entries"].items()}
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         raise CacheDamaged(f"unreadable manifest or object in {where}: {exc}") from exc
     if hashlib.sha256(obj).hexdigest() != m.get("sha256"):
         raise CacheDamaged(f"{where / m['object']} does not match its manifest's SHA-256")
-    return obj, nargs
+    return obj, signatures
 
 
-def store(where: Path, key: str, obj: bytes, nargs: Mapping[str, int],
+def store(where: Path, key: str, obj: bytes, signatures: Mapping[str, str],
           about: Mapping[str, Any]) -> Path:
     """Write ``obj`` and its manifest into ``where``, each atomically (call it under
     :func:`locked`); returns the object's path."""
     digest = hashlib.sha256(obj).hexdigest()
     path = where / f"kernels-{digest[:16]}.o"
     manifest = {"format": FORMAT, "key": key, "object": path.name, "sha256": digest,
-                "entries": dict(nargs), "undefined": undefined_symbols(obj) if cacheable()
+                "entries": dict(signatures), "undefined": undefined_symbols(obj) if cacheable()
                 else None, "about": dict(about)}
     _atomic_write(path, obj)
     _atomic_write(where / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -330,7 +350,7 @@ def purge(where: Path) -> bool:
     under :func:`locked`); False when there was nothing."""
     found = False
     for f in [where / MANIFEST, *where.glob("kernels-*.o")]:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):      # gone already, or not ours to remove
             f.unlink()
             found = True
     return found
