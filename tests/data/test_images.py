@@ -261,3 +261,27 @@ def test_debian_fashion_mnist(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, 1000))
     if debian_directories("dataset-fashion-mnist"):
         assert DEBIAN_DIR in debian_directories("dataset-fashion-mnist")
+
+
+def test_pixel_moments_are_numpys_mean_and_std_from_the_histogram() -> None:
+    """The 8-bit shortcut (a histogram counted in blocks) gives the mean and std of the float32
+    pixels that NumPy's float64 reductions give, within their rounding, and the same float32
+    values a standardised split is built from; other dtypes take NumPy's reductions."""
+    from rnnlab.data.images import pixel_moments
+
+    rng = np.random.default_rng(0)
+    for shape in ((3, 5), (1500, 784)):                    # one block, and several
+        raw = rng.integers(0, 256, shape).astype(np.uint8)
+        raw[0, :3] = (0, 255, 17)
+        scaled = raw.astype(np.float32) / np.float32(255.0)
+        mean, std = pixel_moments(raw, scaled)
+        np.testing.assert_allclose(mean, scaled.mean(dtype=np.float64), rtol=1e-13)
+        np.testing.assert_allclose(std, scaled.std(dtype=np.float64), rtol=1e-13)
+        assert np.float32(mean) == np.float32(scaled.mean(dtype=np.float64))
+        assert np.float32(std) == np.float32(scaled.std(dtype=np.float64))
+    wide = rng.integers(0, 1000, (4, 6)).astype(np.uint16)
+    scaled = wide.astype(np.float32) / np.float32(255.0)
+    assert pixel_moments(wide, scaled) == (float(scaled.mean(dtype=np.float64)),
+                                           float(scaled.std(dtype=np.float64)))
+    flat = np.full((2, 3), 7, np.uint8)
+    assert pixel_moments(flat, flat.astype(np.float32) / np.float32(255.0))[1] == 0.0
