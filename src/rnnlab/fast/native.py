@@ -139,7 +139,9 @@ def _wrapper_ir(name: str, e: Entry) -> str:
 # is never touched), so the call is unreachable; it is defined as a trap, not left to resolve
 # into a runtime this process does not load.
 _UNREACHABLE = ("NRT_MemInfo_call_dtor",)
-# what an object may leave undefined besides rnnlab's own symbols: the C library's
+# symbols an object must not leave undefined: Numba's runtime and Python's C API, which a
+# process that loads the object without Numba may not have (rnnlab's own and the C library's
+# are what it may leave)
 _RUNTIME_PREFIXES = ("NRT_", "numba_", "Py", "_Py")
 
 
