@@ -22,9 +22,10 @@ The parts, each named for what a reader looks for:
   the GIL, optionally with subnormals flushed;
 * :func:`load_acquire`/:func:`store_release` and :func:`serve`, :func:`spin`, :func:`post`: the
   acquire/release counters of the thread hand-off and what a worker thread runs between jobs;
-* :func:`products` (the column-block timing loop) and :func:`scatter` (eq. 21);
+* :func:`scatter` (eq. 21);
 * the entry points (:data:`ENTRIES`: ``run_at``, ``serve_at``, ...): the same on addresses, the
-  functions the object file exports.
+  functions the object file exports, with ``publish_at`` (a release store of one counter) and
+  ``products_at`` (the column-block timing loop).
 """
 
 from __future__ import annotations
@@ -405,13 +406,6 @@ def spin(counters: Any, i: int, target: int, limit: int) -> bool:
 
 
 @nb.njit(nogil=True)
-def publish(counters: Any, i: int, value: int) -> None:
-    """``counters[i] = value`` with a release store: every write this thread made before it (a
-    job's operands, a Python piece's results) is visible to an acquire load that reads it."""
-    store_release(counters.ctypes.data + 8 * i, value)
-
-
-@nb.njit(nogil=True)
 def post(jobs: Any, posted: Any, i: int, job: Any) -> int:
     """The poster's half of the hand-off in one call: ``jobs[i] = job``, then ``posted[i] + 1``
     published with a release store (only the poster writes ``posted[i]``); returns it."""
@@ -423,14 +417,6 @@ def post(jobs: Any, posted: Any, i: int, job: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- the rest
-
-
-@nb.njit(nogil=True)
-def products(n: int, H: int, cb: int, reps: int, a: Any, W: Any, c: Any) -> None:
-    """The loops' step product ``(n, H) x (H, H)``, ``reps`` times, in column blocks of ``cb``
-    (:func:`rnnlab.fast.kernels.column_block` times it)."""
-    for _ in range(reps):
-        step_product(n, H, H, a.ctypes.data, H, W.ctypes.data, c.ctypes.data, cb)
 
 
 @nb.njit(nogil=True)
@@ -474,7 +460,9 @@ def spin_at(counters: int, n: int, i: int, target: int, limit: int) -> int:
 
 @nb.njit(nogil=True)
 def publish_at(counters: int, i: int, value: int) -> int:
-    """:func:`publish` on the counters at ``counters``."""
+    """``counters[i] = value`` (int64 counters at ``counters``) with a release store: every write
+    this thread made before it (a job's operands, a Python piece's results) is visible to an
+    acquire load that reads it."""
     store_release(counters + 8 * i, value)
     return 0
 
@@ -488,8 +476,9 @@ def post_at(jobs: int, posted: int, n: int, i: int, job: int) -> int:
 
 @nb.njit(nogil=True)
 def products_at(n: int, H: int, cb: int, reps: int, a: int, W: int, c: int) -> int:
-    """:func:`products` on float32 ``a`` (n, H), ``W`` (H, H), ``c`` (n, H) at these
-    addresses."""
+    """The loops' step product ``c = a W`` on float32 ``a`` (n, H), ``W`` (H, H), ``c`` (n, H)
+    at these addresses, ``reps`` times, in column blocks of ``cb``
+    (:func:`rnnlab.fast.kernels.column_block` times it)."""
     for _ in range(reps):
         step_product(n, H, H, a, H, W, c, cb)
     return 0

@@ -65,10 +65,10 @@ from .compiled import (
 )
 from .cpu import BLAS
 
-__all__ = ["JOB_PYTHON", "JOB_SIZE", "available", "backward", "backward_job", "column_block",
-           "compile", "compile_jobs", "forward", "forward_job", "gemm_job", "hand_off",
-           "post_job", "prefetch", "publish", "run", "scatter_rows", "serve", "spin", "supports",
-           "vecmat_job", "why_unavailable"]
+__all__ = ["JOB_PYTHON", "JOB_SIZE", "JOB_STATUS", "available", "backward", "backward_job",
+           "check", "column_block", "compile", "compile_jobs", "forward", "forward_job",
+           "gemm_job", "hand_off", "origin", "post_job", "prefetch", "publish", "run",
+           "scatter_rows", "serve", "spin", "supports", "vecmat_job", "why_unavailable"]
 
 Array = NDArray[np.floating]
 
@@ -127,8 +127,8 @@ if hasattr(os, "register_at_fork"):
 def compile() -> None:
     """Build (or load from the cache of an earlier process) the kernels now instead of at their
     first use, as a JAX program is compiled ahead of time; :class:`rnnlab.fast.workspace.Workspace`
-    calls this.  The first time on a machine it takes seconds (Numba compiles them: about 8 s on
-    a quiet 2-core machine); after that, a process loads their object file in milliseconds,
+    calls this.  The first time on a machine it takes seconds (Numba compiles them: 10-11 s on
+    this 2-core machine); after that, a process loads their object file in milliseconds,
     without importing Numba (:mod:`rnnlab.fast.native`; docs/performance.md, "Start-up").  A
     cached object that cannot be used (a damaged file, another key's manifest) is deleted and
     built again.  When the kernels cannot be had, :func:`available` is False and
@@ -215,9 +215,7 @@ def _build() -> native.NativeKernels:
                 return _loaded(native.load(*found), where)
         except native.CacheDamaged:
             native.purge(where)         # our own files, unusable: built again below
-        entries = _entries()
-        obj = native.build(entries)
-        sigs = {name: e.args for name, e in entries.items()}
+        obj, sigs = _object()
         about = {"blas": b.path, "blas_version": b.version, "ilp64": b.ilp64, **native.host()}
         try:
             path: Path | None = native.store(where, key, obj, sigs, about)
@@ -225,30 +223,29 @@ def _build() -> native.NativeKernels:
             warnings.warn(f"rnnlab: the compiled kernels could not be kept in {where} ({exc}); "
                           f"the next process builds them again", RuntimeWarning, stacklevel=3)
             path = None
-        out = native.load(obj, sigs)
-        out.origin, out.where = "built", path
         _cache_where = where if path is not None else None
-        return out
+        return native.load(obj, sigs)
 
 
-def _entries() -> dict[str, native.Entry]:
-    """The kernels' entry points compiled by Numba (imported only here)."""
+def _object() -> tuple[bytes, dict[str, str]]:
+    """The kernels' object file and its entries' signatures, compiled here by Numba (imported
+    only here)."""
     from . import jit
 
-    return jit.entries()
+    entries = jit.entries()
+    return native.build(entries), {name: e.args for name, e in entries.items()}
 
 
 def _loaded(k: native.NativeKernels, where: Path) -> native.NativeKernels:
     global _cache_where
-    k.origin, k.where = "loaded", where
+    k.origin = "loaded"
     _cache_where = where
     return k
 
 
 def _fresh() -> native.NativeKernels:
     """Built here and not kept (caching off, or no directory that can be written)."""
-    entries = _entries()
-    return native.load(native.build(entries), {n: e.args for n, e in entries.items()})
+    return native.load(*_object())
 
 
 class KernelUsageError(RuntimeError):
@@ -495,13 +492,9 @@ def column_block(n: int, H: int) -> int:
 
 
 try:                                          # a job array as the entries' int64_t * argument
-    import _cffi_backend as _ffi
-
-    _buffer: Any = _ffi.from_buffer
-    _JOB: Any = _ffi.new_array_type(_ffi.new_pointer_type(_ffi.new_primitive_type("int64_t")),
-                                    None)
+    _job_buffer: Any = native.int64_buffer()
 except ImportError:                           # no cffi: no kernels either (available() says why)
-    _buffer = _JOB = None
+    _job_buffer = None
 
 
 def check(status: int, what: str) -> None:
@@ -520,7 +513,7 @@ def run(job: NDArray[np.int64]) -> None:
             and JOB_FORWARD <= job.item(0) <= JOB_GEMV):
         _fail(f"a job is an int64 ({JOB_SIZE},) C-contiguous array of a compiled kind; got "
               f"{job.dtype} {job.shape} kind {job[0] if job.size else None}")
-    status = k["run"](_buffer(_JOB, job))
+    status = k["run"](_job_buffer(job))
     if status:
         check(status, "a job")
 
@@ -544,8 +537,12 @@ def serve(posted: NDArray[np.int64], finished: NDArray[np.int64], jobs: NDArray[
     _counters("serve", jobs, i, JOB_SIZE)
     if not (finished.shape[0] == jobs.shape[0] == n):
         _fail("posted, finished and jobs must have one row per worker")
-    code = _need()["serve"](posted.ctypes.data, finished.ctypes.data, jobs.ctypes.data, n, i,
-                            taken, limit)
+    return _served(_need()["serve"](posted.ctypes.data, finished.ctypes.data, jobs.ctypes.data,
+                                    n, i, taken, limit))
+
+
+def _served(code: int) -> tuple[int, bool]:
+    """``serve_at``'s result, ``2 * taken + python``, as ``(taken, python)`` (raises for -1)."""
     if code < 0:
         check(code, "serve")
     return code >> 1, bool(code & 1)
@@ -581,7 +578,7 @@ class HandOff:
     def post(self, i: int, job: NDArray[np.int64]) -> int:
         """``jobs[i] = job`` then ``posted[i] + 1`` published; returns it (``job``: a contiguous
         int64 ``(JOB_SIZE,)`` array, as the job makers give)."""
-        return int(self._post(self._jobs, self._at["posted"], self._n, i, _buffer(_JOB, job)))
+        return int(self._post(self._jobs, self._at["posted"], self._n, i, _job_buffer(job)))
 
     def publish(self, counter: str, i: int, value: int) -> None:
         """``posted[i]`` or ``finished[i]`` (``counter``) ``= value``, a release store."""
@@ -589,11 +586,8 @@ class HandOff:
 
     def serve(self, i: int, taken: int, limit: int) -> tuple[int, bool]:
         """:func:`serve` on the pool's arrays."""
-        code = self._serve(self._at["posted"], self._at["finished"], self._jobs, self._n, i,
-                           taken, limit)
-        if code < 0:
-            check(code, "serve")
-        return code >> 1, bool(code & 1)
+        return _served(self._serve(self._at["posted"], self._at["finished"], self._jobs, self._n,
+                                   i, taken, limit))
 
     def spin(self, counter: str, i: int, target: int, limit: int) -> bool:
         """:func:`spin` on ``posted`` or ``finished`` (``counter``)."""
@@ -618,12 +612,7 @@ def post_job(jobs: NDArray[np.int64], posted: NDArray[np.int64], i: int,
         _fail("post_job needs the pool's contiguous int64 jobs (n, JOB_SIZE) and posted (n,) "
               "and a contiguous int64 job")
     return int(_need()["post"](jobs.ctypes.data, posted.ctypes.data, posted.shape[0], i,
-                               _buffer(_JOB, job)))
-
-
-def job_status(jobs: NDArray[np.int64], i: int) -> int:
-    """The status a worker wrote for the last job it ran from ``jobs[i]`` (0: done)."""
-    return int(jobs[i, JOB_STATUS])
+                               _job_buffer(job)))
 
 
 def spin(counters: NDArray[np.int64], i: int, target: int, limit: int) -> bool:

@@ -160,7 +160,7 @@ class Pool:
     def job_status(self, i: int) -> int:
         """The status worker ``i`` wrote for the compiled job it ran last (0: done; see
         :func:`rnnlab.fast.kernels.check`)."""
-        return kernels.job_status(self.jobs, i)
+        return int(self.jobs[i, kernels.JOB_STATUS])
 
     def _work(self, i: int, q: queue.SimpleQueue[_Piece | None]) -> None:
         taken = 0
