@@ -4,13 +4,14 @@
     python -m benchmarks.defaults --tasks digits8,xor --jobs 2 --out runs/defaults
 
 Every candidate of a round (``--round``: 1 initialiser x Adam learning rate x gradient clipping,
-2 learning rate x schedule, 3 hidden size, 4 clipping) trains every task of the suite with
-everything else at its default, as ``rnnlab train --dataset NAME`` does (hidden size 64, batch
-32, 50 epochs (round 1: 10), Adam; Fashion-MNIST: 3 epochs, one seed), on the seeds given, but
-for the clipping: none unless the candidate sets it (the default when the rounds ran).  Each
-task is one resumable sweep (``rnnlab.lab.sweep``) under ``--out``; run again to continue.  The
-table gives each candidate's mean test score per task and its mean rank over the tasks (1 =
-best); docs/training.md, "Defaults", carries the tables and the choices.
+2 learning rate x schedule, 3 hidden size, 4 clipping, 5 weight decay and batch size, 6 round 2's
+learning rate x schedule again) trains every task of the suite as ``rnnlab train --dataset NAME``
+does (hidden size 64, 50 epochs (round 1: 10), Adam; Fashion-MNIST: 3 epochs, one seed), on the
+seeds given, with what the candidate does not set as it was when rounds 1-4 ran: batch 32 and no
+clipping.  Each task is one resumable sweep (``rnnlab.lab.sweep``) under ``--out``; run again to
+continue.  The table gives each candidate's mean test score per task and its mean rank over the
+tasks (1 = best; tied scores share the mean of their ranks); docs/training.md, "Defaults",
+carries the tables and the choices.
 """
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ ROUNDS: dict[int, list[dict[str, Any]]] = {
          "model.init": "keras", "train.lr": 1e-3, "train.schedule": "constant",
          **({"train.clip_norm": clip} if clip else {})}
         for clip in (None, 1.0, 10.0)],
+    # round 5 (2026-11-30, at the default of 50 epochs): round 4's choice (clip 1), decoupled
+    # weight decay (AdamW: 0.01 is PyTorch's default) and the batch size (Keras' 32 against 16)
+    5: [{"label": f"keras init, {opt}, constant, clip 1.0, batch {batch}", "model.init": "keras",
+         "train.lr": 1e-3, "train.schedule": "constant", "train.clip_norm": 1.0,
+         "train.batch_size": batch,
+         **({"train.optimizer": "adamw", "train.optimizer_kwargs": {"weight_decay": wd}}
+            if wd else {})}
+        for opt, wd, batch in (("Adam 0.001", 0.0, 32), ("AdamW 0.001 wd 0.01", 0.01, 32),
+                               ("AdamW 0.001 wd 0.1", 0.1, 32), ("Adam 0.001", 0.0, 16))],
+    # round 6 (2026-11-30, at the default of 50 epochs): round 5's choice (clip 1, batch 16)
+    # and round 2's learning rate x schedule again: counted with tied ranks shared, round 2's
+    # Adam 1e-3 constant and 2e-3 cosine tie (3.21), and round 1 to 5 ran on the first
+    6: [{"label": f"keras init, Adam {lr:g}, {sched}, clip 1.0, batch 16", "model.init": "keras",
+         "train.lr": lr, "train.schedule": sched, "train.clip_norm": 1.0, "train.batch_size": 16}
+        for lr, sched in ((1e-3, "constant"), (1e-3, "cosine"), (2e-3, "cosine"))],
 }
 CANDIDATES = ROUNDS[2]
 """The current round's candidates (``--round`` chooses)."""
@@ -77,10 +93,12 @@ def run_task(task: Task, out: Path, jobs: int, echo: Any, round_: int = 2
     base = ExperimentConfig.from_dict({
         "name": f"defaults-{task.name}",
         "data": {"dataset": task.dataset, "steps": task.steps},
-        # no clipping unless a candidate sets it: the default was None when rounds 1-4 ran
-        # (round 4 chose "auto", 1.0), and a round's base config is part of its sweep's
-        # identity (sweep.json), so every round reruns and resumes as it ran
-        "train": {"progress": "off", "clip_norm": None,
+        # no clipping, batch 32, Adam at a constant 1e-3 unless a candidate sets them: the
+        # defaults when rounds 1-4 ran (round 4 chose clip "auto", 1.0; round 5 batch 16; round
+        # 6 lr 2e-3 with a cosine decay), and a round's base config is
+        # part of its sweep's identity (sweep.json), so every round reruns and resumes as it ran
+        "train": {"progress": "off", "clip_norm": None, "batch_size": 32, "lr": 1e-3,
+                  "schedule": "constant",
                   **({"epochs": task.epochs} if task.epochs
                      else {"epochs": 10} if round_ == 1 else {})},
         "diagnostics": False,
@@ -90,6 +108,26 @@ def run_task(task: Task, out: Path, jobs: int, echo: Any, round_: int = 2
     report = sweep.run_sweep(experiments.cell_function(base, where), cells, where, jobs=jobs,
                              echo=echo, meta={"base": base.to_dict(), "experiment": "defaults"})
     return [r for r in report.records if r["status"] == "done"]
+
+
+def tied_ranks(key: list[float]) -> list[float]:
+    """Rank 1 for the largest of ``key``; equal values share the mean of the ranks they span
+    (scipy's ``rankdata(method="average")``), so a tie favours no candidate by its place in the
+    list; NaN (a task a candidate did not finish) ranks last."""
+    order = sorted(range(len(key)), key=lambda i: -key[i] if not math.isnan(key[i]) else math.inf)
+    def same(a: float, b: float) -> bool:
+        return a == b or (math.isnan(a) and math.isnan(b))
+
+    out = [0.0] * len(key)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and same(key[order[j + 1]], key[order[i]]):
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
 
 
 def table(results: dict[str, list[dict[str, Any]]], round_: int = 2) -> str:
@@ -106,10 +144,8 @@ def table(results: dict[str, list[dict[str, Any]]], round_: int = 2) -> str:
     for name in results:
         task = TASKS[name]
         key = [(score[(lb, name)] if task.higher else -score[(lb, name)]) for lb in labels]
-        order = sorted(range(len(labels)), key=lambda i: -key[i]
-                       if not math.isnan(key[i]) else math.inf)
-        for rank, i in enumerate(order, 1):
-            ranks[labels[i]].append(rank)
+        for lb, r in zip(labels, tied_ranks(key), strict=True):
+            ranks[lb].append(r)
     names = list(results)
     head = ["candidate", *[f"{n} ({TASKS[n].metric.removeprefix('test_')}"
                            f"{'' if TASKS[n].higher else ', lower better'})" for n in names],
@@ -135,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the candidates: 1 = initialiser x lr x clipping at 10 epochs "
                          "(2026-11-29), 2 = lr x schedule at the default epochs (default), "
                          "3 = the hidden size (64, 128, 256) with round 2's choice, "
-                         "4 = gradient clipping (none, 1, 10) with round 3's")
+                         "4 = gradient clipping (none, 1, 10) with round 3's, "
+                         "5 = AdamW weight decay (0, 0.01, 0.1) and batch 16 with round 4's, "
+                         "6 = Adam 1e-3 / 2e-3 x constant / cosine with round 5's")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     bad = [n for n in names if n not in TASKS]
