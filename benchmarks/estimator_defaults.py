@@ -7,7 +7,8 @@ Each candidate is a set of ``RNNClassifier`` / ``RNNRegressor`` arguments; every
 at its default, as a user who gives nothing gets it.  Each estimator is fitted on a task's
 training and validation splits together (an estimator holds nothing out unless told) and
 scored on its test split: accuracy for the classification tasks, mean squared error for the
-adding problem.  The table gives each candidate's mean over the seeds; docs/training.md
+adding problem.  The table gives each candidate's mean over the seeds and its mean rank over
+the tasks (1 = best; tied means share their ranks, as in benchmarks.defaults); docs/training.md
 ("Estimators") carries it and the choice.
 """
 
@@ -23,13 +24,29 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.defaults import tied_ranks
+
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "lr 3e-3, 30 ep, no clip": {"lr": 3e-3, "epochs": 30, "clip_norm": None},
-    "lr 3e-3, 30 ep, clip auto": {"lr": 3e-3, "epochs": 30, "clip_norm": "auto"},
-    "lr 3e-3, 50 ep, clip auto": {"lr": 3e-3, "epochs": 50, "clip_norm": "auto"},
-    "lr 1e-3, 50 ep, clip auto": {"lr": 1e-3, "epochs": 50, "clip_norm": "auto"},
+    "lr 3e-3, 30 ep, no clip": {"lr": 3e-3, "epochs": 30, "clip_norm": None, "batch_size": 32},
+    "lr 3e-3, 30 ep, clip auto": {"lr": 3e-3, "epochs": 30, "clip_norm": "auto",
+                                  "batch_size": 32},
+    "lr 3e-3, 50 ep, clip auto": {"lr": 3e-3, "epochs": 50, "clip_norm": "auto",
+                                  "batch_size": 32},
+    "lr 1e-3, 50 ep, clip auto": {"lr": 1e-3, "epochs": 50, "clip_norm": "auto",
+                                  "batch_size": 32},
+    "lr 1e-3, 50 ep, clip auto, batch 16": {"lr": 1e-3, "epochs": 50, "clip_norm": "auto",
+                                            "batch_size": 16},
+    "lr 2e-3, 50 ep, clip auto, batch 16": {"lr": 2e-3, "epochs": 50, "clip_norm": "auto",
+                                            "batch_size": 16},
+    "lr 2e-3 cosine, 50 ep, clip auto, batch 16": {"lr": 2e-3, "schedule": "cosine",
+                                                   "epochs": 50, "clip_norm": "auto",
+                                                   "batch_size": 16},
 }
-"""The estimators' defaults until 2026-11-30 (first), and TrainConfig's (last, now theirs)."""
+"""The estimators' defaults until 2026-11-30 (first); TrainConfig's until round 5 of
+benchmarks.defaults (fourth); with round 5's batch 16 (fifth); with round 6's lr 2e-3 at a
+constant rate (sixth) and with its cosine decay (last, TrainConfig's defaults since round 6).
+Every candidate names its batch size and the schedule is the estimators' constant one unless
+it names another, so each row means what it meant when it ran."""
 
 TASKS: dict[str, tuple[str, int | None]] = {
     "digits8": ("digits", 8), "digits64": ("digits", 64), "mnist1d": ("mnist1d", None),
@@ -74,18 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown task(s) {bad}; expected some of {list(TASKS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    means: dict[str, list[float]] = {}
     for label, kw in CANDIDATES.items():
-        row = [label]
+        means[label] = []
         for t in tasks:
             t0 = time.perf_counter()
             vals = [score(t, kw, s) for s in seeds]
             print(f"{label:<28} {t:<9} {' '.join(f'{v:.4f}' for v in vals)} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            row.append(f"{statistics.fmean(vals):.4f}")
-        rows.append(row)
+            means[label].append(statistics.fmean(vals))
+    # rank 1 = the best mean on a task (accuracy: highest, MSE: lowest); ties share their ranks
+    ranks: dict[str, list[float]] = {label: [] for label in means}
+    for i, t in enumerate(tasks):
+        sign = -1.0 if TASKS[t][0] == "adding" else 1.0
+        for label, r in zip(means, tied_ranks([sign * m[i] for m in means.values()]),
+                            strict=True):
+            ranks[label].append(r)
+    rows = [[label, *[f"{v:.4f}" for v in m], f"{statistics.fmean(ranks[label]):.2f}"]
+            for label, m in means.items()]
     head = ["candidate", *[f"{t} ({'MSE' if TASKS[t][0] == 'adding' else 'accuracy'})"
-                           for t in tasks]]
+                           for t in tasks], "mean rank"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, ["-" * w for w in widths], *rows]:

@@ -1867,7 +1867,11 @@ DEFAULT_ROUNDS = {2: "Round 2: Adam learning rate x schedule, the Keras initiali
                   3: "Round 3: the hidden size with round 2's choice (the `rnnlab train` "
                      "default is H = 64)",
                   4: "Round 4: gradient clipping with round 3's choice (the default became "
-                     "`clip_norm=\"auto\"`: 1.0 for BPTT)"}
+                     "`clip_norm=\"auto\"`: 1.0 for BPTT)",
+                  5: "Round 5: AdamW's decoupled weight decay and the batch size with round 4's "
+                     "choice",
+                  6: "Round 6: round 2's learning rate x schedule again, with round 5's choice "
+                     "(batch 16)"}
 """The rounds of benchmarks.defaults on the page (round 1 ran at the then default of 10
 epochs; docs/training.md keeps its table)."""
 
@@ -1897,13 +1901,16 @@ def report_defaults(plan: Plan, results: Results, figdir: Path, work: Path
     blocks: list[Block] = [
         {"kind": "text", "text": (
             "The sweeps behind rnnlab's default training settings (`benchmarks/defaults.py`, "
-            "`--round 2`, `--round 3` and `--round 4`): every candidate of a round (round 2: "
-            "Adam learning rate x schedule, with the Keras initialiser round 1 chose; round 3: "
-            "the hidden size, with round 2's choice; round 4: gradient clipping, with round "
-            "3's; docs/training.md, \"Defaults\") trains every task of the suite with everything "
-            "else at its default, as `rnnlab train --dataset NAME` does (50 epochs), but for "
-            "the clipping: none unless the candidate sets it (the default when the rounds "
-            f"ran). Tasks: {tasks}. `--work DIR` reuses the sweeps already run under "
+            "`--round 2` to `--round 6`): every candidate of a round (round 2: Adam learning "
+            "rate x schedule, with the Keras initialiser round 1 chose; round 3: the hidden "
+            "size, with round 2's choice; round 4: gradient clipping, with round 3's; round 5: "
+            "AdamW's weight decay and the batch size, with round 4's; round 6: round 2's "
+            "learning rate x schedule again, with round 5's; docs/training.md, \"Defaults\") "
+            "trains every task of the suite as `rnnlab train --dataset NAME` does (50 epochs), "
+            "with what the candidate does not set as it was when rounds 1-4 ran: batch 32 and "
+            "no clipping. A candidate's rank on a task is 1 for the best score; tied scores "
+            "share the mean of the ranks they span. "
+            f"Tasks: {tasks}. `--work DIR` reuses the sweeps already run under "
             "`DIR/defaults/` (round N > 2: `DIR/defaults/roundN/`).")}]
     for rd, what in DEFAULT_ROUNDS.items():
         blocks.append(_text_table(d.table(found[rd], rd), f"{what}. Mean test score per task "

@@ -148,12 +148,18 @@ def initial_params(setup: Setup, spec: Any, seed: int, dtype: Any = np.float32) 
     return init_params(spec, np.random.default_rng(seed), scheme=setup.init, dtype=dtype)
 
 
+HARNESS_DEFAULTS: dict[str, Any] = {"clip_norm": None, "batch_size": 32, "lr": 1e-3,
+                                    "schedule": "constant"}
+"""The training settings of a :class:`Setup` that does not name them (:func:`train_config`)."""
+
+
 def train_config(setup: Setup, seed: int) -> Any:
     from rnnlab import TrainConfig
 
-    # a Setup that names no clip_norm does not clip (the harness's convention since before
-    # TrainConfig's default became "auto"; the cells' keys and results stay what they were)
-    return TrainConfig(**{"clip_norm": None, **setup.train, "seed": seed, "progress": "off"})
+    # what a Setup does not name is TrainConfig's default when the harness was written: no
+    # clipping, batch 32, Adam at a constant 1e-3 (the defaults became clip "auto", batch 16,
+    # lr 2e-3 cosine later); so the cells' keys and results stay what they were
+    return TrainConfig(**{**HARNESS_DEFAULTS, **setup.train, "seed": seed, "progress": "off"})
 
 
 def batch_plan(n: int, batch_size: int, rng: np.random.Generator, shuffle: bool
@@ -364,7 +370,9 @@ def run_torch(setup: Setup, seed: int, *, dtype: Any = np.float32,
         raise ValueError("torch runs full BPTT on independent sequences only")
     net = TorchNet(spec, params0)
     opt = _torch_optimizer(cfg.optimizer, net.trainable, cfg.lr, cfg.optimizer_kwargs)
-    sched = cfg.make_schedule()
+    # a schedule's default length is the run's, as rnnlab.fit sets it
+    sched = cfg.make_schedule().with_length(cfg.epochs * math.ceil(len(ds.train.X)
+                                                                   / cfg.batch_size))
     rng = np.random.default_rng(cfg.seed)
     stopper = EarlyStopping(cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta)
     eval_bs = cfg.eval_batch_size or max(cfg.batch_size, 256)
@@ -561,6 +569,26 @@ def peer_metrics(spec: Any, out: np.ndarray, y: np.ndarray, mask: np.ndarray | N
     return {"mse": float(err.mean())}
 
 
+def keras_rate(cfg: Any, n_train: int) -> Any:
+    """The Keras ``learning_rate`` of rnnlab's schedule for ``cfg`` on ``n_train`` sequences:
+    the number for a constant rate; for a cosine decay Keras' ``CosineDecay`` with ``alpha =
+    min_lr / lr`` over the run's updates (``rnnlab.fit``'s default length), both evaluated at
+    the number of updates made so far."""
+    import keras
+
+    from rnnlab.train.schedules import Constant, Cosine
+
+    sched = cfg.make_schedule().with_length(cfg.epochs * math.ceil(n_train / cfg.batch_size))
+    if isinstance(sched, Constant):
+        return cfg.lr
+    if isinstance(sched, Cosine):
+        assert sched.total_steps is not None        # with_length set it
+        return keras.optimizers.schedules.CosineDecay(
+            cfg.lr, decay_steps=sched.total_steps, alpha=sched.min_lr / cfg.lr)
+    raise ValueError(f"the identical-config Keras rows take a constant rate or a cosine decay "
+                     f"without warm-up; got {type(sched).__name__}")
+
+
 def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
     """One Keras cell in this process (its backend is fixed at import: KERAS_BACKEND).
 
@@ -622,14 +650,15 @@ def run_keras(setup: Setup, seed: int, mode: str) -> dict[str, Any]:
         if spec.setup != "many_to_one" or spec.loss != "softmax_ce" or masked:
             raise ValueError("the identical-config Keras rows are sequence classification with "
                              "the label at the end")
-        if cfg.optimizer != "adam" or cfg.schedule != "constant":
-            raise ValueError("the identical-config Keras rows use Adam at a constant rate")
+        if cfg.optimizer != "adam" or cfg.schedule not in ("constant", "cosine"):
+            raise ValueError("the identical-config Keras rows use Adam at a constant rate or "
+                             "with a cosine decay")
         params = initial_params(setup, spec, seed)
         model, rnn, head = keras_model(spec, T, logits=True)
         keras_load(rnn, head, params)
         betas = cfg.optimizer_kwargs.get("betas", (0.9, 0.999))
         model.compile(optimizer=keras.optimizers.Adam(
-            learning_rate=cfg.lr, beta_1=betas[0], beta_2=betas[1],
+            learning_rate=keras_rate(cfg, len(X["train"])), beta_1=betas[0], beta_2=betas[1],
             epsilon=cfg.optimizer_kwargs.get("eps", 1e-8), global_clipnorm=cfg.clip),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         rng = np.random.default_rng(cfg.seed)

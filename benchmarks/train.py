@@ -86,7 +86,8 @@ def child_rnnlab(w: Workload, epochs: int, seed: int, marks: dict[str, Any]) -> 
     ds = _data(w)
     model = rnnlab.RNN.for_dataset(ds, w.hidden, seed=seed)
     cfg = rnnlab.TrainConfig(epochs=epochs, batch_size=w.batch, lr=w.lr, seed=seed,
-                             clip_norm=None, progress="off", health=False)  # as the torch loop
+                             schedule="constant", clip_norm=None, progress="off",
+                             health=False)  # as the torch loop
     ends: list[float] = []
     marks["fit"] = time.time()
     h = model.fit(ds, cfg, callback=lambda rec: ends.append(time.time()))

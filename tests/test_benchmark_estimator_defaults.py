@@ -22,6 +22,12 @@ def test_table_has_a_row_per_candidate_and_a_column_per_task(monkeypatch, capsys
     per_seed = [float(x) for x in lines[0].split()[2:4]]
     assert float(rows[0][1]) == pytest.approx(sum(per_seed) / 2, abs=1e-4)
     assert all(0.0 <= float(r[1]) <= 1.0 for r in rows)
+    # one task, two candidates: ranks 1 and 2, or 1.5 each on a tie, the better one first
+    assert lines[head].rstrip().endswith("mean rank")
+    ranks = [float(r[-1]) for r in rows]
+    assert sum(ranks) == 3.0 and set(ranks) <= {1.0, 1.5, 2.0}
+    better = 0 if float(rows[0][1]) > float(rows[1][1]) else 1
+    assert ranks[better] == min(ranks)
 
 
 def test_unknown_task_is_an_error(capsys):

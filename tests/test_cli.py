@@ -372,7 +372,8 @@ def test_choices_take_aliases_case_and_none(capsys, tmp_path):
 def test_bare_resume_continues_the_run_as_it_was(tmp_path, capsys):
     base = ["train", "--runs-dir", str(tmp_path), "--name", "r", "--progress", "off"]
     rc, _, err = run(capsys, *base, "--dataset", "xor", "-T", "6", "--hidden", "5",
-                     "--epochs", "2", "--lr", "0.02", "--batch-size", "64")
+                     "--epochs", "2", "--lr", "0.02", "--batch-size", "64", "--schedule",
+                     "constant")
     assert rc == 0, err
     rc, out, err = run(capsys, "train", "--runs-dir", str(tmp_path), "--name", "r", "--resume")
     assert rc == 0, err

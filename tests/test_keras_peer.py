@@ -180,3 +180,32 @@ def test_suite_keras_refuses_what_it_cannot_build() -> None:
         rr.keras_model(RNNSpec(D, H, C, label_steps="all"), T, logits=True)
     with pytest.raises(ValueError, match="one-layer"):
         rr.keras_model(RNNSpec(D, H, C, num_layers=2), T, logits=True)
+
+
+@pytest.mark.parametrize("kw", [{"schedule": "cosine"},
+                                {"schedule": "cosine", "schedule_kwargs": {"min_lr": 1e-4}},
+                                {"schedule": "constant"}])
+def test_keras_rate_follows_rnnlabs_schedule_at_every_update(kw) -> None:
+    """The identical-config rows' Keras learning rate equals rnnlab's at every update count,
+    over the run's length (rnnlab.fit's default) and after it."""
+    from rnnlab import TrainConfig
+
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=2e-3, **kw)
+    n = 70                                          # 5 minibatches an epoch, the last of 6
+    rate = rr.keras_rate(cfg, n)
+    ours = cfg.make_schedule().with_length(3 * 5)
+    for step in range(18):
+        want = ours(step)
+        got = float(rate(step)) if callable(rate) else float(rate)
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-9), step
+    if kw["schedule"] == "cosine":
+        assert float(rate(15)) == pytest.approx(kw.get("schedule_kwargs", {}).get("min_lr", 0.0),
+                                                abs=1e-9)
+
+
+def test_keras_rate_refuses_a_warmup() -> None:
+    from rnnlab import TrainConfig
+
+    cfg = TrainConfig(schedule="cosine", schedule_kwargs={"warmup_steps": 3})
+    with pytest.raises(ValueError, match="without warm-up"):
+        rr.keras_rate(cfg, 100)

@@ -34,7 +34,8 @@ def model(seed: int = 1, dtype: str = "float32") -> RNN:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(epochs=10, batch_size=8, lr=1e-2, progress="off")
+    # a constant rate unless a test names a schedule: these tests read the rate callbacks set
+    base = dict(epochs=10, batch_size=8, lr=1e-2, schedule="constant", progress="off")
     base.update(kw)
     return TrainConfig(**base)
 

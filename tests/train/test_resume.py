@@ -141,6 +141,45 @@ def test_sigint_mid_epoch_saves_and_resumes_bit_identically(tmp_path, monkeypatc
     assert_same_params(m2.params, ref.params)
 
 
+def test_the_default_cosine_over_the_run_resumes_bit_identically(tmp_path, monkeypatch):
+    """TrainConfig's default schedule decays over the run's own length (epochs x minibatches):
+    a run interrupted mid-epoch and resumed with the same config is the uninterrupted run."""
+    kw = dict(schedule=TrainConfig().schedule, schedule_kwargs={})
+    assert kw["schedule"] == "cosine"
+    ref, h_ref = straight(tmp_path / "ref", "float32", **kw)
+    lrs = [r["lr"] for r in h_ref.epochs]
+    # each epoch records the rate of its last update: 8 minibatches x 6 epochs, to 0
+    assert lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] == pytest.approx(1e-2 * (1 + np.cos(np.pi * 47 / 48)) / 2)
+    interrupt_at(monkeypatch, 19)
+    m1, tr, va = problem("float32")
+    h1 = m1.fit(tr, config(tmp_path / "run", **kw), val=va)
+    assert h1.interrupted and h1.step == 19
+    monkeypatch.undo()
+    m2, _, _ = problem("float32", seed=5)
+    h2 = m2.fit(tr, config(tmp_path / "run", **kw), val=va, resume=True)
+    assert records(h2) == records(h_ref)
+    assert_same_params(m2.params, ref.params)
+
+
+def test_more_epochs_on_resume_stretch_the_default_cosine(tmp_path):
+    """A completed run resumed with more epochs decays over the new total from the update it
+    stopped at (docs/training.md, "Defaults"): the rate of each later update is the cosine of
+    the longer run at that update."""
+    from rnnlab.train.schedules import make
+
+    kw = dict(schedule="cosine", schedule_kwargs={}, lr=1e-2)
+    m1, tr, va = problem()
+    h1 = m1.fit(tr, config(tmp_path, epochs=3, **kw), val=va)
+    assert h1.epochs[-1]["lr"] == pytest.approx(make("cosine", lr=1e-2, total_steps=24)(23))
+    m2, _, _ = problem(seed=5)
+    h2 = m2.fit(tr, config(tmp_path, epochs=6, **kw), val=va, resume=True)
+    longer = make("cosine", lr=1e-2, total_steps=48)     # 8 minibatches an epoch, 6 epochs
+    # each epoch record holds the rate of its last update
+    assert [r["lr"] for r in h2.epochs[3:]] == pytest.approx([longer(8 * e - 1)
+                                                              for e in (4, 5, 6)])
+
+
 def test_a_second_sigint_interrupts_at_once(tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGINT)
     interrupt_at(monkeypatch, 3, times=2)

@@ -31,7 +31,9 @@ def params(seed: int = 0) -> dict:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=8, lr=1e-2, progress="off")
+    # a constant rate: the resume test extends a 2-epoch run to 4 epochs, which a decay over
+    # the run's length (the default cosine) would stretch (test_resume.py covers that)
+    base = dict(epochs=2, batch_size=8, lr=1e-2, schedule="constant", progress="off")
     return TrainConfig(**{**base, **kw})
 
 

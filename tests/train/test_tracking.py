@@ -52,7 +52,10 @@ def test_a_resumed_run_continues_the_same_curves(tmp_path):
     X, y = data(0, 32)
 
     def cfg(epochs: int, where: Path) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, progress="off",
+        # a constant rate: the 2-epoch run is extended to 4 (a decay over the run would
+        # stretch; test_resume.py covers that)
+        return TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, schedule="constant",
+                           progress="off",
                            checkpoint_dir=str(where / "ckpt"), tracking="tensorboard",
                            tracking_dir=str(where / "tb"))
 

@@ -549,7 +549,8 @@ def timesteps_base(dataset: str = "digits", *, data_dir: str | None = None, epoc
         "model": {"hidden_size": hidden_size},
         "data": {"dataset": dataset, "data_dir": data_dir},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "adam",
-                  "clip_norm": clip_norm, "progress": "off", "checkpoint_every": 10},
+                  "schedule": "constant", "clip_norm": clip_norm, "progress": "off",
+                  "checkpoint_every": 10},
     })
 
 

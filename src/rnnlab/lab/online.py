@@ -234,7 +234,8 @@ def run_online_cell(cell: Mapping[str, Any], *, settings: Mapping[str, Any]) -> 
     algorithm = method.online if online and method.online else method.algorithm
     cfg = TrainConfig(
         epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]),
-        optimizer=str(settings["optimizer"]), lr=float(settings["lr"]), algorithm=algorithm,
+        optimizer=str(settings["optimizer"]), lr=float(settings["lr"]), schedule="constant",
+        algorithm=algorithm,
         algorithm_kwargs=dict(method.options), k1=method.k1, k2=method.k2,
         stateful=task.stateful, shuffle=not task.stateful, seed=seed, progress="off",
         eval_batch_size=int(settings["batch_size"]),

@@ -129,14 +129,19 @@ class TrainConfig:
         Passes over the training split (a resumed run trains until this many are done).
     batch_size : int
         Sequences per minibatch (the last one of an epoch may be smaller; in stateful mode, the
-        number of parallel streams).
+        number of parallel streams).  The defaults (50 epochs, batch 16, Adam at lr 2e-3 with a
+        cosine decay over the run, the gradient norm clipped at 1) were chosen by measurement
+        on the task suite (``python -m benchmarks.defaults``, docs/training.md, "Defaults").
     optimizer, optimizer_kwargs
         A name of :data:`rnnlab.optim.OPTIMIZERS` and its hyper-parameters except ``lr``.
     lr : float
-        Base learning rate, > 0.
+        Base learning rate, > 0 (default 2e-3).
     schedule, schedule_kwargs
         A name of :data:`rnnlab.schedules.SCHEDULES` and its arguments except ``lr`` (plus
-        ``warmup_steps``); schedules count optimizer updates, not epochs.
+        ``warmup_steps``); schedules count optimizer updates, not epochs.  The default
+        ``"cosine"`` decays from ``lr`` to 0 over the run's ``epochs`` (a resumed run with more
+        epochs stretches the decay over the new total, from the update it stopped at);
+        ``"constant"`` keeps ``lr``.
     clip_norm : float, None or "auto"
         Clip the global gradient norm to this value before each update; None does not clip.
         ``"auto"`` (the default) is :data:`DEFAULT_CLIP_NORM` (1.0) for the algorithms that
@@ -206,11 +211,11 @@ class TrainConfig:
     """
 
     epochs: int = 50
-    batch_size: int = 32
+    batch_size: int = 16
     optimizer: str = "adam"
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
-    lr: float = 1e-3
-    schedule: str = "constant"
+    lr: float = 2e-3
+    schedule: str = "cosine"
     schedule_kwargs: dict[str, Any] = field(default_factory=dict)
     clip_norm: float | str | None = "auto"
     algorithm: str = "bptt"
