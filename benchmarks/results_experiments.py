@@ -499,7 +499,8 @@ def report_digits(plan: Plan, results: Results, figdir: Path, work: Path
     ]
     m = mean(acc["rnnlab"])
     t = target("digits, default settings, rnnlab", ">= 97 %", pct(acc["rnnlab"]), m >= 0.97,
-               f"{100 * (0.97 - m):.1f} points short")
+               f"{100 * (0.97 - m):.2f} points short; one test image is "
+               f"{100 / 359:.2f}")
     return blocks, [t]
 
 
