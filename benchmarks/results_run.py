@@ -78,13 +78,21 @@ class Setup:
     data_seed: int = 0
     num_layers: int = 1
     bidirectional: bool = False
+    # how a seed draws the initial weights: "direct" from default_rng(seed) (as
+    # RNN(seed=s) does), "child" from a child of SeedSequence(seed) (as `rnnlab train --seed s`)
+    init_draw: str = "direct"
+
+    def __post_init__(self) -> None:
+        if self.init_draw not in ("direct", "child"):
+            raise ValueError(f"init_draw must be 'direct' or 'child'; got {self.init_draw!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"], d["data"] = dict(self.train), dict(self.data)
         # the fields added after the first cells ran are left out at their defaults, so the
         # key (and the finished cells it names) of every earlier configuration is unchanged
-        for name, default in (("num_layers", 1), ("bidirectional", False)):
+        for name, default in (("num_layers", 1), ("bidirectional", False),
+                              ("init_draw", "direct")):
             if d[name] == default:
                 del d[name]
         return d
@@ -145,7 +153,11 @@ def model_spec(setup: Setup, ds: Any) -> Any:
 def initial_params(setup: Setup, spec: Any, seed: int, dtype: Any = np.float32) -> dict[str, Any]:
     from rnnlab import init_params
 
-    return init_params(spec, np.random.default_rng(seed), scheme=setup.init, dtype=dtype)
+    # "child": as rnnlab.lab.experiments.run_cell (`rnnlab train`) draws them, independent of
+    # the trainer's shuffling, which TrainConfig.seed seeds
+    rng = (np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+           if setup.init_draw == "child" else np.random.default_rng(seed))
+    return init_params(spec, rng, scheme=setup.init, dtype=dtype)
 
 
 HARNESS_DEFAULTS: dict[str, Any] = {"clip_norm": None, "batch_size": 32, "lr": 1e-3,

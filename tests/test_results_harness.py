@@ -91,6 +91,37 @@ def test_cells_are_keyed_by_their_whole_configuration() -> None:
     assert a.key() != a.replace(bidirectional=True).key() != a.replace(num_layers=2).key()
     b = a.replace(num_layers=2, bidirectional=True)
     assert Setup.from_dict(b.to_dict()) == b and Setup.from_dict(a.to_dict()) == a
+    # so is the way a seed draws the initial weights
+    assert "init_draw" not in a.to_dict() and a.key() != a.replace(init_draw="child").key()
+    with pytest.raises(ValueError, match="init_draw must be 'direct' or 'child'"):
+        a.replace(init_draw="sequence")
+
+
+def test_a_child_draw_gives_rnnlab_trains_initial_weights(tmp_path: Path) -> None:
+    """init_draw="child" draws a seed's weights as `rnnlab train --seed s` does (its first
+    checkpoint holds them); "direct" as RNN(seed=s) does."""
+    import rnnlab
+    from benchmarks import results_run as rr
+    from rnnlab.checkpoint import load
+    from rnnlab.lab.config import ExperimentConfig
+    from rnnlab.lab.experiments import run
+
+    s = Setup("digits", 8, hidden=6, init="keras", train={"epochs": 1})
+    ds = rr.load_data(s)
+    spec = rr.model_spec(s, ds)
+    cfg = ExperimentConfig.from_dict({
+        "name": "d", "model": {"hidden_size": 6, "init": "keras"},
+        "data": {"dataset": "digits", "steps": 8},
+        "train": {"epochs": 1, "seed": 3, "lr": 1e-9, "optimizer": "sgd", "progress": "off"}})
+    run(cfg, tmp_path / "d")
+    first = load(tmp_path / "d" / "checkpoints" / "last.npz").params
+    child = rr.initial_params(s.replace(init_draw="child"), spec, 3)
+    direct = rr.initial_params(s, spec, 3)
+    for k, v in child.items():         # lr 1e-9 of SGD moves no float32 weight
+        np.testing.assert_allclose(first[k], v, atol=1e-6)
+    assert not np.allclose(direct["W_hy"], child["W_hy"])
+    np.testing.assert_array_equal(direct["W_hy"],
+                                  rnnlab.RNN(8, 6, output_size=10, seed=3).params["W_hy"])
 
 
 def test_every_experiment_plans_explicit_settings(tmp_path: Path) -> None:
