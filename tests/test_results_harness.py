@@ -100,8 +100,9 @@ def test_cells_are_keyed_by_their_whole_configuration() -> None:
 def test_a_child_draw_gives_rnnlab_trains_initial_weights(tmp_path: Path) -> None:
     """init_draw="child" draws a seed's weights as `rnnlab train --seed s` does (its first
     checkpoint holds them); "direct" as RNN(seed=s) does."""
-    import rnnlab
     from benchmarks import results_run as rr
+
+    import rnnlab
     from rnnlab.checkpoint import load
     from rnnlab.lab.config import ExperimentConfig
     from rnnlab.lab.experiments import run
