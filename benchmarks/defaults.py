@@ -76,7 +76,7 @@ ROUNDS: dict[int, list[dict[str, Any]]] = {
                                ("AdamW 0.001 wd 0.1", 0.1, 32), ("Adam 0.001", 0.0, 16))],
     # round 6 (2026-11-30, at the default of 50 epochs): round 5's choice (clip 1, batch 16)
     # and round 2's learning rate x schedule again: counted with tied ranks shared, round 2's
-    # Adam 1e-3 constant and 2e-3 cosine tie (3.21), and round 1 to 5 ran on the first
+    # Adam 1e-3 constant and 2e-3 cosine tie (3.21), and rounds 3 to 5 were built on the first
     6: [{"label": f"keras init, Adam {lr:g}, {sched}, clip 1.0, batch 16", "model.init": "keras",
          "train.lr": lr, "train.schedule": sched, "train.clip_norm": 1.0, "train.batch_size": 16}
         for lr, sched in ((1e-3, "constant"), (1e-3, "cosine"), (2e-3, "cosine"))],
@@ -95,8 +95,8 @@ def run_task(task: Task, out: Path, jobs: int, echo: Any, round_: int = 2
         "data": {"dataset": task.dataset, "steps": task.steps},
         # no clipping, batch 32, Adam at a constant 1e-3 unless a candidate sets them: the
         # defaults when rounds 1-4 ran (round 4 chose clip "auto", 1.0; round 5 batch 16; round
-        # 6 lr 2e-3 with a cosine decay), and a round's base config is
-        # part of its sweep's identity (sweep.json), so every round reruns and resumes as it ran
+        # 6 lr 2e-3 with a cosine decay), and a round's base config is part of its sweep's
+        # identity (sweep.json), so every round reruns and resumes as it ran
         "train": {"progress": "off", "clip_norm": None, "batch_size": 32, "lr": 1e-3,
                   "schedule": "constant",
                   **({"epochs": task.epochs} if task.epochs
@@ -114,10 +114,10 @@ def tied_ranks(key: list[float]) -> list[float]:
     """Rank 1 for the largest of ``key``; equal values share the mean of the ranks they span
     (scipy's ``rankdata(method="average")``), so a tie favours no candidate by its place in the
     list; NaN (a task a candidate did not finish) ranks last."""
-    order = sorted(range(len(key)), key=lambda i: -key[i] if not math.isnan(key[i]) else math.inf)
     def same(a: float, b: float) -> bool:
         return a == b or (math.isnan(a) and math.isnan(b))
 
+    order = sorted(range(len(key)), key=lambda i: -key[i] if not math.isnan(key[i]) else math.inf)
     out = [0.0] * len(key)
     i = 0
     while i < len(order):
