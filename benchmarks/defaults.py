@@ -46,6 +46,12 @@ TASKS: dict[str, Task] = {
     "xor": Task("xor", "xor", None, "test_error_xor", False),
 }
 
+EARLIER_DEFAULTS: dict[str, Any] = {"clip_norm": None, "batch_size": 32, "lr": 1e-3,
+                                    "schedule": "constant"}
+"""TrainConfig's training defaults when rounds 1-4 ran and the results harness was written (round
+4 chose clip "auto", 1.0; round 5 batch 16; round 6 lr 2e-3 with a cosine decay): what a round's
+candidate and a results ``Setup`` that do not name them train with."""
+
 ROUNDS: dict[int, list[dict[str, Any]]] = {
     # round 1 (2026-11-29, at the then default of 10 epochs): initialiser x lr x clipping
     1: [{"label": f"{init} init, Adam {lr:g}, clip {clip if clip else 'none'}",
@@ -93,12 +99,9 @@ def run_task(task: Task, out: Path, jobs: int, echo: Any, round_: int = 2
     base = ExperimentConfig.from_dict({
         "name": f"defaults-{task.name}",
         "data": {"dataset": task.dataset, "steps": task.steps},
-        # no clipping, batch 32, Adam at a constant 1e-3 unless a candidate sets them: the
-        # defaults when rounds 1-4 ran (round 4 chose clip "auto", 1.0; round 5 batch 16; round
-        # 6 lr 2e-3 with a cosine decay), and a round's base config is part of its sweep's
-        # identity (sweep.json), so every round reruns and resumes as it ran
-        "train": {"progress": "off", "clip_norm": None, "batch_size": 32, "lr": 1e-3,
-                  "schedule": "constant",
+        # EARLIER_DEFAULTS unless a candidate sets them: a round's base config is part of its
+        # sweep's identity (sweep.json), so every round reruns and resumes as it ran
+        "train": {"progress": "off", **EARLIER_DEFAULTS,
                   **({"epochs": task.epochs} if task.epochs
                      else {"epochs": 10} if round_ == 1 else {})},
         "diagnostics": False,
@@ -112,22 +115,13 @@ def run_task(task: Task, out: Path, jobs: int, echo: Any, round_: int = 2
 
 def tied_ranks(key: list[float]) -> list[float]:
     """Rank 1 for the largest of ``key``; equal values share the mean of the ranks they span
-    (scipy's ``rankdata(method="average")``), so a tie favours no candidate by its place in the
-    list; NaN (a task a candidate did not finish) ranks last."""
-    def same(a: float, b: float) -> bool:
-        return a == b or (math.isnan(a) and math.isnan(b))
+    (``scipy.stats.rankdata(method="average")``), so a tie favours no candidate by its place in
+    the list; NaN (a task a candidate did not finish) ranks last."""
+    import numpy as np
+    from scipy.stats import rankdata
 
-    order = sorted(range(len(key)), key=lambda i: -key[i] if not math.isnan(key[i]) else math.inf)
-    out = [0.0] * len(key)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and same(key[order[j + 1]], key[order[i]]):
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
+    k = np.asarray(key, dtype=float)
+    return [float(r) for r in rankdata(np.where(np.isnan(k), np.inf, -k), method="average")]
 
 
 def table(results: dict[str, list[dict[str, Any]]], round_: int = 2) -> str:
